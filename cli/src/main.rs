@@ -1,0 +1,2 @@
+//! The `deja` command line.
+fn main() {}

@@ -1,0 +1,804 @@
+//! The event model: one [`Event`] per intercepted operation.
+//!
+//! This module is deja's core vocabulary and deliberately knows nothing about
+//! files, threads or tokio. Every variant is append-only: the log format
+//! encodes variants by index, so new kinds go at the end of [`EventKind`] and
+//! existing ones never change shape without a format version bump.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest payload (read bytes, entropy, mark value) one event may carry.
+///
+/// The runtime caps the buffers it hands to the OS at this size, so a single
+/// read never produces a larger event; 1 MiB keeps a frame's worst case small
+/// enough for the reader's bounded buffers (see `format::FRAME_RAW_BYTES_MAX`).
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = 1 << 20;
+
+/// Logical task id, allocated at spawn events so replay reproduces it exactly.
+///
+/// Task 0 is the service's main task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(pub u64);
+
+impl TaskId {
+    /// The task that runs the service's entry point.
+    pub const MAIN: TaskId = TaskId(0);
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Logical id of a socket (TCP listener, TCP stream or UDP socket), allocated
+/// by the runtime in creation order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// One intercepted operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the run's total order, from one counter per process.
+    pub seq: u64,
+    /// The logical task that performed the operation.
+    pub task: TaskId,
+    /// Monotonic nanoseconds since the run started (virtual in sim mode).
+    pub mono_ns: u64,
+    /// What happened, with the values the operation returned.
+    pub kind: EventKind,
+}
+
+/// Everything the shim intercepts. See the design's "What the shim
+/// intercepts"; each variant carries the values replay must hand back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// `Instant::now()`: nanoseconds since the run started.
+    ClockMono {
+        /// The reading.
+        ns: u64,
+    },
+    /// `SystemTime::now()`: nanoseconds since the Unix epoch (negative before it).
+    ClockWall {
+        /// The reading.
+        unix_ns: i64,
+    },
+    /// A `sleep`, `timeout` or `interval` tick completed.
+    TimerFired {
+        /// Runtime-assigned timer id.
+        timer: u64,
+        /// The deadline it was armed for, in run nanoseconds.
+        deadline_ns: u64,
+    },
+    /// The run's root seed; every `deja::rand` generator derives from it.
+    RootSeed {
+        /// The 32-byte ChaCha seed.
+        seed: [u8; 32],
+    },
+    /// Bytes drawn directly from OS entropy, recorded by value.
+    Entropy {
+        /// The bytes returned.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// `TcpListener::bind`.
+    TcpListen {
+        /// Id given to the listener.
+        listener: ConnId,
+        /// The address as the service asked for it.
+        addr: String,
+        /// The bound local address, or the error.
+        result: Result<SocketAddr, IoErrorKind>,
+    },
+    /// `TcpListener::accept` returned.
+    TcpAccept {
+        /// The listener accepted on.
+        listener: ConnId,
+        /// The new connection, or the error.
+        result: Result<Accepted, IoErrorKind>,
+    },
+    /// `TcpStream::connect` returned.
+    TcpConnect {
+        /// Id given to the stream.
+        conn: ConnId,
+        /// The target as the service asked for it.
+        addr: String,
+        /// The established connection's addresses, or the error.
+        result: Result<Connected, IoErrorKind>,
+    },
+    /// A read on a TCP stream returned.
+    TcpRead {
+        /// The stream.
+        conn: ConnId,
+        /// Bytes (with their exact chunking), end of stream, or the error.
+        result: ReadOutcome,
+    },
+    /// A write on a TCP stream returned.
+    TcpWrite {
+        /// The stream.
+        conn: ConnId,
+        /// What was accepted, or the error.
+        result: Result<Written, IoErrorKind>,
+    },
+    /// `shutdown` (write half) on a TCP stream returned.
+    TcpShutdown {
+        /// The stream.
+        conn: ConnId,
+        /// Success or the error.
+        result: Result<(), IoErrorKind>,
+    },
+    /// A TCP stream or listener was dropped.
+    TcpClose {
+        /// The stream or listener.
+        conn: ConnId,
+    },
+    /// `UdpSocket::bind`.
+    UdpBind {
+        /// Id given to the socket.
+        socket: ConnId,
+        /// The address as the service asked for it.
+        addr: String,
+        /// The bound local address, or the error.
+        result: Result<SocketAddr, IoErrorKind>,
+    },
+    /// `UdpSocket::send_to` returned.
+    UdpSend {
+        /// The socket.
+        socket: ConnId,
+        /// The destination.
+        peer: SocketAddr,
+        /// What was sent, or the error.
+        result: Result<Written, IoErrorKind>,
+    },
+    /// `UdpSocket::recv_from` returned.
+    UdpRecv {
+        /// The socket.
+        socket: ConnId,
+        /// The datagram, or the error.
+        result: Result<Datagram, IoErrorKind>,
+    },
+    /// `deja::spawn` created a task.
+    Spawn {
+        /// The child's logical id.
+        child: TaskId,
+        /// Optional name for humans.
+        name: Option<String>,
+    },
+    /// The recording task finished.
+    TaskEnd {
+        /// How it finished.
+        outcome: TaskOutcome,
+    },
+    /// `deja::mark(name, value)`: an application annotation.
+    Mark {
+        /// The mark's name, for example `order`.
+        name: String,
+        /// Its value, for example the order id.
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
+    /// A signal was delivered through `deja::signal`.
+    Signal {
+        /// Which one.
+        signal: SignalKind,
+    },
+    /// The process exited with this status.
+    Exit {
+        /// The exit code.
+        code: i32,
+    },
+    /// Events were lost from here on: the log is incomplete between
+    /// `first_lost_seq` and this event's own `seq`.
+    Gap {
+        /// The first seq that was not written.
+        first_lost_seq: u64,
+        /// How many consecutive seqs were lost.
+        lost: u64,
+        /// Why they were lost.
+        reason: GapReason,
+    },
+}
+
+/// A connection returned by `accept`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Id given to the new stream.
+    pub conn: ConnId,
+    /// The remote address.
+    pub peer: SocketAddr,
+    /// The local address.
+    pub local: SocketAddr,
+}
+
+/// The addresses of an established outgoing connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connected {
+    /// The local address.
+    pub local: SocketAddr,
+    /// The remote address.
+    pub peer: SocketAddr,
+}
+
+/// What one read returned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadOutcome {
+    /// These bytes, exactly as one read returned them (never empty).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// End of stream: the read returned 0 bytes into a non-empty buffer.
+    Eof,
+    /// The read failed.
+    Error(IoErrorKind),
+}
+
+/// What one write accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    /// Bytes accepted by the OS.
+    pub len: u32,
+    /// [`content_hash`] of those bytes, so replay can detect a divergent write.
+    pub hash: u64,
+    /// The bytes themselves, when the recorder was asked to keep them.
+    pub bytes: Option<serde_bytes::ByteBuf>,
+}
+
+impl Written {
+    /// Describe a write that accepted `bytes`, keeping them only if asked.
+    pub fn of(bytes: &[u8], keep_bytes: bool) -> Written {
+        Written {
+            len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+            hash: content_hash(bytes),
+            bytes: keep_bytes.then(|| serde_bytes::ByteBuf::from(bytes.to_vec())),
+        }
+    }
+}
+
+/// One received datagram.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Datagram {
+    /// The sender.
+    pub peer: SocketAddr,
+    /// The payload.
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
+/// How a task finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskOutcome {
+    /// Its future returned.
+    Completed,
+    /// It panicked.
+    Panicked,
+    /// It was aborted or dropped before completing.
+    Cancelled,
+}
+
+/// A signal delivered to the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignalKind {
+    /// SIGINT / ctrl-c.
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+    /// SIGHUP.
+    Hangup,
+    /// SIGUSR1.
+    User1,
+    /// SIGUSR2.
+    User2,
+    /// Any other signal, by number.
+    Other(i32),
+}
+
+/// Why events were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GapReason {
+    /// The recorder's queue was full: the writer could not keep up.
+    QueueFull,
+    /// One event was larger than [`EVENT_PAYLOAD_BYTES_MAX`].
+    EventTooLarge,
+    /// The writer could not write to disk (disk full, I/O error).
+    WriteFailed,
+}
+
+impl fmt::Display for GapReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GapReason::QueueFull => "queue full",
+            GapReason::EventTooLarge => "event too large",
+            GapReason::WriteFailed => "write failed",
+        })
+    }
+}
+
+/// A portable subset of [`std::io::ErrorKind`], stable in the log format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)] // each variant mirrors the std kind of the same name
+pub enum IoErrorKind {
+    NotFound,
+    PermissionDenied,
+    ConnectionRefused,
+    ConnectionReset,
+    ConnectionAborted,
+    NotConnected,
+    AddrInUse,
+    AddrNotAvailable,
+    BrokenPipe,
+    AlreadyExists,
+    WouldBlock,
+    InvalidInput,
+    InvalidData,
+    TimedOut,
+    WriteZero,
+    Interrupted,
+    Unsupported,
+    UnexpectedEof,
+    OutOfMemory,
+    HostUnreachable,
+    NetworkUnreachable,
+    Other,
+}
+
+impl From<std::io::ErrorKind> for IoErrorKind {
+    fn from(kind: std::io::ErrorKind) -> Self {
+        use std::io::ErrorKind as K;
+        match kind {
+            K::NotFound => Self::NotFound,
+            K::PermissionDenied => Self::PermissionDenied,
+            K::ConnectionRefused => Self::ConnectionRefused,
+            K::ConnectionReset => Self::ConnectionReset,
+            K::ConnectionAborted => Self::ConnectionAborted,
+            K::NotConnected => Self::NotConnected,
+            K::AddrInUse => Self::AddrInUse,
+            K::AddrNotAvailable => Self::AddrNotAvailable,
+            K::BrokenPipe => Self::BrokenPipe,
+            K::AlreadyExists => Self::AlreadyExists,
+            K::WouldBlock => Self::WouldBlock,
+            K::InvalidInput => Self::InvalidInput,
+            K::InvalidData => Self::InvalidData,
+            K::TimedOut => Self::TimedOut,
+            K::WriteZero => Self::WriteZero,
+            K::Interrupted => Self::Interrupted,
+            K::Unsupported => Self::Unsupported,
+            K::UnexpectedEof => Self::UnexpectedEof,
+            K::OutOfMemory => Self::OutOfMemory,
+            K::HostUnreachable => Self::HostUnreachable,
+            K::NetworkUnreachable => Self::NetworkUnreachable,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl From<IoErrorKind> for std::io::ErrorKind {
+    fn from(kind: IoErrorKind) -> Self {
+        use std::io::ErrorKind as K;
+        match kind {
+            IoErrorKind::NotFound => K::NotFound,
+            IoErrorKind::PermissionDenied => K::PermissionDenied,
+            IoErrorKind::ConnectionRefused => K::ConnectionRefused,
+            IoErrorKind::ConnectionReset => K::ConnectionReset,
+            IoErrorKind::ConnectionAborted => K::ConnectionAborted,
+            IoErrorKind::NotConnected => K::NotConnected,
+            IoErrorKind::AddrInUse => K::AddrInUse,
+            IoErrorKind::AddrNotAvailable => K::AddrNotAvailable,
+            IoErrorKind::BrokenPipe => K::BrokenPipe,
+            IoErrorKind::AlreadyExists => K::AlreadyExists,
+            IoErrorKind::WouldBlock => K::WouldBlock,
+            IoErrorKind::InvalidInput => K::InvalidInput,
+            IoErrorKind::InvalidData => K::InvalidData,
+            IoErrorKind::TimedOut => K::TimedOut,
+            IoErrorKind::WriteZero => K::WriteZero,
+            IoErrorKind::Interrupted => K::Interrupted,
+            IoErrorKind::Unsupported => K::Unsupported,
+            IoErrorKind::UnexpectedEof => K::UnexpectedEof,
+            IoErrorKind::OutOfMemory => K::OutOfMemory,
+            IoErrorKind::HostUnreachable => K::HostUnreachable,
+            IoErrorKind::NetworkUnreachable => K::NetworkUnreachable,
+            IoErrorKind::Other => K::Other,
+        }
+    }
+}
+
+/// The content hash written for every write (XXH3-64, seed 0).
+///
+/// Part of the log format: changing it needs a format version bump.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Coarse event classes, as breakpoint specs and `deja inspect --kind` name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KindClass {
+    /// Clock readings.
+    Time,
+    /// Timer completions.
+    Timer,
+    /// Root seed and entropy.
+    Rand,
+    /// Listen and bind.
+    Listen,
+    /// Accepts.
+    Accept,
+    /// Connects.
+    Connect,
+    /// TCP reads and UDP receives.
+    Recv,
+    /// TCP writes and UDP sends.
+    Send,
+    /// Shutdowns and closes.
+    Close,
+    /// Spawns.
+    Spawn,
+    /// Task ends.
+    End,
+    /// Marks.
+    Mark,
+    /// Signals.
+    Signal,
+    /// Process exit.
+    Exit,
+    /// Lost events.
+    Gap,
+}
+
+impl KindClass {
+    /// Every class, in display order.
+    pub const ALL: [KindClass; 15] = [
+        KindClass::Time,
+        KindClass::Timer,
+        KindClass::Rand,
+        KindClass::Listen,
+        KindClass::Accept,
+        KindClass::Connect,
+        KindClass::Recv,
+        KindClass::Send,
+        KindClass::Close,
+        KindClass::Spawn,
+        KindClass::End,
+        KindClass::Mark,
+        KindClass::Signal,
+        KindClass::Exit,
+        KindClass::Gap,
+    ];
+
+    /// The class's name as users type it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KindClass::Time => "time",
+            KindClass::Timer => "timer",
+            KindClass::Rand => "rand",
+            KindClass::Listen => "listen",
+            KindClass::Accept => "accept",
+            KindClass::Connect => "connect",
+            KindClass::Recv => "recv",
+            KindClass::Send => "send",
+            KindClass::Close => "close",
+            KindClass::Spawn => "spawn",
+            KindClass::End => "end",
+            KindClass::Mark => "mark",
+            KindClass::Signal => "signal",
+            KindClass::Exit => "exit",
+            KindClass::Gap => "gap",
+        }
+    }
+
+    /// Parse a class name (as [`KindClass::name`] prints it).
+    pub fn from_name(name: &str) -> Option<KindClass> {
+        KindClass::ALL.into_iter().find(|class| class.name() == name)
+    }
+}
+
+impl fmt::Display for KindClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl EventKind {
+    /// The variant's name in snake case, as `inspect` prints it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ClockMono { .. } => "clock_mono",
+            EventKind::ClockWall { .. } => "clock_wall",
+            EventKind::TimerFired { .. } => "timer_fired",
+            EventKind::RootSeed { .. } => "root_seed",
+            EventKind::Entropy { .. } => "entropy",
+            EventKind::TcpListen { .. } => "tcp_listen",
+            EventKind::TcpAccept { .. } => "tcp_accept",
+            EventKind::TcpConnect { .. } => "tcp_connect",
+            EventKind::TcpRead { .. } => "tcp_read",
+            EventKind::TcpWrite { .. } => "tcp_write",
+            EventKind::TcpShutdown { .. } => "tcp_shutdown",
+            EventKind::TcpClose { .. } => "tcp_close",
+            EventKind::UdpBind { .. } => "udp_bind",
+            EventKind::UdpSend { .. } => "udp_send",
+            EventKind::UdpRecv { .. } => "udp_recv",
+            EventKind::Spawn { .. } => "spawn",
+            EventKind::TaskEnd { .. } => "task_end",
+            EventKind::Mark { .. } => "mark",
+            EventKind::Signal { .. } => "signal",
+            EventKind::Exit { .. } => "exit",
+            EventKind::Gap { .. } => "gap",
+        }
+    }
+
+    /// The coarse class breakpoints and filters use.
+    pub fn class(&self) -> KindClass {
+        match self {
+            EventKind::ClockMono { .. } | EventKind::ClockWall { .. } => KindClass::Time,
+            EventKind::TimerFired { .. } => KindClass::Timer,
+            EventKind::RootSeed { .. } | EventKind::Entropy { .. } => KindClass::Rand,
+            EventKind::TcpListen { .. } | EventKind::UdpBind { .. } => KindClass::Listen,
+            EventKind::TcpAccept { .. } => KindClass::Accept,
+            EventKind::TcpConnect { .. } => KindClass::Connect,
+            EventKind::TcpRead { .. } | EventKind::UdpRecv { .. } => KindClass::Recv,
+            EventKind::TcpWrite { .. } | EventKind::UdpSend { .. } => KindClass::Send,
+            EventKind::TcpShutdown { .. } | EventKind::TcpClose { .. } => KindClass::Close,
+            EventKind::Spawn { .. } => KindClass::Spawn,
+            EventKind::TaskEnd { .. } => KindClass::End,
+            EventKind::Mark { .. } => KindClass::Mark,
+            EventKind::Signal { .. } => KindClass::Signal,
+            EventKind::Exit { .. } => KindClass::Exit,
+            EventKind::Gap { .. } => KindClass::Gap,
+        }
+    }
+
+    /// The socket this event concerns, if any (`conn=` in breakpoint specs).
+    pub fn conn(&self) -> Option<ConnId> {
+        match self {
+            EventKind::TcpListen { listener, .. } | EventKind::TcpAccept { listener, .. } => {
+                Some(*listener)
+            }
+            EventKind::TcpConnect { conn, .. }
+            | EventKind::TcpRead { conn, .. }
+            | EventKind::TcpWrite { conn, .. }
+            | EventKind::TcpShutdown { conn, .. }
+            | EventKind::TcpClose { conn } => Some(*conn),
+            EventKind::UdpBind { socket, .. }
+            | EventKind::UdpSend { socket, .. }
+            | EventKind::UdpRecv { socket, .. } => Some(*socket),
+            _ => None,
+        }
+    }
+
+    /// Bytes of variable-size payload the event carries (reads, entropy,
+    /// marks, kept write bytes, names). The recorder bounds this per event
+    /// and in its queue.
+    pub fn payload_len(&self) -> usize {
+        match self {
+            EventKind::Entropy { bytes } => bytes.len(),
+            EventKind::TcpListen { addr, .. }
+            | EventKind::TcpConnect { addr, .. }
+            | EventKind::UdpBind { addr, .. } => addr.len(),
+            EventKind::TcpRead {
+                result: ReadOutcome::Data(bytes),
+                ..
+            } => bytes.len(),
+            EventKind::TcpWrite {
+                result: Ok(written),
+                ..
+            }
+            | EventKind::UdpSend {
+                result: Ok(written),
+                ..
+            } => written.bytes.as_ref().map_or(0, |b| b.len()),
+            EventKind::UdpRecv {
+                result: Ok(datagram),
+                ..
+            } => datagram.bytes.len(),
+            EventKind::Spawn { name, .. } => name.as_ref().map_or(0, String::len),
+            EventKind::Mark { name, value } => name.len() + value.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Bytes shown before `inspect` elides a payload.
+const PREVIEW_BYTES_MAX: usize = 48;
+
+/// Writes `bytes` as a short, escaped, quoted preview.
+fn write_preview(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    let shown = &bytes[..bytes.len().min(PREVIEW_BYTES_MAX)];
+    write!(f, "{}B \"{}\"", bytes.len(), shown.escape_ascii())?;
+    if bytes.len() > shown.len() {
+        f.write_str("...")?;
+    }
+    Ok(())
+}
+
+fn write_result<T>(
+    f: &mut fmt::Formatter<'_>,
+    result: &Result<T, IoErrorKind>,
+    ok: impl FnOnce(&mut fmt::Formatter<'_>, &T) -> fmt::Result,
+) -> fmt::Result {
+    match result {
+        Ok(value) => ok(f, value),
+        Err(kind) => write!(f, "error={kind:?}"),
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<12}", self.name())?;
+        match self {
+            EventKind::ClockMono { ns } => write!(f, " ns={ns}"),
+            EventKind::ClockWall { unix_ns } => write!(f, " unix_ns={unix_ns}"),
+            EventKind::TimerFired { timer, deadline_ns } => {
+                write!(f, " timer={timer} deadline_ns={deadline_ns}")
+            }
+            EventKind::RootSeed { seed } => {
+                f.write_str(" seed=")?;
+                seed.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            EventKind::Entropy { bytes } => {
+                f.write_str(" ")?;
+                write_preview(f, bytes)
+            }
+            EventKind::TcpListen {
+                listener,
+                addr,
+                result,
+            } => {
+                write!(f, " conn={listener} addr={addr} ")?;
+                write_result(f, result, |f, local| write!(f, "local={local}"))
+            }
+            EventKind::TcpAccept { listener, result } => {
+                write!(f, " listener={listener} ")?;
+                write_result(f, result, |f, a| {
+                    write!(f, "conn={} peer={} local={}", a.conn, a.peer, a.local)
+                })
+            }
+            EventKind::TcpConnect { conn, addr, result } => {
+                write!(f, " conn={conn} addr={addr} ")?;
+                write_result(f, result, |f, c| {
+                    write!(f, "local={} peer={}", c.local, c.peer)
+                })
+            }
+            EventKind::TcpRead { conn, result } => {
+                write!(f, " conn={conn} ")?;
+                match result {
+                    ReadOutcome::Data(bytes) => write_preview(f, bytes),
+                    ReadOutcome::Eof => f.write_str("eof"),
+                    ReadOutcome::Error(kind) => write!(f, "error={kind:?}"),
+                }
+            }
+            EventKind::TcpWrite { conn, result } => {
+                write!(f, " conn={conn} ")?;
+                write_result(f, result, write_written)
+            }
+            EventKind::TcpShutdown { conn, result } => {
+                write!(f, " conn={conn} ")?;
+                write_result(f, result, |f, ()| f.write_str("ok"))
+            }
+            EventKind::TcpClose { conn } => write!(f, " conn={conn}"),
+            EventKind::UdpBind {
+                socket,
+                addr,
+                result,
+            } => {
+                write!(f, " conn={socket} addr={addr} ")?;
+                write_result(f, result, |f, local| write!(f, "local={local}"))
+            }
+            EventKind::UdpSend {
+                socket,
+                peer,
+                result,
+            } => {
+                write!(f, " conn={socket} peer={peer} ")?;
+                write_result(f, result, write_written)
+            }
+            EventKind::UdpRecv { socket, result } => {
+                write!(f, " conn={socket} ")?;
+                write_result(f, result, |f, d| {
+                    write!(f, "peer={} ", d.peer)?;
+                    write_preview(f, &d.bytes)
+                })
+            }
+            EventKind::Spawn { child, name } => {
+                write!(f, " child={child}")?;
+                match name {
+                    Some(name) => write!(f, " name={name:?}"),
+                    None => Ok(()),
+                }
+            }
+            EventKind::TaskEnd { outcome } => write!(f, " outcome={outcome:?}"),
+            EventKind::Mark { name, value } => {
+                write!(f, " {name}=")?;
+                write_preview(f, value)
+            }
+            EventKind::Signal { signal } => write!(f, " signal={signal:?}"),
+            EventKind::Exit { code } => write!(f, " code={code}"),
+            EventKind::Gap {
+                first_lost_seq,
+                lost,
+                reason,
+            } => write!(
+                f,
+                " lost={lost} seqs={first_lost_seq}..{} reason={reason}",
+                first_lost_seq + lost
+            ),
+        }
+    }
+}
+
+fn write_written(f: &mut fmt::Formatter<'_>, written: &Written) -> fmt::Result {
+    write!(f, "len={} hash={:016x}", written.len, written.hash)?;
+    if let Some(bytes) = &written.bytes {
+        f.write_str(" ")?;
+        write_preview(f, bytes)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Event {
+    /// One line: `#seq  +seconds  task=T  kind  fields`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.mono_ns / 1_000_000_000;
+        let nanos = self.mono_ns % 1_000_000_000;
+        write!(
+            f,
+            "#{:<8} +{secs}.{nanos:09}s task={:<4} {}",
+            self.seq, self.task.0, self.kind
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_class_name_parses_back() {
+        for class in KindClass::ALL {
+            assert_eq!(KindClass::from_name(class.name()), Some(class));
+        }
+        assert_eq!(KindClass::from_name("bogus"), None);
+    }
+
+    #[test]
+    fn io_error_kinds_round_trip_through_std() {
+        for kind in [
+            IoErrorKind::ConnectionReset,
+            IoErrorKind::TimedOut,
+            IoErrorKind::Other,
+        ] {
+            assert_eq!(IoErrorKind::from(std::io::ErrorKind::from(kind)), kind);
+        }
+    }
+
+    #[test]
+    fn display_is_one_line_and_elides_long_payloads() {
+        let event = Event {
+            seq: 7,
+            task: TaskId(2),
+            mono_ns: 1_500_000_000,
+            kind: EventKind::TcpRead {
+                conn: ConnId(3),
+                result: ReadOutcome::Data(b"GET / HTTP/1.1\r\n".repeat(10)),
+            },
+        };
+        let line = event.to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(line.starts_with("#7 "), "{line}");
+        assert!(line.contains("+1.500000000s"), "{line}");
+        assert!(line.contains("160B \"GET / HTTP/1.1\\r\\n"), "{line}");
+        assert!(line.ends_with("..."), "{line}");
+    }
+
+    #[test]
+    fn content_hash_is_the_stable_xxh3() {
+        // Pinned: the log format depends on this exact function.
+        assert_eq!(content_hash(b""), 0x2d06800538d394c2);
+    }
+}

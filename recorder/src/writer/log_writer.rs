@@ -1,0 +1,373 @@
+//! Synchronous segment writer: frames, rotation, footers, the index.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{WriteError, WriterConfig};
+use crate::event::Event;
+use crate::format::layout::{FrameHeader, SegmentHeader};
+use crate::format::{
+    codec, segment_file_name, Footer, FRAME_EVENTS_MAX, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
+    FRAME_RAW_BYTES_MAX, FRAME_RAW_BYTES_TARGET,
+};
+use crate::meta::RunMeta;
+
+/// Name of the run directory's summary file.
+pub const INDEX_FILE_NAME: &str = "index.json";
+
+/// Writes events to a run directory on the caller's thread.
+///
+/// [`crate::Recorder`] runs one of these on its background thread; the
+/// simulator and tools that already hold every event use it directly.
+/// Events must be handed over in increasing `seq` order.
+#[derive(Debug)]
+pub struct LogWriter {
+    dir: PathBuf,
+    meta: RunMeta,
+    config: WriterConfig,
+    segment: OpenSegment,
+    finished_segments: Vec<SegmentSummary>,
+    frame: FrameBuilder,
+    totals: WriterTotals,
+}
+
+/// Running totals of what a writer has put on disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterTotals {
+    /// Events written.
+    pub events: u64,
+    /// Frames written.
+    pub frames: u64,
+    /// Segments opened.
+    pub segments: u32,
+    /// Bytes written to segment files (headers, frames, footers).
+    pub bytes_on_disk: u64,
+    /// Uncompressed (encoded) event bytes.
+    pub bytes_raw: u64,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    index: u32,
+    path: PathBuf,
+    file: File,
+    bytes: u64,
+    frames: u64,
+    events: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    frames_crc: u32,
+}
+
+/// The batch being encoded into the next frame.
+struct FrameBuilder {
+    raw: Vec<u8>,
+    events: u32,
+    first_seq: u64,
+    last_seq: Option<u64>,
+    out: Vec<u8>,
+    compressor: zstd::bulk::Compressor<'static>,
+}
+
+impl std::fmt::Debug for FrameBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameBuilder")
+            .field("raw_len", &self.raw.len())
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SegmentSummary {
+    file: String,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    frames: u64,
+    events: u64,
+    bytes: u64,
+    closed: bool,
+}
+
+#[derive(Serialize)]
+struct Index<'a> {
+    format_version: u32,
+    service: &'a str,
+    run_id: &'a str,
+    segments: Vec<&'a SegmentSummary>,
+}
+
+impl LogWriter {
+    /// Create `<out_dir>/<service>-<run_id>/` (mode 0700) and its first segment.
+    pub fn create(out_dir: &Path, meta: RunMeta, config: WriterConfig) -> Result<Self, WriteError> {
+        let dir = out_dir.join(meta.dir_name());
+        create_run_dir(out_dir, &dir)?;
+        Self::create_in(dir, meta, config)
+    }
+
+    /// Write into `dir`, which must exist and hold no segments yet.
+    pub fn create_in(dir: PathBuf, mut meta: RunMeta, config: WriterConfig) -> Result<Self, WriteError> {
+        config.validate();
+        meta.clamp();
+        let compressor = zstd::bulk::Compressor::new(config.compression_level).map_err(|source| {
+            WriteError::Io {
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        let mut totals = WriterTotals::default();
+        let segment = OpenSegment::create(&dir, 0, &meta, &mut totals)?;
+        Ok(LogWriter {
+            dir,
+            meta,
+            config,
+            segment,
+            finished_segments: Vec::new(),
+            frame: FrameBuilder {
+                raw: Vec::with_capacity(FRAME_RAW_BYTES_MAX),
+                events: 0,
+                first_seq: 0,
+                last_seq: None,
+                out: Vec::with_capacity(FRAME_HEADER_BYTES + FRAME_PAYLOAD_BYTES_MAX),
+                compressor,
+            },
+            totals,
+        })
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What has been written so far.
+    pub fn totals(&self) -> WriterTotals {
+        self.totals
+    }
+
+    /// Encode `events` into frames and write them. Every event handed over
+    /// is in the OS's hands when this returns (not yet fsynced).
+    pub fn write(&mut self, events: &[Event]) -> Result<(), WriteError> {
+        for event in events {
+            self.push(event)?;
+        }
+        self.flush_frame()
+    }
+
+    fn push(&mut self, event: &Event) -> Result<(), WriteError> {
+        let frame = &mut self.frame;
+        assert!(
+            frame.last_seq.is_none_or(|last| last < event.seq),
+            "events must be written in increasing seq order"
+        );
+        if frame.events == 0 {
+            frame.first_seq = event.seq;
+        }
+        frame.last_seq = Some(event.seq);
+        codec::encode_into(event, &mut frame.raw).expect("events always encode");
+        frame.events += 1;
+        assert!(
+            frame.raw.len() <= FRAME_RAW_BYTES_MAX,
+            "one event never exceeds EVENT_PAYLOAD_BYTES_MAX plus overhead"
+        );
+        if frame.raw.len() >= FRAME_RAW_BYTES_TARGET || frame.events as usize == FRAME_EVENTS_MAX {
+            self.flush_frame()?;
+        }
+        Ok(())
+    }
+
+    /// Compress the pending batch and write it as one frame.
+    fn flush_frame(&mut self) -> Result<(), WriteError> {
+        let frame = &mut self.frame;
+        if frame.events == 0 {
+            return Ok(());
+        }
+        frame.out.clear();
+        frame.out.resize(FRAME_HEADER_BYTES, 0);
+        let payload = frame
+            .compressor
+            .compress(&frame.raw)
+            .map_err(|source| self.segment.io_error(source))?;
+        assert!(payload.len() <= FRAME_PAYLOAD_BYTES_MAX, "zstd's bound");
+        let header = FrameHeader {
+            payload_len: payload.len() as u32,
+            raw_len: frame.raw.len() as u32,
+            events: frame.events,
+            first_seq: frame.first_seq,
+            payload_crc: crc32c::crc32c(&payload),
+        };
+        frame.out[..FRAME_HEADER_BYTES].copy_from_slice(&header.encode());
+        frame.out.extend_from_slice(&payload);
+
+        let segment = &mut self.segment;
+        segment
+            .file
+            .write_all(&frame.out)
+            .map_err(|source| segment.io_error(source))?;
+        segment.bytes += frame.out.len() as u64;
+        segment.frames += 1;
+        segment.events += u64::from(frame.events);
+        segment.first_seq.get_or_insert(frame.first_seq);
+        segment.last_seq = frame.last_seq;
+        segment.frames_crc = crc32c::crc32c_append(segment.frames_crc, &header.payload_crc.to_le_bytes());
+        self.totals.frames += 1;
+        self.totals.events += u64::from(frame.events);
+        self.totals.bytes_on_disk += frame.out.len() as u64;
+        self.totals.bytes_raw += frame.raw.len() as u64;
+        frame.raw.clear();
+        frame.events = 0;
+        if segment.bytes >= self.config.segment_bytes_max {
+            self.rotate()?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), WriteError> {
+        self.close_segment(true)?;
+        let next = self.segment.index + 1;
+        let segment = OpenSegment::create(&self.dir, next, &self.meta, &mut self.totals)?;
+        let done = std::mem::replace(&mut self.segment, segment);
+        self.finished_segments.push(done.summary(true));
+        self.write_index()
+    }
+
+    /// Footer, fsync, and (for the last segment) the directory entry.
+    fn close_segment(&mut self, continues: bool) -> Result<(), WriteError> {
+        let segment = &mut self.segment;
+        let footer = Footer {
+            frames: segment.frames,
+            events: segment.events,
+            last_seq: segment.last_seq,
+            frames_crc: segment.frames_crc,
+            continues,
+        };
+        let bytes = footer.encode();
+        segment
+            .file
+            .write_all(&bytes)
+            .and_then(|()| segment.file.sync_all())
+            .map_err(|source| segment.io_error(source))?;
+        segment.bytes += bytes.len() as u64;
+        self.totals.bytes_on_disk += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Write what is pending, the footer, fsync, and the index.
+    pub fn finish(mut self) -> Result<WriterTotals, WriteError> {
+        self.flush_frame()?;
+        self.close_segment(false)?;
+        let last = self.segment.summary(true);
+        self.finished_segments.push(last);
+        self.write_index()?;
+        sync_dir(&self.dir);
+        Ok(self.totals)
+    }
+
+    fn write_index(&self) -> Result<(), WriteError> {
+        let mut segments: Vec<&SegmentSummary> = self.finished_segments.iter().collect();
+        let open = self.segment.summary(false);
+        if self.finished_segments.last().map(|s| &s.file) != Some(&open.file) {
+            segments.push(&open);
+        }
+        let index = Index {
+            format_version: crate::format::FORMAT_VERSION,
+            service: &self.meta.service,
+            run_id: &self.meta.run_id,
+            segments,
+        };
+        let tmp = self.dir.join(format!("{INDEX_FILE_NAME}.tmp"));
+        let json = serde_json::to_vec_pretty(&index).expect("the index always serializes");
+        let io_error = |source| WriteError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        create_private_file(&tmp)
+            .and_then(|mut file| file.write_all(&json))
+            .map_err(io_error)?;
+        fs::rename(&tmp, self.dir.join(INDEX_FILE_NAME)).map_err(io_error)
+    }
+}
+
+impl OpenSegment {
+    fn create(dir: &Path, index: u32, meta: &RunMeta, totals: &mut WriterTotals) -> Result<Self, WriteError> {
+        let path = dir.join(segment_file_name(index));
+        let header = SegmentHeader {
+            segment_index: index,
+            run: meta.clone(),
+        }
+        .encode();
+        let mut file = create_private_file(&path).map_err(|source| WriteError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        file.write_all(&header).map_err(|source| WriteError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        totals.segments += 1;
+        totals.bytes_on_disk += header.len() as u64;
+        Ok(OpenSegment {
+            index,
+            path,
+            file,
+            bytes: header.len() as u64,
+            frames: 0,
+            events: 0,
+            first_seq: None,
+            last_seq: None,
+            frames_crc: 0,
+        })
+    }
+
+    fn io_error(&self, source: io::Error) -> WriteError {
+        WriteError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn summary(&self, closed: bool) -> SegmentSummary {
+        SegmentSummary {
+            file: segment_file_name(self.index),
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            frames: self.frames,
+            events: self.events,
+            bytes: self.bytes,
+            closed,
+        }
+    }
+}
+
+/// Create the run directory with mode 0700: logs hold request payloads.
+fn create_run_dir(out_dir: &Path, dir: &Path) -> Result<(), WriteError> {
+    let io_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| WriteError::Io { path, source }
+    };
+    fs::create_dir_all(out_dir).map_err(io_error(out_dir))?;
+    let mut builder = fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io_error(dir))
+}
+
+/// Create a new file readable by its owner only (0600).
+fn create_private_file(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Make new directory entries durable. Best effort: some filesystems refuse
+/// to fsync a directory, and the data itself is already synced.
+fn sync_dir(dir: &Path) {
+    if let Ok(handle) = File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}

@@ -1,0 +1,291 @@
+//! The bounded hand-off between the service's threads and the writer.
+//!
+//! `seq` is assigned under the same lock that appends to the queue, so queue
+//! order is seq order and the writer never reorders. The lock is held for a
+//! counter bump, a clock read and a `Vec::push`: tens of nanoseconds.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::event::{Event, EventKind, GapReason, TaskId, EVENT_PAYLOAD_BYTES_MAX};
+
+/// What happened to one recorded event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Queued for writing under this seq.
+    Queued(u64),
+    /// Dropped; the seq is lost and a `Gap` event will cover it.
+    Dropped(u64),
+}
+
+impl Recorded {
+    /// The seq the event was given, queued or not.
+    pub fn seq(self) -> u64 {
+        match self {
+            Recorded::Queued(seq) | Recorded::Dropped(seq) => seq,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct PendingGap {
+    first_lost_seq: u64,
+    reason: GapReason,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct QueueCounters {
+    pub(crate) queued: u64,
+    pub(crate) dropped: u64,
+    pub(crate) gaps: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    events: Vec<Event>,
+    payload_bytes: usize,
+    next_seq: u64,
+    pending_gap: Option<PendingGap>,
+    closed: bool,
+    counters: QueueCounters,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    writer_wakeup: Condvar,
+    start: Instant,
+    events_max: usize,
+    payload_bytes_max: usize,
+    /// Queue length at which the writer is woken early instead of waiting
+    /// for its flush interval.
+    wake_at: usize,
+}
+
+impl Queue {
+    pub(crate) fn new(events_max: usize, payload_bytes_max: usize) -> Queue {
+        assert!(events_max >= 2, "a gap and the event after it must fit");
+        Queue {
+            state: Mutex::new(State {
+                events: Vec::with_capacity(events_max),
+                payload_bytes: 0,
+                next_seq: 0,
+                pending_gap: None,
+                closed: false,
+                counters: QueueCounters::default(),
+            }),
+            writer_wakeup: Condvar::new(),
+            start: Instant::now(),
+            events_max,
+            payload_bytes_max,
+            wake_at: events_max / 2,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave State inconsistent
+        // (every update is a single push or counter bump), so poison is moot.
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub(crate) fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Assign a seq and queue the event, or drop it and remember the gap.
+    /// Never blocks on I/O.
+    pub(crate) fn push(&self, task: TaskId, mono_ns: Option<u64>, kind: EventKind) -> Recorded {
+        let payload = kind.payload_len();
+        let mut state = self.lock();
+        let mono_ns = mono_ns.unwrap_or_else(|| self.elapsed_ns());
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if state.closed {
+            state.counters.dropped += 1;
+            return Recorded::Dropped(seq);
+        }
+        let reason = if payload > EVENT_PAYLOAD_BYTES_MAX {
+            Some(GapReason::EventTooLarge)
+        } else {
+            let needed = 1 + usize::from(state.pending_gap.is_some());
+            let full = state.events.len() + needed > self.events_max
+                || state.payload_bytes + payload > self.payload_bytes_max;
+            full.then_some(GapReason::QueueFull)
+        };
+        if let Some(reason) = reason {
+            state.counters.dropped += 1;
+            state.pending_gap.get_or_insert(PendingGap {
+                first_lost_seq: seq,
+                reason,
+            });
+            return Recorded::Dropped(seq);
+        }
+        // The gap (if any) takes this seq, so it sits right after the lost
+        // ones; the event takes the next.
+        let seq = match Self::emit_gap(&mut state, task, mono_ns, seq) {
+            true => {
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                seq
+            }
+            false => seq,
+        };
+        state.events.push(Event {
+            seq,
+            task,
+            mono_ns,
+            kind,
+        });
+        state.payload_bytes += payload;
+        state.counters.queued += 1;
+        if state.events.len() == self.wake_at {
+            self.writer_wakeup.notify_one();
+        }
+        Recorded::Queued(seq)
+    }
+
+    /// Push the pending gap (if any) with the given seq. True if pushed.
+    fn emit_gap(state: &mut State, task: TaskId, mono_ns: u64, seq: u64) -> bool {
+        let Some(gap) = state.pending_gap.take() else {
+            return false;
+        };
+        debug_assert!(gap.first_lost_seq < seq);
+        state.events.push(Event {
+            seq,
+            task,
+            mono_ns,
+            kind: EventKind::Gap {
+                first_lost_seq: gap.first_lost_seq,
+                lost: seq - gap.first_lost_seq,
+                reason: gap.reason,
+            },
+        });
+        state.counters.gaps += 1;
+        true
+    }
+
+    /// Wait up to `interval` (less if the queue fills or closes), then swap
+    /// the queued events into `batch`. A pending gap is written right away:
+    /// the swap just made room for it. Returns true once closed: `batch`
+    /// then holds the last events there will ever be.
+    pub(crate) fn take(&self, batch: &mut Vec<Event>, interval: Duration) -> bool {
+        debug_assert!(batch.is_empty());
+        let mut state = self.lock();
+        if !state.closed && state.events.len() < self.wake_at {
+            state = self
+                .writer_wakeup
+                .wait_timeout(state, interval)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
+        }
+        std::mem::swap(&mut state.events, batch);
+        state.payload_bytes = 0;
+        if state.pending_gap.is_some() {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let mono_ns = self.elapsed_ns();
+            let task = batch.last().map_or(TaskId::MAIN, |event| event.task);
+            Self::emit_gap(&mut state, task, mono_ns, seq);
+            let gap = state.events.pop().expect("just pushed");
+            batch.push(gap);
+        }
+        state.closed
+    }
+
+    /// Stop accepting events and wake the writer for its last batch.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.writer_wakeup.notify_one();
+    }
+
+    pub(crate) fn counters(&self) -> QueueCounters {
+        self.lock().counters
+    }
+
+    /// Count events the writer took but could not write.
+    pub(crate) fn count_lost(&self, events: u64) {
+        let mut state = self.lock();
+        state.counters.dropped += events;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(bytes: usize) -> EventKind {
+        EventKind::Mark {
+            name: "m".into(),
+            value: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn full_queue_drops_then_writes_one_gap_before_the_next_event() {
+        let queue = Queue::new(4, 1 << 20);
+        let pushed: Vec<Recorded> = (0..7).map(|_| queue.push(TaskId(1), Some(5), mark(1))).collect();
+        assert_eq!(
+            pushed,
+            [
+                Recorded::Queued(0),
+                Recorded::Queued(1),
+                Recorded::Queued(2),
+                Recorded::Queued(3),
+                Recorded::Dropped(4),
+                Recorded::Dropped(5),
+                Recorded::Dropped(6),
+            ]
+        );
+        let mut batch = Vec::new();
+        assert!(!queue.take(&mut batch, Duration::ZERO));
+        let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 7], "the gap is written as soon as there is room");
+        assert_eq!(
+            batch[4].kind,
+            EventKind::Gap {
+                first_lost_seq: 4,
+                lost: 3,
+                reason: GapReason::QueueFull
+            }
+        );
+        assert_eq!(queue.push(TaskId(1), None, mark(1)), Recorded::Queued(8));
+        let counters = queue.counters();
+        assert_eq!((counters.queued, counters.dropped, counters.gaps), (5, 3, 1));
+    }
+
+    #[test]
+    fn the_gap_precedes_the_event_that_found_room() {
+        let queue = Queue::new(4, 12);
+        assert_eq!(queue.push(TaskId(1), Some(0), mark(8)), Recorded::Queued(0));
+        assert_eq!(queue.push(TaskId(1), Some(0), mark(8)), Recorded::Dropped(1));
+        assert_eq!(queue.push(TaskId(2), Some(0), mark(1)), Recorded::Queued(3));
+        let mut batch = Vec::new();
+        queue.take(&mut batch, Duration::ZERO);
+        assert_eq!(batch[1].seq, 2);
+        assert!(matches!(batch[1].kind, EventKind::Gap { first_lost_seq: 1, lost: 1, .. }));
+    }
+
+    #[test]
+    fn oversized_events_become_a_gap_not_a_crash() {
+        let queue = Queue::new(8, usize::MAX);
+        let big = queue.push(TaskId(0), None, mark(EVENT_PAYLOAD_BYTES_MAX + 1));
+        assert_eq!(big, Recorded::Dropped(0));
+        queue.push(TaskId(0), None, mark(1));
+        let mut batch = Vec::new();
+        queue.take(&mut batch, Duration::ZERO);
+        assert!(matches!(
+            batch[0].kind,
+            EventKind::Gap { reason: GapReason::EventTooLarge, .. }
+        ));
+    }
+
+    #[test]
+    fn closed_queue_drops_and_counts() {
+        let queue = Queue::new(8, 1024);
+        queue.close();
+        assert_eq!(queue.push(TaskId(0), None, mark(1)), Recorded::Dropped(0));
+        let mut batch = Vec::new();
+        assert!(queue.take(&mut batch, Duration::from_secs(10)), "close never waits");
+        assert_eq!(queue.counters().dropped, 1);
+    }
+}
