@@ -495,7 +495,9 @@ impl KindClass {
 
     /// Parse a class name (as [`KindClass::name`] prints it).
     pub fn from_name(name: &str) -> Option<KindClass> {
-        KindClass::ALL.into_iter().find(|class| class.name() == name)
+        KindClass::ALL
+            .into_iter()
+            .find(|class| class.name() == name)
     }
 }
 

@@ -38,4 +38,6 @@ pub use event::{
 };
 pub use meta::RunMeta;
 pub use reader::{LogEnd, ReadError, ReadStats, RunReader};
-pub use writer::{LogWriter, Recorded, Recorder, RecorderStats, WriteError, WriterConfig, WriterTotals};
+pub use writer::{
+    LogWriter, Recorded, Recorder, RecorderStats, WriteError, WriterConfig, WriterTotals,
+};

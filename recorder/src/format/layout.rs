@@ -80,11 +80,15 @@ impl SegmentPrefix {
     pub(crate) fn decode_body(&self, body: &[u8]) -> Result<SegmentHeader, LayoutError> {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&self.version_and_len), body);
         if crc != self.crc {
-            return Err(LayoutError::Corrupt("segment header checksum mismatch".into()));
+            return Err(LayoutError::Corrupt(
+                "segment header checksum mismatch".into(),
+            ));
         }
         match codec::decode_from::<SegmentHeader>(body) {
             Ok((header, used)) if used == body.len() => Ok(header),
-            Ok(_) => Err(LayoutError::Corrupt("segment header has trailing bytes".into())),
+            Ok(_) => Err(LayoutError::Corrupt(
+                "segment header has trailing bytes".into(),
+            )),
             Err(err) => Err(LayoutError::Corrupt(format!(
                 "segment header does not decode: {err}"
             ))),
@@ -123,7 +127,9 @@ impl FrameHeader {
             return Err(LayoutError::Corrupt("bad frame magic".into()));
         }
         if crc32c::crc32c(&bytes[..28]) != u32_at(bytes, 28) {
-            return Err(LayoutError::Corrupt("frame header checksum mismatch".into()));
+            return Err(LayoutError::Corrupt(
+                "frame header checksum mismatch".into(),
+            ));
         }
         let header = FrameHeader {
             payload_len: u32_at(bytes, 4),
@@ -141,7 +147,11 @@ impl FrameHeader {
                 Ok(())
             }
         };
-        check("payload length", header.payload_len, FRAME_PAYLOAD_BYTES_MAX)?;
+        check(
+            "payload length",
+            header.payload_len,
+            FRAME_PAYLOAD_BYTES_MAX,
+        )?;
         check("raw length", header.raw_len, FRAME_RAW_BYTES_MAX)?;
         check("event count", header.events, FRAME_EVENTS_MAX)?;
         Ok(header)
@@ -193,7 +203,9 @@ impl Footer {
         }
         let flags = u32_at(bytes, 32);
         if flags & !(FOOTER_FLAG_CONTINUES | FOOTER_FLAG_HAS_EVENTS) != 0 {
-            return Err(LayoutError::Corrupt(format!("unknown footer flags {flags:#x}")));
+            return Err(LayoutError::Corrupt(format!(
+                "unknown footer flags {flags:#x}"
+            )));
         }
         Ok(Footer {
             frames: u64_at(bytes, 4),

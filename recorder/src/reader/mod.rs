@@ -79,7 +79,9 @@ impl ReadError {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            ReadError::Corrupt { .. } | ReadError::MissingSegment { .. } | ReadError::NotADejaLog { .. }
+            ReadError::Corrupt { .. }
+                | ReadError::MissingSegment { .. }
+                | ReadError::NotADejaLog { .. }
         )
     }
 }
@@ -230,7 +232,10 @@ impl RunReader {
             if header.segment_index as usize != index {
                 return Err(segment.corrupt(
                     0,
-                    format!("header says segment {} but the file is segment {index}", header.segment_index),
+                    format!(
+                        "header says segment {} but the file is segment {index}",
+                        header.segment_index
+                    ),
                 ));
             }
             if self.header.is_none() {
@@ -250,25 +255,50 @@ impl RunReader {
                 self.stats.events += 1;
                 return Ok(Some(event));
             }
-            let end = segment.end().expect("a finished segment knows its end").clone();
+            let end = segment
+                .end()
+                .expect("a finished segment knows its end")
+                .clone();
             let file = segment.path().to_path_buf();
             let is_last = self.next_segment == self.segments.len();
             let last_seq = self.last_seq;
             let log_end = match (end, is_last) {
-                (SegmentEnd::Footer { continues: true, .. }, false) => {
+                (
+                    SegmentEnd::Footer {
+                        continues: true, ..
+                    },
+                    false,
+                ) => {
                     self.open_next_segment()?;
                     continue;
                 }
-                (SegmentEnd::Footer { continues: false, .. }, true) => LogEnd::Clean,
+                (
+                    SegmentEnd::Footer {
+                        continues: false, ..
+                    },
+                    true,
+                ) => LogEnd::Clean,
                 // Killed between rotating and creating the next segment, or
                 // killed before writing the footer.
-                (SegmentEnd::Footer { continues: true, offset }, true)
+                (
+                    SegmentEnd::Footer {
+                        continues: true,
+                        offset,
+                    },
+                    true,
+                )
                 | (SegmentEnd::NoFooter { offset }, true) => LogEnd::Unclean {
                     last_seq,
                     file,
                     offset,
                 },
-                (SegmentEnd::Torn { offset, partial_bytes }, true) => LogEnd::TornTail {
+                (
+                    SegmentEnd::Torn {
+                        offset,
+                        partial_bytes,
+                    },
+                    true,
+                ) => LogEnd::TornTail {
                     last_seq,
                     file,
                     offset,
@@ -278,7 +308,9 @@ impl RunReader {
                     let next = self.segments[self.next_segment].display().to_string();
                     return Err(segment.corrupt(
                         end.offset(),
-                        format!("segment does not end with a continuing footer, but {next} follows"),
+                        format!(
+                            "segment does not end with a continuing footer, but {next} follows"
+                        ),
                     ));
                 }
             };

@@ -87,7 +87,9 @@ impl SegmentReader {
         let file = File::open(&path).map_err(io_error)?;
         let file_len = file.metadata().map_err(io_error)?.len();
         let mut decompressor = zstd::bulk::Decompressor::new().map_err(io_error)?;
-        decompressor.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(io_error)?;
+        decompressor
+            .window_log_max(ZSTD_WINDOW_LOG_MAX)
+            .map_err(io_error)?;
         let mut reader = SegmentReader {
             file: BufReader::with_capacity(READ_BUFFER_BYTES, file),
             path,
@@ -245,10 +247,12 @@ impl SegmentReader {
             return Ok(None);
         }
         let mut magic = [0u8; 4];
-        self.file.read_exact(&mut magic).map_err(|source| ReadError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.file
+            .read_exact(&mut magic)
+            .map_err(|source| ReadError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         let (record_bytes, is_frame) = match magic {
             FRAME_MAGIC => (FRAME_HEADER_BYTES, true),
             FOOTER_MAGIC => (FOOTER_BYTES, false),
@@ -270,12 +274,12 @@ impl SegmentReader {
         self.read_exact(&mut rest[..record_bytes - 4])?;
         bytes[4..record_bytes].copy_from_slice(&rest[..record_bytes - 4]);
         if is_frame {
-            let header = FrameHeader::decode(bytes[..FRAME_HEADER_BYTES].try_into().expect("sized"))
-                .map_err(|err| self.layout_error(at, err))?;
+            let header =
+                FrameHeader::decode(bytes[..FRAME_HEADER_BYTES].try_into().expect("sized"))
+                    .map_err(|err| self.layout_error(at, err))?;
             Ok(Some(Record::Frame(header)))
         } else {
-            let footer =
-                Footer::decode(&bytes).map_err(|err| self.layout_error(at, err))?;
+            let footer = Footer::decode(&bytes).map_err(|err| self.layout_error(at, err))?;
             Ok(Some(Record::Footer(footer)))
         }
     }
@@ -307,7 +311,10 @@ impl SegmentReader {
         if inflated != header.raw_len as usize {
             return Err(self.corrupt(
                 at,
-                format!("frame inflates to {inflated} bytes, header says {}", header.raw_len),
+                format!(
+                    "frame inflates to {inflated} bytes, header says {}",
+                    header.raw_len
+                ),
             ));
         }
         self.frames += 1;

@@ -10,8 +10,8 @@ use super::{WriteError, WriterConfig};
 use crate::event::Event;
 use crate::format::layout::{FrameHeader, SegmentHeader};
 use crate::format::{
-    codec, segment_file_name, Footer, FRAME_EVENTS_MAX, FRAME_HEADER_BYTES, FRAME_PAYLOAD_BYTES_MAX,
-    FRAME_RAW_BYTES_MAX, FRAME_RAW_BYTES_TARGET,
+    codec, segment_file_name, Footer, FRAME_EVENTS_MAX, FRAME_HEADER_BYTES,
+    FRAME_PAYLOAD_BYTES_MAX, FRAME_RAW_BYTES_MAX, FRAME_RAW_BYTES_TARGET,
 };
 use crate::meta::RunMeta;
 
@@ -109,15 +109,20 @@ impl LogWriter {
     }
 
     /// Write into `dir`, which must exist and hold no segments yet.
-    pub fn create_in(dir: PathBuf, mut meta: RunMeta, config: WriterConfig) -> Result<Self, WriteError> {
+    pub fn create_in(
+        dir: PathBuf,
+        mut meta: RunMeta,
+        config: WriterConfig,
+    ) -> Result<Self, WriteError> {
         config.validate();
         meta.clamp();
-        let compressor = zstd::bulk::Compressor::new(config.compression_level).map_err(|source| {
-            WriteError::Io {
-                path: dir.clone(),
-                source,
-            }
-        })?;
+        let compressor =
+            zstd::bulk::Compressor::new(config.compression_level).map_err(|source| {
+                WriteError::Io {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
         let mut totals = WriterTotals::default();
         let segment = OpenSegment::create(&dir, 0, &meta, &mut totals)?;
         Ok(LogWriter {
@@ -212,7 +217,8 @@ impl LogWriter {
         segment.events += u64::from(frame.events);
         segment.first_seq.get_or_insert(frame.first_seq);
         segment.last_seq = frame.last_seq;
-        segment.frames_crc = crc32c::crc32c_append(segment.frames_crc, &header.payload_crc.to_le_bytes());
+        segment.frames_crc =
+            crc32c::crc32c_append(segment.frames_crc, &header.payload_crc.to_le_bytes());
         self.totals.frames += 1;
         self.totals.events += u64::from(frame.events);
         self.totals.bytes_on_disk += frame.out.len() as u64;
@@ -292,7 +298,12 @@ impl LogWriter {
 }
 
 impl OpenSegment {
-    fn create(dir: &Path, index: u32, meta: &RunMeta, totals: &mut WriterTotals) -> Result<Self, WriteError> {
+    fn create(
+        dir: &Path,
+        index: u32,
+        meta: &RunMeta,
+        totals: &mut WriterTotals,
+    ) -> Result<Self, WriteError> {
         let path = dir.join(segment_file_name(index));
         let header = SegmentHeader {
             segment_index: index,

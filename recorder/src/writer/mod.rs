@@ -16,8 +16,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use log_writer::{LogWriter, WriterTotals, INDEX_FILE_NAME};
-pub use queue::Recorded;
 use queue::Queue;
+pub use queue::Recorded;
 
 use crate::event::{EventKind, TaskId};
 use crate::format::SEGMENT_BYTES_DEFAULT;
@@ -71,8 +71,14 @@ impl WriterConfig {
             self.flush_interval <= Duration::from_millis(FLUSH_INTERVAL_MS_MAX),
             "flush_interval above {FLUSH_INTERVAL_MS_MAX} ms breaks the crash-loss bound"
         );
-        assert!(self.queue_events_max >= 2, "queue_events_max must be at least 2");
-        assert!(self.segment_bytes_max > 0, "segment_bytes_max must be positive");
+        assert!(
+            self.queue_events_max >= 2,
+            "queue_events_max must be at least 2"
+        );
+        assert!(
+            self.segment_bytes_max > 0,
+            "segment_bytes_max must be positive"
+        );
     }
 }
 
@@ -142,14 +148,21 @@ type WriterOutcome = Result<WriterTotals, WriteError>;
 
 impl Recorder {
     /// Create `<out_dir>/<service>-<run_id>/` and start the writer thread.
-    pub fn create(out_dir: &Path, meta: RunMeta, config: WriterConfig) -> Result<Recorder, WriteError> {
+    pub fn create(
+        out_dir: &Path,
+        meta: RunMeta,
+        config: WriterConfig,
+    ) -> Result<Recorder, WriteError> {
         let writer = LogWriter::create(out_dir, meta, config.clone())?;
         Ok(Self::start(writer, config))
     }
 
     fn start(writer: LogWriter, config: WriterConfig) -> Recorder {
         let dir = writer.dir().to_path_buf();
-        let queue = Arc::new(Queue::new(config.queue_events_max, config.queue_payload_bytes_max));
+        let queue = Arc::new(Queue::new(
+            config.queue_events_max,
+            config.queue_payload_bytes_max,
+        ));
         let shared = Arc::new(Mutex::new(WriterProgress::default()));
         let thread = {
             let queue = Arc::clone(&queue);
@@ -223,7 +236,12 @@ impl Recorder {
             }
             Err(err) => Err(err),
         };
-        *closed = Some(result.as_ref().map(Clone::clone).map_err(ToString::to_string));
+        *closed = Some(
+            result
+                .as_ref()
+                .map(Clone::clone)
+                .map_err(ToString::to_string),
+        );
         result
     }
 }

@@ -85,7 +85,9 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding this lock cannot leave State inconsistent
         // (every update is a single push or counter bump), so poison is moot.
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     pub(crate) fn elapsed_ns(&self) -> u64 {
@@ -223,7 +225,9 @@ mod tests {
     #[test]
     fn full_queue_drops_then_writes_one_gap_before_the_next_event() {
         let queue = Queue::new(4, 1 << 20);
-        let pushed: Vec<Recorded> = (0..7).map(|_| queue.push(TaskId(1), Some(5), mark(1))).collect();
+        let pushed: Vec<Recorded> = (0..7)
+            .map(|_| queue.push(TaskId(1), Some(5), mark(1)))
+            .collect();
         assert_eq!(
             pushed,
             [
@@ -239,7 +243,11 @@ mod tests {
         let mut batch = Vec::new();
         assert!(!queue.take(&mut batch, Duration::ZERO));
         let seqs: Vec<u64> = batch.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [0, 1, 2, 3, 7], "the gap is written as soon as there is room");
+        assert_eq!(
+            seqs,
+            [0, 1, 2, 3, 7],
+            "the gap is written as soon as there is room"
+        );
         assert_eq!(
             batch[4].kind,
             EventKind::Gap {
@@ -250,19 +258,32 @@ mod tests {
         );
         assert_eq!(queue.push(TaskId(1), None, mark(1)), Recorded::Queued(8));
         let counters = queue.counters();
-        assert_eq!((counters.queued, counters.dropped, counters.gaps), (5, 3, 1));
+        assert_eq!(
+            (counters.queued, counters.dropped, counters.gaps),
+            (5, 3, 1)
+        );
     }
 
     #[test]
     fn the_gap_precedes_the_event_that_found_room() {
         let queue = Queue::new(4, 12);
         assert_eq!(queue.push(TaskId(1), Some(0), mark(8)), Recorded::Queued(0));
-        assert_eq!(queue.push(TaskId(1), Some(0), mark(8)), Recorded::Dropped(1));
+        assert_eq!(
+            queue.push(TaskId(1), Some(0), mark(8)),
+            Recorded::Dropped(1)
+        );
         assert_eq!(queue.push(TaskId(2), Some(0), mark(1)), Recorded::Queued(3));
         let mut batch = Vec::new();
         queue.take(&mut batch, Duration::ZERO);
         assert_eq!(batch[1].seq, 2);
-        assert!(matches!(batch[1].kind, EventKind::Gap { first_lost_seq: 1, lost: 1, .. }));
+        assert!(matches!(
+            batch[1].kind,
+            EventKind::Gap {
+                first_lost_seq: 1,
+                lost: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -275,7 +296,10 @@ mod tests {
         queue.take(&mut batch, Duration::ZERO);
         assert!(matches!(
             batch[0].kind,
-            EventKind::Gap { reason: GapReason::EventTooLarge, .. }
+            EventKind::Gap {
+                reason: GapReason::EventTooLarge,
+                ..
+            }
         ));
     }
 
@@ -285,7 +309,10 @@ mod tests {
         queue.close();
         assert_eq!(queue.push(TaskId(0), None, mark(1)), Recorded::Dropped(0));
         let mut batch = Vec::new();
-        assert!(queue.take(&mut batch, Duration::from_secs(10)), "close never waits");
+        assert!(
+            queue.take(&mut batch, Duration::from_secs(10)),
+            "close never waits"
+        );
         assert_eq!(queue.counters().dropped, 1);
     }
 }
