@@ -265,7 +265,9 @@ fn writer_loop(
     shared: &Mutex<WriterProgress>,
     interval: Duration,
 ) -> WriterOutcome {
-    let mut batch = Vec::with_capacity(queue_capacity_hint());
+    // Swapped with the queue's Vec on every drain, so the two buffers'
+    // capacities are recycled and this one needs none to start with.
+    let mut batch = Vec::new();
     let mut failed: Option<WriteError> = None;
     loop {
         let closing = queue.take(&mut batch, interval);
@@ -289,10 +291,4 @@ fn writer_loop(
             };
         }
     }
-}
-
-fn queue_capacity_hint() -> usize {
-    // The batch swaps with the queue's Vec, so its capacity is recycled;
-    // start small and let the first swap bring the real buffer.
-    0
 }
