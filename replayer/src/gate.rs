@@ -1,0 +1,674 @@
+//! The replay gate: releases every task's intercepted calls in the
+//! recorded order, and says exactly where the code stopped matching the log.
+//!
+//! The runtime's deterministic executor asks the gate at every intercepted
+//! call. Task T's k-th call must match the log's k-th event of T (same kind,
+//! same target), and is released only when the global cursor reaches that
+//! event's seq. A task that polls several calls at once (`select!`,
+//! `timeout`, `join!`) may have calls that are not its next event; those
+//! wait. Only a call of the same kind on the same target with different
+//! content (a write with other bytes, a mark with another value) is an
+//! immediate divergence; anything else that never matches shows up as a
+//! stall, which the executor reports through [`Gate::stalled`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use deja_recorder::{content_hash, ConnId, Event, EventKind, TaskId, TaskOutcome};
+
+/// Events shown before the divergence point in a report.
+pub const REPORT_CONTEXT_EVENTS: usize = 8;
+
+/// An intercepted operation as the replaying code performs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call<'a> {
+    /// `Instant::now()`.
+    ClockMono,
+    /// `SystemTime::now()`.
+    ClockWall,
+    /// A timer (per-task id) waiting to fire.
+    Timer {
+        /// The runtime's timer id.
+        timer: u64,
+    },
+    /// The run's root seed.
+    RootSeed,
+    /// OS entropy of this many bytes.
+    Entropy {
+        /// Bytes asked for.
+        len: usize,
+    },
+    /// `TcpListener::bind(addr)`.
+    TcpListen {
+        /// The address as given.
+        addr: &'a str,
+    },
+    /// `accept` on a listener.
+    TcpAccept {
+        /// The listener.
+        listener: ConnId,
+    },
+    /// `TcpStream::connect(addr)`.
+    TcpConnect {
+        /// The target as given.
+        addr: &'a str,
+    },
+    /// A read on a stream.
+    TcpRead {
+        /// The stream.
+        conn: ConnId,
+    },
+    /// A write of these bytes on a stream.
+    TcpWrite {
+        /// The stream.
+        conn: ConnId,
+        /// What the code offers to write.
+        bytes: &'a [u8],
+    },
+    /// `shutdown` on a stream.
+    TcpShutdown {
+        /// The stream.
+        conn: ConnId,
+    },
+    /// Dropping a stream or listener.
+    TcpClose {
+        /// The stream or listener.
+        conn: ConnId,
+    },
+    /// `UdpSocket::bind(addr)`.
+    UdpBind {
+        /// The address as given.
+        addr: &'a str,
+    },
+    /// `send_to(bytes, peer)`.
+    UdpSend {
+        /// The socket.
+        socket: ConnId,
+        /// The destination.
+        peer: SocketAddr,
+        /// The datagram.
+        bytes: &'a [u8],
+    },
+    /// `recv_from`.
+    UdpRecv {
+        /// The socket.
+        socket: ConnId,
+    },
+    /// `deja::spawn`.
+    Spawn,
+    /// The task finished.
+    TaskEnd {
+        /// How.
+        outcome: TaskOutcome,
+    },
+    /// `deja::mark(name, value)`.
+    Mark {
+        /// The name.
+        name: &'a str,
+        /// The value.
+        value: &'a [u8],
+    },
+    /// Waiting for a signal.
+    Signal,
+    /// The process is exiting with this code.
+    Exit {
+        /// The exit code.
+        code: i32,
+    },
+}
+
+impl fmt::Display for Call<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Call::ClockMono => f.write_str("clock_mono"),
+            Call::ClockWall => f.write_str("clock_wall"),
+            Call::Timer { timer } => write!(f, "timer_fired timer={timer}"),
+            Call::RootSeed => f.write_str("root_seed"),
+            Call::Entropy { len } => write!(f, "entropy {len}B"),
+            Call::TcpListen { addr } => write!(f, "tcp_listen addr={addr}"),
+            Call::TcpAccept { listener } => write!(f, "tcp_accept listener={listener}"),
+            Call::TcpConnect { addr } => write!(f, "tcp_connect addr={addr}"),
+            Call::TcpRead { conn } => write!(f, "tcp_read conn={conn}"),
+            Call::TcpWrite { conn, bytes } => write!(
+                f,
+                "tcp_write conn={conn} len={} hash={:016x} \"{}\"",
+                bytes.len(),
+                content_hash(bytes),
+                preview(bytes)
+            ),
+            Call::TcpShutdown { conn } => write!(f, "tcp_shutdown conn={conn}"),
+            Call::TcpClose { conn } => write!(f, "tcp_close conn={conn}"),
+            Call::UdpBind { addr } => write!(f, "udp_bind addr={addr}"),
+            Call::UdpSend {
+                socket,
+                peer,
+                bytes,
+            } => write!(f, "udp_send conn={socket} peer={peer} len={}", bytes.len()),
+            Call::UdpRecv { socket } => write!(f, "udp_recv conn={socket}"),
+            Call::Spawn => f.write_str("spawn"),
+            Call::TaskEnd { outcome } => write!(f, "task_end outcome={outcome:?}"),
+            Call::Mark { name, value } => write!(f, "mark {name}=\"{}\"", preview(value)),
+            Call::Signal => f.write_str("signal"),
+            Call::Exit { code } => write!(f, "exit code={code}"),
+        }
+    }
+}
+
+fn preview(bytes: &[u8]) -> String {
+    const SHOWN: usize = 32;
+    let mut text = bytes[..bytes.len().min(SHOWN)].escape_ascii().to_string();
+    if bytes.len() > SHOWN {
+        text.push_str("...");
+    }
+    text
+}
+
+/// How a call relates to a recorded event.
+#[derive(Debug, PartialEq, Eq)]
+enum Match {
+    /// The event is this call's outcome.
+    Same,
+    /// Same operation on the same target, different content: a divergence.
+    Conflict(String),
+    /// A different operation: maybe another pending call of the task.
+    Other,
+}
+
+fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
+    use EventKind as E;
+    let same = |yes: bool| if yes { Match::Same } else { Match::Other };
+    match (call, event) {
+        (Call::ClockMono, E::ClockMono { .. }) | (Call::ClockWall, E::ClockWall { .. }) => {
+            Match::Same
+        }
+        (Call::Timer { timer }, E::TimerFired { timer: t, .. }) => same(timer == t),
+        (Call::RootSeed, E::RootSeed { .. }) => Match::Same,
+        (Call::Entropy { len }, E::Entropy { bytes }) if *len == bytes.len() => Match::Same,
+        (Call::Entropy { len }, E::Entropy { bytes }) => Match::Conflict(format!(
+            "asked for {len} bytes of entropy, the recording drew {}",
+            bytes.len()
+        )),
+        (Call::TcpListen { addr }, E::TcpListen { addr: a, .. })
+        | (Call::TcpConnect { addr }, E::TcpConnect { addr: a, .. })
+        | (Call::UdpBind { addr }, E::UdpBind { addr: a, .. }) => {
+            if addr == a {
+                Match::Same
+            } else {
+                Match::Conflict(format!("address {addr:?}, the recording used {a:?}"))
+            }
+        }
+        (Call::TcpAccept { listener }, E::TcpAccept { listener: l, .. }) => same(listener == l),
+        (Call::TcpRead { conn }, E::TcpRead { conn: c, .. })
+        | (Call::TcpShutdown { conn }, E::TcpShutdown { conn: c, .. })
+        | (Call::TcpClose { conn }, E::TcpClose { conn: c })
+        | (Call::UdpRecv { socket: conn }, E::UdpRecv { socket: c, .. }) => same(conn == c),
+        (Call::TcpWrite { conn, bytes }, E::TcpWrite { conn: c, result }) if conn == c => {
+            check_write(bytes, result)
+        }
+        (
+            Call::UdpSend {
+                socket,
+                peer,
+                bytes,
+            },
+            E::UdpSend {
+                socket: s,
+                peer: p,
+                result,
+            },
+        ) if socket == s => {
+            if peer != p {
+                return Match::Conflict(format!("sent to {peer}, the recording sent to {p}"));
+            }
+            check_write(bytes, result)
+        }
+        (Call::Spawn, E::Spawn { .. }) => Match::Same,
+        (Call::TaskEnd { outcome }, E::TaskEnd { outcome: o }) => {
+            if outcome == o {
+                Match::Same
+            } else {
+                Match::Conflict(format!("task ended {outcome:?}, the recording ended {o:?}"))
+            }
+        }
+        (Call::Mark { name, value }, E::Mark { name: n, value: v }) if name == n => {
+            if value == &v.as_slice() {
+                Match::Same
+            } else {
+                Match::Conflict(format!(
+                    "mark {name} is \"{}\", the recording has \"{}\"",
+                    preview(value),
+                    preview(v)
+                ))
+            }
+        }
+        (Call::Signal, E::Signal { .. }) => Match::Same,
+        (Call::Exit { code }, E::Exit { code: c }) => {
+            if code == c {
+                Match::Same
+            } else {
+                Match::Conflict(format!("exit code {code}, the recording exited {c}"))
+            }
+        }
+        _ => Match::Other,
+    }
+}
+
+/// A write offering `bytes` matches a recorded write that accepted the
+/// first `len` of them with the same hash.
+fn check_write(
+    bytes: &[u8],
+    result: &Result<deja_recorder::Written, deja_recorder::IoErrorKind>,
+) -> Match {
+    let Ok(written) = result else {
+        return Match::Same; // the recorded error is the outcome, whatever the bytes
+    };
+    let len = written.len as usize;
+    if bytes.len() < len {
+        return Match::Conflict(format!(
+            "writes {} bytes, the recording wrote {len}",
+            bytes.len()
+        ));
+    }
+    if content_hash(&bytes[..len]) != written.hash {
+        return Match::Conflict(format!(
+            "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}",
+            preview(&bytes[..len]),
+            content_hash(&bytes[..len]),
+            written.hash
+        ));
+    }
+    Match::Same
+}
+
+/// What the gate says to a call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Gated<'a> {
+    /// The call happens now and returns what this event recorded.
+    Ready(&'a Event),
+    /// Not yet: other tasks' events come first, or this call is not the
+    /// task's next recorded operation.
+    Wait,
+}
+
+/// Why replay stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DivergenceKind {
+    /// Same operation on the same target, different content.
+    Conflict(String),
+    /// The task makes a call after its last recorded event.
+    ExtraCall,
+    /// The log is incomplete here (a `Gap` event): replay cannot go on.
+    LogIncomplete,
+    /// No task can make progress: the event at the cursor is never asked for.
+    Stalled,
+}
+
+/// A replay divergence: where, who, what was recorded, what happened instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// What kind of divergence.
+    pub kind: DivergenceKind,
+    /// The task whose call diverged (for a stall: the task that owns the
+    /// event at the cursor).
+    pub task: TaskId,
+    /// The recorded event that should have happened, if any.
+    pub expected: Option<Event>,
+    /// What the code did instead (its pending calls, for a stall).
+    pub actual: String,
+    /// The last events released before the divergence, oldest first.
+    pub recent: Vec<Event>,
+}
+
+impl Divergence {
+    /// The first differing seq, if the log has an event there.
+    pub fn seq(&self) -> Option<u64> {
+        self.expected.as_ref().map(|event| event.seq)
+    }
+}
+
+impl fmt::Display for Divergence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = self.seq().map_or_else(
+            || "after the end of the log".to_string(),
+            |seq| format!("at seq {seq}"),
+        );
+        let what = match &self.kind {
+            DivergenceKind::Conflict(why) => why.clone(),
+            DivergenceKind::ExtraCall => "a call the recording does not have".into(),
+            DivergenceKind::LogIncomplete => "the recording lost events here (gap)".into(),
+            DivergenceKind::Stalled => "no task can make progress".into(),
+        };
+        writeln!(f, "replay diverged {at} in task {}: {what}", self.task)?;
+        match &self.expected {
+            Some(event) => writeln!(f, "  expected: {event}")?,
+            None => writeln!(
+                f,
+                "  expected: nothing (task {} has no more events)",
+                self.task
+            )?,
+        }
+        writeln!(f, "  actual:   {}", self.actual)?;
+        if !self.recent.is_empty() {
+            writeln!(f, "  last events before it:")?;
+            for event in &self.recent {
+                writeln!(f, "    {event}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Divergence {}
+
+#[derive(Debug, Default)]
+struct TaskTrack {
+    /// Indices into the gate's events, in order.
+    events: Vec<usize>,
+    next: usize,
+}
+
+/// The recorded order, and the cursor that walks it.
+#[derive(Debug)]
+pub struct Gate {
+    events: Vec<Event>,
+    cursor: usize,
+    tasks: BTreeMap<TaskId, TaskTrack>,
+}
+
+impl Gate {
+    /// A gate over a run's events (in seq order, as the reader returns them).
+    pub fn new(events: Vec<Event>) -> Gate {
+        let mut tasks: BTreeMap<TaskId, TaskTrack> = BTreeMap::new();
+        for (index, event) in events.iter().enumerate() {
+            tasks.entry(event.task).or_default().events.push(index);
+        }
+        Gate {
+            events,
+            cursor: 0,
+            tasks,
+        }
+    }
+
+    /// The next event to be released, if any.
+    pub fn cursor_event(&self) -> Option<&Event> {
+        self.events.get(self.cursor)
+    }
+
+    /// How many events have been released.
+    pub fn released(&self) -> usize {
+        self.cursor
+    }
+
+    /// True once every recorded event has been released.
+    pub fn finished(&self) -> bool {
+        self.cursor == self.events.len()
+    }
+
+    /// Virtual monotonic time: the time of the last released event.
+    pub fn now_ns(&self) -> u64 {
+        self.cursor
+            .checked_sub(1)
+            .map_or(0, |last| self.events[last].mono_ns)
+    }
+
+    /// Task `task` makes `call`: release it, make it wait, or diverge.
+    pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Divergence> {
+        let Some(index) = self.next_index(task) else {
+            return Err(self.divergence(DivergenceKind::ExtraCall, task, None, call.to_string()));
+        };
+        let event = &self.events[index];
+        if matches!(event.kind, EventKind::Gap { .. }) {
+            if index == self.cursor {
+                return Err(self.divergence(
+                    DivergenceKind::LogIncomplete,
+                    task,
+                    Some(index),
+                    call.to_string(),
+                ));
+            }
+            return Ok(Gated::Wait);
+        }
+        match match_call(call, &event.kind) {
+            Match::Conflict(why) => Err(self.divergence(
+                DivergenceKind::Conflict(why),
+                task,
+                Some(index),
+                call.to_string(),
+            )),
+            Match::Other => Ok(Gated::Wait),
+            Match::Same if index != self.cursor => Ok(Gated::Wait),
+            Match::Same => {
+                debug_assert_eq!(self.events[index].task, task);
+                self.cursor += 1;
+                self.tasks.get_mut(&task).expect("indexed").next += 1;
+                Ok(Gated::Ready(&self.events[index]))
+            }
+        }
+    }
+
+    /// The task whose event is at the cursor: the one the executor must
+    /// let run next.
+    pub fn cursor_task(&self) -> Option<TaskId> {
+        self.cursor_event().map(|event| event.task)
+    }
+
+    fn next_index(&self, task: TaskId) -> Option<usize> {
+        let track = self.tasks.get(&task)?;
+        track.events.get(track.next).copied()
+    }
+
+    /// The executor found no runnable task before the log's end: report
+    /// which event nobody asks for, and what each task waits on instead
+    /// (`pending`: task and a description of its pending calls).
+    pub fn stalled(&self, pending: &[(TaskId, String)]) -> Divergence {
+        let Some(event) = self.cursor_event() else {
+            let (task, actual) = pending
+                .first()
+                .cloned()
+                .unwrap_or((TaskId::MAIN, String::new()));
+            return self.divergence(DivergenceKind::ExtraCall, task, None, actual);
+        };
+        let task = event.task;
+        let actual = pending
+            .iter()
+            .map(|(t, calls)| format!("task {t} waits on {calls}"))
+            .collect::<Vec<_>>();
+        let actual = if actual.is_empty() {
+            format!("task {task} never made this call")
+        } else {
+            actual.join("; ")
+        };
+        let kind = if matches!(event.kind, EventKind::Gap { .. }) {
+            DivergenceKind::LogIncomplete
+        } else {
+            DivergenceKind::Stalled
+        };
+        self.divergence(kind, task, Some(self.cursor), actual)
+    }
+
+    fn divergence(
+        &self,
+        kind: DivergenceKind,
+        task: TaskId,
+        expected: Option<usize>,
+        actual: String,
+    ) -> Divergence {
+        let recent_from = self.cursor.saturating_sub(REPORT_CONTEXT_EVENTS);
+        Divergence {
+            kind,
+            task,
+            expected: expected.map(|index| self.events[index].clone()),
+            actual,
+            recent: self.events[recent_from..self.cursor].to_vec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deja_recorder::{ReadOutcome, Written};
+
+    fn event(seq: u64, task: u64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            task: TaskId(task),
+            mono_ns: seq * 10,
+            kind,
+        }
+    }
+
+    fn read(conn: u64) -> EventKind {
+        EventKind::TcpRead {
+            conn: ConnId(conn),
+            result: ReadOutcome::Data(b"x".to_vec()),
+        }
+    }
+
+    /// Two tasks whose reads were recorded interleaved: 1, 2, 1.
+    fn interleaved() -> Gate {
+        Gate::new(vec![
+            event(0, 1, read(10)),
+            event(1, 2, read(20)),
+            event(2, 1, read(10)),
+        ])
+    }
+
+    #[test]
+    fn calls_are_released_in_the_recorded_interleaving() {
+        let mut gate = interleaved();
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        let t2 = Call::TcpRead { conn: ConnId(20) };
+        // Task 2 is early: it waits for task 1's first read.
+        assert_eq!(gate.poll(TaskId(2), &t2), Ok(Gated::Wait));
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
+        // Task 1 is early for its second read: task 2 goes first.
+        assert_eq!(gate.poll(TaskId(1), &t1), Ok(Gated::Wait));
+        assert_eq!(gate.cursor_task(), Some(TaskId(2)));
+        assert!(matches!(gate.poll(TaskId(2), &t2), Ok(Gated::Ready(e)) if e.seq == 1));
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 2));
+        assert!(gate.finished());
+        assert_eq!(gate.now_ns(), 20);
+    }
+
+    #[test]
+    fn a_write_with_other_bytes_diverges_at_once_with_a_report() {
+        let mut gate = Gate::new(vec![
+            event(0, 0, EventKind::ClockMono { ns: 5 }),
+            event(
+                1,
+                0,
+                EventKind::TcpWrite {
+                    conn: ConnId(3),
+                    result: Ok(Written::of(b"CHARGE 42", false)),
+                },
+            ),
+        ]);
+        assert!(gate.poll(TaskId(0), &Call::ClockMono).is_ok());
+        let err = gate
+            .poll(
+                TaskId(0),
+                &Call::TcpWrite {
+                    conn: ConnId(3),
+                    bytes: b"CHARGE 43",
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.seq(), Some(1));
+        assert!(matches!(err.kind, DivergenceKind::Conflict(_)));
+        assert_eq!(err.recent.len(), 1);
+        let report = err.to_string();
+        assert!(
+            report.contains("replay diverged at seq 1 in task 0"),
+            "{report}"
+        );
+        assert!(report.contains("CHARGE 43"), "{report}");
+        assert!(report.contains("expected: #1"), "{report}");
+    }
+
+    #[test]
+    fn a_longer_buffer_matches_a_partial_write() {
+        let mut gate = Gate::new(vec![event(
+            0,
+            0,
+            EventKind::TcpWrite {
+                conn: ConnId(3),
+                result: Ok(Written::of(b"CHARGE", false)),
+            },
+        )]);
+        let call = Call::TcpWrite {
+            conn: ConnId(3),
+            bytes: b"CHARGE 42",
+        };
+        assert!(matches!(gate.poll(TaskId(0), &call), Ok(Gated::Ready(_))));
+    }
+
+    #[test]
+    fn a_call_past_the_tasks_last_event_diverges() {
+        let mut gate = Gate::new(vec![event(0, 0, EventKind::ClockMono { ns: 1 })]);
+        assert!(gate.poll(TaskId(0), &Call::ClockMono).is_ok());
+        let err = gate.poll(TaskId(0), &Call::ClockWall).unwrap_err();
+        assert_eq!(err.kind, DivergenceKind::ExtraCall);
+        assert!(err.to_string().contains("after the end of the log"));
+    }
+
+    #[test]
+    fn a_different_operation_waits_and_the_stall_names_both_sides() {
+        let mut gate = interleaved();
+        // Task 1 now reads another connection: not conclusive on its own.
+        assert_eq!(
+            gate.poll(TaskId(1), &Call::TcpRead { conn: ConnId(99) }),
+            Ok(Gated::Wait)
+        );
+        let err = gate.stalled(&[(TaskId(1), "tcp_read conn=99".into())]);
+        assert_eq!(err.kind, DivergenceKind::Stalled);
+        assert_eq!(err.seq(), Some(0));
+        assert!(
+            err.to_string().contains("task 1 waits on tcp_read conn=99"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reaching_a_gap_stops_replay() {
+        let mut gate = Gate::new(vec![
+            event(0, 0, EventKind::ClockMono { ns: 1 }),
+            event(
+                3,
+                0,
+                EventKind::Gap {
+                    first_lost_seq: 1,
+                    lost: 2,
+                    reason: deja_recorder::GapReason::QueueFull,
+                },
+            ),
+        ]);
+        assert!(gate.poll(TaskId(0), &Call::ClockMono).is_ok());
+        let err = gate.poll(TaskId(0), &Call::ClockMono).unwrap_err();
+        assert_eq!(err.kind, DivergenceKind::LogIncomplete);
+        assert_eq!(err.seq(), Some(3));
+    }
+
+    #[test]
+    fn marks_with_another_value_diverge() {
+        let mut gate = Gate::new(vec![event(
+            0,
+            0,
+            EventKind::Mark {
+                name: "order".into(),
+                value: b"42".to_vec(),
+            },
+        )]);
+        let err = gate
+            .poll(
+                TaskId(0),
+                &Call::Mark {
+                    name: "order",
+                    value: b"43",
+                },
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("mark order is \"43\""), "{err}");
+    }
+}
