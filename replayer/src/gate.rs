@@ -413,7 +413,7 @@ impl Gate {
     }
 
     /// Task `task` makes `call`: release it, make it wait, or diverge.
-    pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Divergence> {
+    pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
         let Some(index) = self.next_index(task) else {
             return Err(self.divergence(DivergenceKind::ExtraCall, task, None, call.to_string()));
         };
@@ -461,7 +461,7 @@ impl Gate {
     /// The executor found no runnable task before the log's end: report
     /// which event nobody asks for, and what each task waits on instead
     /// (`pending`: task and a description of its pending calls).
-    pub fn stalled(&self, pending: &[(TaskId, String)]) -> Divergence {
+    pub fn stalled(&self, pending: &[(TaskId, String)]) -> Box<Divergence> {
         let Some(event) = self.cursor_event() else {
             let (task, actual) = pending
                 .first()
@@ -493,15 +493,15 @@ impl Gate {
         task: TaskId,
         expected: Option<usize>,
         actual: String,
-    ) -> Divergence {
+    ) -> Box<Divergence> {
         let recent_from = self.cursor.saturating_sub(REPORT_CONTEXT_EVENTS);
-        Divergence {
+        Box::new(Divergence {
             kind,
             task,
             expected: expected.map(|index| self.events[index].clone()),
             actual,
             recent: self.events[recent_from..self.cursor].to_vec(),
-        }
+        })
     }
 }
 

@@ -1,5 +1,6 @@
-//! End-to-end tests across deja's crates and its CLI live in `tests/tests/`
-//! (named by area: `log_*.rs` for the format, `cli_*.rs` for the binary);
+//! End-to-end tests across deja's crates live in `tests/tests/`, named by
+//! area (`log_*.rs` for the format); the CLI's own tests are in `cli/tests/`
+//! because they need its binary;
 //! this library holds what they share: deterministic sample events,
 //! proptest strategies for every event kind, and run-writing helpers.
 //!

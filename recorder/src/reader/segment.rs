@@ -9,7 +9,7 @@ use crate::event::Event;
 use crate::format::layout::{FrameHeader, LayoutError, SegmentPrefix};
 use crate::format::{
     codec, Footer, SegmentHeader, FOOTER_BYTES, FOOTER_MAGIC, FRAME_HEADER_BYTES, FRAME_MAGIC,
-    SEGMENT_PREFIX_BYTES, ZSTD_WINDOW_LOG_MAX,
+    SEGMENT_MAGIC, SEGMENT_PREFIX_BYTES, ZSTD_WINDOW_LOG_MAX,
 };
 use crate::meta::RunMeta;
 
@@ -175,6 +175,15 @@ impl SegmentReader {
 
     fn read_header(&mut self, run: Option<&RunMeta>) -> Result<(), ReadError> {
         if self.remaining() < SEGMENT_PREFIX_BYTES as u64 {
+            // Torn only if what is there could be the start of a header.
+            let mut start = [0u8; SEGMENT_PREFIX_BYTES];
+            let present = self.remaining() as usize;
+            self.read_exact(&mut start[..present])?;
+            self.offset = 0;
+            let magic = present.min(SEGMENT_MAGIC.len());
+            if start[..magic] != SEGMENT_MAGIC[..magic] {
+                return Err(self.layout_error(0, LayoutError::NotADejaLog));
+            }
             self.torn();
             return Ok(());
         }
@@ -374,5 +383,32 @@ impl SegmentReader {
             offset: at,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_file_is_torn_only_if_it_starts_like_a_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000.deja");
+        for start in [&b""[..], b"DEJA", b"DEJALOG\0\x01\0\0\0"] {
+            std::fs::write(&path, start).unwrap();
+            let reader = SegmentReader::open(path.clone(), None).unwrap();
+            assert_eq!(
+                reader.end(),
+                Some(&SegmentEnd::Torn {
+                    offset: 0,
+                    partial_bytes: start.len() as u64
+                })
+            );
+        }
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(matches!(
+            SegmentReader::open(path, None),
+            Err(ReadError::NotADejaLog { .. })
+        ));
     }
 }

@@ -186,10 +186,15 @@ impl LogWriter {
 
     /// Compress the pending batch and write it as one frame.
     fn flush_frame(&mut self) -> Result<(), WriteError> {
-        let frame = &mut self.frame;
-        if frame.events == 0 {
+        if self.frame.events == 0 {
             return Ok(());
         }
+        // Rotate lazily, before a frame that would go into a full segment,
+        // so a run never ends with an empty segment.
+        if self.segment.frames > 0 && self.segment.bytes >= self.config.segment_bytes_max {
+            self.rotate()?;
+        }
+        let frame = &mut self.frame;
         frame.out.clear();
         frame.out.resize(FRAME_HEADER_BYTES, 0);
         let payload = frame
@@ -225,9 +230,6 @@ impl LogWriter {
         self.totals.bytes_raw += frame.raw.len() as u64;
         frame.raw.clear();
         frame.events = 0;
-        if segment.bytes >= self.config.segment_bytes_max {
-            self.rotate()?;
-        }
         Ok(())
     }
 
