@@ -269,3 +269,116 @@ pub fn arb_event_stream(max_len: usize) -> impl Strategy<Value = Vec<Event>> {
         events
     })
 }
+
+/// Where the records of an intact segment file sit (the byte layout of
+/// `deja_recorder::format`): for tests that cut or damage a log exactly at,
+/// or inside, a given record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentLayout {
+    /// End of the segment header: where the first frame starts.
+    pub header_end: u64,
+    /// Every frame, in file order.
+    pub frames: Vec<FrameSpan>,
+    /// Where the 40-byte footer starts, if the segment has one.
+    pub footer_start: Option<u64>,
+    /// The file's length.
+    pub len: u64,
+}
+
+/// One frame of a [`SegmentLayout`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameSpan {
+    /// Offset of its 32-byte header.
+    pub start: u64,
+    /// Offset just past its payload.
+    pub end: u64,
+    /// Events in it (the header's `events` field).
+    pub events: u32,
+    /// The header's `first_seq` field.
+    pub first_seq: u64,
+}
+
+/// Segment header prefix: magic, version, body length, crc.
+pub const SEGMENT_PREFIX_BYTES: u64 = 20;
+/// Frame header: magic, payload_len, raw_len, events, first_seq, two crcs.
+pub const FRAME_HEADER_BYTES: u64 = 32;
+/// Footer: magic, frames, events, last_seq, frames_crc, flags, crc.
+pub const FOOTER_BYTES: u64 = 40;
+
+impl SegmentLayout {
+    /// Walk the frame headers of an intact segment file (header, frames,
+    /// optional footer). Panics if `bytes` is not laid out that way.
+    pub fn of(bytes: &[u8]) -> SegmentLayout {
+        let len = bytes.len() as u64;
+        let u32_at = |at: u64| {
+            let at = at as usize;
+            u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
+        };
+        assert!(len >= SEGMENT_PREFIX_BYTES && bytes.starts_with(b"DEJALOG\0"));
+        let header_end = SEGMENT_PREFIX_BYTES + u64::from(u32_at(12));
+        let mut frames = Vec::new();
+        let mut at = header_end;
+        while at + FRAME_HEADER_BYTES <= len && &bytes[at as usize..at as usize + 4] == b"DJFR" {
+            let end = at + FRAME_HEADER_BYTES + u64::from(u32_at(at + 4));
+            assert!(
+                end <= len,
+                "frame at byte {at} runs past the end of the file"
+            );
+            let first_seq = u64::from_le_bytes(
+                bytes[at as usize + 16..at as usize + 24]
+                    .try_into()
+                    .unwrap(),
+            );
+            frames.push(FrameSpan {
+                start: at,
+                end,
+                events: u32_at(at + 12),
+                first_seq,
+            });
+            at = end;
+        }
+        let footer_start = (at < len).then_some(at);
+        if let Some(footer) = footer_start {
+            assert!(
+                len - footer == FOOTER_BYTES
+                    && &bytes[footer as usize..footer as usize + 4] == b"DJFT",
+                "expected a footer or the end at byte {footer}"
+            );
+        }
+        SegmentLayout {
+            header_end,
+            frames,
+            footer_start,
+            len,
+        }
+    }
+
+    /// Events in the whole segment.
+    pub fn events(&self) -> u64 {
+        self.frames
+            .iter()
+            .map(|frame| u64::from(frame.events))
+            .sum()
+    }
+
+    /// Record boundaries a writer can stop at: the end of the header and
+    /// the end of every frame (not the end of the footer).
+    pub fn boundaries(&self) -> Vec<u64> {
+        std::iter::once(self.header_end)
+            .chain(self.frames.iter().map(|frame| frame.end))
+            .collect()
+    }
+}
+
+/// The segment files of a run directory, in order.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for index in 0u32.. {
+        let path = dir.join(deja_recorder::format::segment_file_name(index));
+        if !path.exists() {
+            break;
+        }
+        files.push(path);
+    }
+    files
+}

@@ -191,6 +191,21 @@ impl SegmentReader {
         self.read_exact(&mut prefix)?;
         let prefix = SegmentPrefix::decode(&prefix).map_err(|err| self.layout_error(0, err))?;
         if self.remaining() < u64::from(prefix.body_len) {
+            // A body cut short never decodes (the encoding is self-
+            // delimiting); one that does decode from the bytes present is
+            // whole, so its length field is damaged, not torn.
+            let mut present = vec![0u8; self.remaining() as usize];
+            self.read_exact(&mut present)?;
+            if let Ok((_, used)) = codec::decode_from::<SegmentHeader>(&present) {
+                return Err(self.corrupt(
+                    0,
+                    format!(
+                        "segment header claims a {}-byte body, but the file holds a whole {used}-byte one followed by {} more bytes",
+                        prefix.body_len,
+                        present.len() - used
+                    ),
+                ));
+            }
             self.offset = 0;
             self.torn();
             return Ok(());
@@ -311,6 +326,7 @@ impl SegmentReader {
         if crc32c::crc32c(&self.payload) != header.payload_crc {
             return Err(self.corrupt(at, "frame payload checksum mismatch".into()));
         }
+        check_zstd_window(&self.payload).map_err(|what| self.corrupt(at, what))?;
         self.raw.clear();
         self.raw.reserve_exact(header.raw_len as usize);
         let inflated = self
@@ -384,6 +400,34 @@ impl SegmentReader {
         });
         Ok(())
     }
+}
+
+/// A payload must be exactly one zstd frame whose window is within
+/// `ZSTD_WINDOW_LOG_MAX`: one-shot decompression ignores the decompressor's
+/// `window_log_max` (zstd enforces it only when streaming), and skips any
+/// skippable or further frames after the first.
+fn check_zstd_window(payload: &[u8]) -> Result<(), String> {
+    const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+    match zstd::zstd_safe::find_frame_compressed_size(payload) {
+        Ok(size) if size == payload.len() && payload[..4] == ZSTD_MAGIC => {}
+        _ => return Err("frame payload is not exactly one zstd frame".into()),
+    }
+    // Frame_Header_Descriptor, then (unless Single_Segment, where the
+    // window is the content size, bounded by the output buffer) the
+    // Window_Descriptor: 2^(10 + exponent) plus mantissa eighths of that.
+    let single_segment = payload[4] & 0x20 != 0;
+    if !single_segment {
+        let descriptor = payload[5];
+        let base = 1u64 << (10 + u32::from(descriptor >> 3));
+        let window = base + (base >> 3) * u64::from(descriptor & 7);
+        if window > 1 << ZSTD_WINDOW_LOG_MAX {
+            return Err(format!(
+                "frame payload declares a {window}-byte zstd window, over the {}-byte limit",
+                1u64 << ZSTD_WINDOW_LOG_MAX
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
