@@ -2,7 +2,7 @@
 //!
 //! A map of the crate:
 //! - [`event`]: what one intercepted operation looks like ([`Event`], [`EventKind`]).
-//! - [`format`]: the on-disk layout of segments, frames and footers, its limits and version.
+//! - [`mod@format`]: the on-disk layout of segments, frames and footers, its limits and version.
 //! - [`meta`]: the run's identity and context ([`RunMeta`]), kept in every segment header.
 //! - [`writer`]: the [`Recorder`] a service pushes into (bounded queue, background
 //!   thread, never blocks on disk) and the synchronous [`LogWriter`] behind it.
