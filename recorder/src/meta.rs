@@ -161,25 +161,35 @@ fn host_name() -> String {
     String::from_utf8_lossy(&buf[..len]).into_owned()
 }
 
-/// `YYYYMMDDTHHMMSSZ` for a Unix time (Howard Hinnant's civil-from-days).
-fn utc_stamp(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let secs_of_day = unix_secs % 86_400;
+/// A Unix time in UTC: `(year, month, day, hour, minute, second)`
+/// (Howard Hinnant's civil-from-days; valid for negative times too).
+pub fn utc_civil(unix_secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = unix_secs.div_euclid(86_400);
+    let secs_of_day = unix_secs.rem_euclid(86_400) as u32;
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+    (
+        year,
+        month,
+        day,
         secs_of_day / 3600,
         secs_of_day / 60 % 60,
-        secs_of_day % 60
+        secs_of_day % 60,
     )
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a Unix time, as run ids use it.
+fn utc_stamp(unix_secs: u64) -> String {
+    let (year, month, day, hour, minute, second) =
+        utc_civil(i64::try_from(unix_secs).unwrap_or(i64::MAX));
+    format!("{year:04}{month:02}{day:02}T{hour:02}{minute:02}{second:02}Z")
 }
 
 #[cfg(test)]
