@@ -168,7 +168,7 @@ fn to_stops_reading_before_damage_further_on() {
         run.stderr.starts_with("deja: error: ")
             && run
                 .stderr
-                .contains(&format!("corrupt at byte {}", frames[7].offset)),
+                .contains(&format!("corrupt at byte {}", frames[7].start)),
         "{}",
         run.stderr
     );

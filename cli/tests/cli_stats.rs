@@ -181,7 +181,7 @@ fn a_torn_run_is_summarized_with_a_warning() {
     );
     assert_eq!(stats["events"], 8);
     assert_eq!(stats["end"]["state"], "torn_tail");
-    assert_eq!(stats["end"]["offset"], frames[8].offset);
+    assert_eq!(stats["end"]["offset"], frames[8].start);
 }
 
 #[test]

@@ -62,7 +62,7 @@ fn a_run_cut_inside_a_frame_is_ok_with_a_torn_tail_warning() {
         run.stderr.starts_with(&format!(
             "deja: warning: torn tail: {} ends inside a record at byte {}",
             segment(&dir).display(),
-            frames[9].offset
+            frames[9].start
         )),
         "{}",
         run.stderr
@@ -74,7 +74,7 @@ fn a_run_cut_inside_a_frame_header_is_a_torn_tail_too() {
     let out = tempfile::tempdir().unwrap();
     let dir = sample_run(out.path(), 10);
     let (frames, _) = frames(&segment(&dir));
-    truncate(&segment(&dir), frames[9].offset + 10);
+    truncate(&segment(&dir), frames[9].start + 10);
     let run = verify(&dir);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.starts_with("ok: 9 events"), "{}", run.stdout);
@@ -108,7 +108,7 @@ fn a_run_cut_at_a_frame_boundary_is_ok_with_an_unclean_shutdown_warning() {
     );
 
     // Cut between two earlier frames.
-    truncate(&segment(&dir), frames[6].offset);
+    truncate(&segment(&dir), frames[6].start);
     let run = verify(&dir);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(
@@ -135,7 +135,7 @@ fn a_flipped_payload_byte_is_corruption_with_file_and_offset() {
         format!(
             "deja: error: {}: corrupt at byte {}: frame payload checksum mismatch",
             file.display(),
-            frames[5].offset
+            frames[5].start
         )
     );
     assert!(lines[0].contains("00000000.deja"));
@@ -157,12 +157,12 @@ fn a_flipped_frame_header_byte_is_corruption_not_a_torn_tail() {
     let file = segment(&dir);
     let (frames, _) = frames(&file);
     // The payload length of the last frame: a torn tail if it were trusted.
-    flip_byte(&file, frames[9].offset + 5);
+    flip_byte(&file, frames[9].start + 5);
     let run = verify(&dir);
     assert_eq!(run.code, 4, "{run:?}");
     assert!(
         run.stderr
-            .contains(&format!("corrupt at byte {}", frames[9].offset)),
+            .contains(&format!("corrupt at byte {}", frames[9].start)),
         "{}",
         run.stderr
     );

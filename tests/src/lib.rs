@@ -305,6 +305,15 @@ pub const FRAME_HEADER_BYTES: u64 = 32;
 /// Footer: magic, frames, events, last_seq, frames_crc, flags, crc.
 pub const FOOTER_BYTES: u64 = 40;
 
+impl FrameSpan {
+    /// Offset of the byte in the middle of the payload: damage or a cut
+    /// there lands inside the frame, past its header.
+    pub fn payload_middle(&self) -> u64 {
+        let payload_start = self.start + FRAME_HEADER_BYTES;
+        payload_start + (self.end - payload_start) / 2
+    }
+}
+
 impl SegmentLayout {
     /// Walk the frame headers of an intact segment file (header, frames,
     /// optional footer). Panics if `bytes` is not laid out that way.

@@ -80,44 +80,17 @@ pub(crate) fn segment(dir: &Path) -> PathBuf {
 }
 
 /// A frame's place in a segment file.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct FrameAt {
-    /// Offset of the frame header.
-    pub(crate) offset: u64,
-    /// Header plus payload bytes.
-    pub(crate) len: u64,
-}
+pub(crate) use deja_tests::FrameSpan as FrameAt;
 
-impl FrameAt {
-    /// Offset of the byte in the middle of the payload.
-    pub(crate) fn payload_middle(&self) -> u64 {
-        let header = 32;
-        self.offset + header + (self.len - header) / 2
-    }
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
-}
-
-/// Walk a segment file's frames by their headers' lengths (format v1:
-/// a 20-byte header prefix with the body length at byte 12, 32-byte frame
-/// headers with the payload length at byte 4). Also returns the offset
-/// after the last frame, where the footer is.
+/// A segment file's frames, and the offset after the last one (where the
+/// footer is, or the end of the file).
 pub(crate) fn frames(segment: &Path) -> (Vec<FrameAt>, u64) {
-    let bytes = std::fs::read(segment).unwrap();
-    assert_eq!(&bytes[..8], b"DEJALOG\0");
-    let mut offset = 20 + u32_at(&bytes, 12) as usize;
-    let mut frames = Vec::new();
-    while bytes.len() >= offset + 32 && &bytes[offset..offset + 4] == b"DJFR" {
-        let len = 32 + u32_at(&bytes, offset + 4) as usize;
-        frames.push(FrameAt {
-            offset: offset as u64,
-            len: len as u64,
-        });
-        offset += len;
-    }
-    (frames, offset as u64)
+    let layout = deja_tests::SegmentLayout::of(&std::fs::read(segment).unwrap());
+    let after = layout
+        .frames
+        .last()
+        .map_or(layout.header_end, |frame| frame.end);
+    (layout.frames, after)
 }
 
 /// Cut `file` to `len` bytes.
