@@ -118,6 +118,36 @@ pub enum Call<'a> {
     },
 }
 
+impl Call<'_> {
+    /// True for calls that wait for the outside world (a read, an accept, a
+    /// timer, a signal): one may still be pending when a recording ends.
+    pub fn waits_for_input(&self) -> bool {
+        matches!(
+            self,
+            Call::Timer { .. }
+                | Call::TcpAccept { .. }
+                | Call::TcpRead { .. }
+                | Call::UdpRecv { .. }
+                | Call::Signal
+        )
+    }
+
+    /// True for calls with an effect the recording would show (a write, a
+    /// spawn, a mark): one the log does not have is a divergence. Readings
+    /// and drops are not: they may race the recording's end.
+    pub fn is_effect(&self) -> bool {
+        !matches!(
+            self,
+            Call::ClockMono
+                | Call::ClockWall
+                | Call::Entropy { .. }
+                | Call::RootSeed
+                | Call::TaskEnd { .. }
+                | Call::TcpClose { .. }
+        ) && !self.waits_for_input()
+    }
+}
+
 impl fmt::Display for Call<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -365,29 +395,88 @@ impl std::error::Error for Divergence {}
 struct TaskTrack {
     /// Indices into the gate's events, in order.
     events: Vec<usize>,
+    /// Position in `events` of the task's next event not yet released or claimed.
     next: usize,
+}
+
+/// How the recording ends, which decides what "the end of the log" means
+/// for replay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogTail {
+    /// The service exited (the last event is `Exit`): replay ends there too.
+    Exit {
+        /// The recorded exit code.
+        code: i32,
+    },
+    /// The recording lost events (the first `Gap`): replay cannot go past it.
+    Gap(Event),
+    /// The recording stops without an exit (killed, or still running):
+    /// replay ends when it reaches the last event.
+    Cut,
+}
+
+/// What [`Gate::claim`] hands back for a synchronous call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claimed<'a> {
+    /// The call's recorded outcome. It is released when the cursor reaches it.
+    Event(&'a Event),
+    /// The task has no recorded events left: the recording ended (or the
+    /// service exited) before this call happened. The runtime answers with a
+    /// neutral value and the call has no effect on the replay.
+    BeyondLog,
 }
 
 /// The recorded order, and the cursor that walks it.
 #[derive(Debug)]
 pub struct Gate {
     events: Vec<Event>,
+    /// Claimed synchronous calls, by event index, not yet passed by the cursor.
+    claimed: Vec<bool>,
     cursor: usize,
     tasks: BTreeMap<TaskId, TaskTrack>,
+    tail: LogTail,
+    beyond_log: u64,
 }
 
 impl Gate {
     /// A gate over a run's events (in seq order, as the reader returns them).
-    pub fn new(events: Vec<Event>) -> Gate {
+    /// Events after the first `Gap` are unusable (the lost events' tasks
+    /// are unknown) and are dropped: replay stops at the gap.
+    pub fn new(mut events: Vec<Event>) -> Gate {
+        let tail = match events
+            .iter()
+            .position(|event| matches!(event.kind, EventKind::Gap { .. }))
+        {
+            Some(gap) => {
+                let gap_event = events[gap].clone();
+                events.truncate(gap);
+                LogTail::Gap(gap_event)
+            }
+            None => match events.last() {
+                Some(Event {
+                    kind: EventKind::Exit { code },
+                    ..
+                }) => LogTail::Exit { code: *code },
+                _ => LogTail::Cut,
+            },
+        };
         let mut tasks: BTreeMap<TaskId, TaskTrack> = BTreeMap::new();
         for (index, event) in events.iter().enumerate() {
             tasks.entry(event.task).or_default().events.push(index);
         }
         Gate {
+            claimed: vec![false; events.len()],
             events,
             cursor: 0,
             tasks,
+            tail,
+            beyond_log: 0,
         }
+    }
+
+    /// How the recording ends.
+    pub fn tail(&self) -> &LogTail {
+        &self.tail
     }
 
     /// The next event to be released, if any.
@@ -400,9 +489,24 @@ impl Gate {
         self.cursor
     }
 
+    /// Usable events in the log (up to the first gap).
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// True if the log has no usable events.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
     /// True once every recorded event has been released.
     pub fn finished(&self) -> bool {
         self.cursor == self.events.len()
+    }
+
+    /// Synchronous calls made after their task's last recorded event.
+    pub fn beyond_log_calls(&self) -> u64 {
+        self.beyond_log
     }
 
     /// Virtual monotonic time: the time of the last released event.
@@ -412,24 +516,20 @@ impl Gate {
             .map_or(0, |last| self.events[last].mono_ns)
     }
 
-    /// Task `task` makes `call`: release it, make it wait, or diverge.
+    /// Task `task` makes the asynchronous `call`: release it, make it
+    /// wait, or diverge.
+    ///
+    /// A call past the task's last event waits if it waits for input (a
+    /// read, an accept, a timer: it was still pending when the recording
+    /// ended) and diverges otherwise, when the recording is complete.
     pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
         let Some(index) = self.next_index(task) else {
+            if call.waits_for_input() || !matches!(self.tail, LogTail::Exit { .. }) {
+                return Ok(Gated::Wait);
+            }
             return Err(self.divergence(DivergenceKind::ExtraCall, task, None, call.to_string()));
         };
-        let event = &self.events[index];
-        if matches!(event.kind, EventKind::Gap { .. }) {
-            if index == self.cursor {
-                return Err(self.divergence(
-                    DivergenceKind::LogIncomplete,
-                    task,
-                    Some(index),
-                    call.to_string(),
-                ));
-            }
-            return Ok(Gated::Wait);
-        }
-        match match_call(call, &event.kind) {
+        match match_call(call, &self.events[index].kind) {
             Match::Conflict(why) => Err(self.divergence(
                 DivergenceKind::Conflict(why),
                 task,
@@ -440,10 +540,64 @@ impl Gate {
             Match::Same if index != self.cursor => Ok(Gated::Wait),
             Match::Same => {
                 debug_assert_eq!(self.events[index].task, task);
+                self.take_next(task);
                 self.cursor += 1;
-                self.tasks.get_mut(&task).expect("indexed").next += 1;
+                self.skip_claimed();
                 Ok(Gated::Ready(&self.events[index]))
             }
+        }
+    }
+
+    /// Task `task` makes a synchronous `call` (a clock reading, a spawn, a
+    /// mark, a drop): it cannot wait, so it takes the task's next event now
+    /// and the cursor passes it when it gets there. Program order inside a
+    /// task is exact, so anything but the same operation is a divergence.
+    pub fn claim(&mut self, task: TaskId, call: &Call<'_>) -> Result<Claimed<'_>, Box<Divergence>> {
+        let Some(index) = self.next_index(task) else {
+            if call.is_effect() && matches!(self.tail, LogTail::Exit { .. }) {
+                return Err(self.divergence(
+                    DivergenceKind::ExtraCall,
+                    task,
+                    None,
+                    call.to_string(),
+                ));
+            }
+            self.beyond_log += 1;
+            return Ok(Claimed::BeyondLog);
+        };
+        match match_call(call, &self.events[index].kind) {
+            Match::Same => {
+                self.take_next(task);
+                self.claimed[index] = true;
+                self.skip_claimed();
+                Ok(Claimed::Event(&self.events[index]))
+            }
+            Match::Conflict(why) => Err(self.divergence(
+                DivergenceKind::Conflict(why),
+                task,
+                Some(index),
+                call.to_string(),
+            )),
+            Match::Other => Err(self.divergence(
+                DivergenceKind::Conflict(format!(
+                    "the task did {call}, the recording did {}",
+                    self.events[index].kind.name()
+                )),
+                task,
+                Some(index),
+                call.to_string(),
+            )),
+        }
+    }
+
+    fn take_next(&mut self, task: TaskId) {
+        self.tasks.get_mut(&task).expect("indexed").next += 1;
+    }
+
+    /// Move the cursor past events whose synchronous calls already happened.
+    fn skip_claimed(&mut self) {
+        while self.cursor < self.events.len() && self.claimed[self.cursor] {
+            self.cursor += 1;
         }
     }
 
@@ -461,12 +615,19 @@ impl Gate {
     /// The executor found no runnable task before the log's end: report
     /// which event nobody asks for, and what each task waits on instead
     /// (`pending`: task and a description of its pending calls).
+    /// At the end of a log that stops at a gap, the report is the gap.
     pub fn stalled(&self, pending: &[(TaskId, String)]) -> Box<Divergence> {
         let Some(event) = self.cursor_event() else {
             let (task, actual) = pending
                 .first()
                 .cloned()
-                .unwrap_or((TaskId::MAIN, String::new()));
+                .unwrap_or((TaskId::MAIN, "nothing".into()));
+            if let LogTail::Gap(gap) = &self.tail {
+                let mut report =
+                    self.divergence(DivergenceKind::LogIncomplete, gap.task, None, actual);
+                report.expected = Some(gap.clone());
+                return report;
+            }
             return self.divergence(DivergenceKind::ExtraCall, task, None, actual);
         };
         let task = event.task;
@@ -479,12 +640,7 @@ impl Gate {
         } else {
             actual.join("; ")
         };
-        let kind = if matches!(event.kind, EventKind::Gap { .. }) {
-            DivergenceKind::LogIncomplete
-        } else {
-            DivergenceKind::Stalled
-        };
-        self.divergence(kind, task, Some(self.cursor), actual)
+        self.divergence(DivergenceKind::Stalled, task, Some(self.cursor), actual)
     }
 
     fn divergence(
@@ -605,12 +761,84 @@ mod tests {
     }
 
     #[test]
-    fn a_call_past_the_tasks_last_event_diverges() {
-        let mut gate = Gate::new(vec![event(0, 0, EventKind::ClockMono { ns: 1 })]);
-        assert!(gate.poll(TaskId(0), &Call::ClockMono).is_ok());
-        let err = gate.poll(TaskId(0), &Call::ClockWall).unwrap_err();
+    fn an_effect_past_the_tasks_last_event_diverges_in_a_complete_log() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, EventKind::ClockMono { ns: 1 }),
+            event(1, 0, EventKind::Exit { code: 0 }),
+        ]);
+        assert!(gate.poll(TaskId(1), &Call::ClockMono).is_ok());
+        // A read still pending at exit is normal...
+        assert_eq!(
+            gate.poll(TaskId(1), &Call::TcpRead { conn: ConnId(1) }),
+            Ok(Gated::Wait)
+        );
+        // ...a write the recording never made is not.
+        let write = Call::TcpWrite {
+            conn: ConnId(1),
+            bytes: b"late",
+        };
+        let err = gate.poll(TaskId(1), &write).unwrap_err();
         assert_eq!(err.kind, DivergenceKind::ExtraCall);
         assert!(err.to_string().contains("after the end of the log"));
+    }
+
+    #[test]
+    fn calls_past_the_end_of_a_cut_log_wait_or_read_beyond_it() {
+        let mut gate = Gate::new(vec![event(0, 1, EventKind::ClockMono { ns: 1 })]);
+        assert_eq!(gate.tail(), &LogTail::Cut);
+        assert!(gate.poll(TaskId(1), &Call::ClockMono).is_ok());
+        let write = Call::TcpWrite {
+            conn: ConnId(1),
+            bytes: b"late",
+        };
+        assert_eq!(gate.poll(TaskId(1), &write), Ok(Gated::Wait));
+        assert_eq!(
+            gate.claim(TaskId(1), &Call::ClockMono),
+            Ok(Claimed::BeyondLog)
+        );
+        assert_eq!(gate.beyond_log_calls(), 1);
+    }
+
+    #[test]
+    fn claims_take_values_early_and_the_cursor_passes_them_later() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, read(10)),
+            event(1, 2, EventKind::ClockMono { ns: 77 }),
+            event(2, 2, EventKind::Spawn { child: TaskId(3), name: None }),
+            event(3, 1, read(10)),
+        ]);
+        // Task 2 runs early: its clock reading and spawn are claimed now.
+        let Ok(Claimed::Event(clock)) = gate.claim(TaskId(2), &Call::ClockMono) else {
+            panic!("clock not claimed")
+        };
+        assert_eq!(clock.kind, EventKind::ClockMono { ns: 77 });
+        assert!(matches!(
+            gate.claim(TaskId(2), &Call::Spawn),
+            Ok(Claimed::Event(e)) if e.seq == 2
+        ));
+        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
+        // The claimed events are passed: task 1's second read is next.
+        assert_eq!(gate.cursor_event().map(|e| e.seq), Some(3));
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 3));
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_claim_of_another_operation_diverges_at_once() {
+        let mut gate = Gate::new(vec![event(0, 1, EventKind::ClockMono { ns: 1 })]);
+        let err = gate
+            .claim(
+                TaskId(1),
+                &Call::Mark {
+                    name: "x",
+                    value: b"",
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.seq(), Some(0));
+        assert!(err.to_string().contains("the recording did clock_mono"), "{err}");
     }
 
     #[test]
@@ -631,7 +859,7 @@ mod tests {
     }
 
     #[test]
-    fn reaching_a_gap_stops_replay() {
+    fn replay_stops_at_the_first_gap() {
         let mut gate = Gate::new(vec![
             event(0, 0, EventKind::ClockMono { ns: 1 }),
             event(
@@ -643,9 +871,13 @@ mod tests {
                     reason: deja_recorder::GapReason::QueueFull,
                 },
             ),
+            event(4, 0, EventKind::ClockMono { ns: 2 }),
         ]);
+        assert!(matches!(gate.tail(), LogTail::Gap(_)));
+        assert_eq!(gate.len(), 1);
         assert!(gate.poll(TaskId(0), &Call::ClockMono).is_ok());
-        let err = gate.poll(TaskId(0), &Call::ClockMono).unwrap_err();
+        assert!(gate.finished());
+        let err = gate.stalled(&[]);
         assert_eq!(err.kind, DivergenceKind::LogIncomplete);
         assert_eq!(err.seq(), Some(3));
     }
@@ -661,7 +893,7 @@ mod tests {
             },
         )]);
         let err = gate
-            .poll(
+            .claim(
                 TaskId(0),
                 &Call::Mark {
                     name: "order",
