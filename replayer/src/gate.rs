@@ -294,6 +294,17 @@ fn check_write(
         return Match::Same; // the recorded error is the outcome, whatever the bytes
     };
     let len = written.len as usize;
+    if let Some(recorded) = &written.bytes {
+        // The recording kept the bytes: compare them, not just the hash.
+        if bytes.get(..len) != Some(recorded.as_slice()) {
+            return Match::Conflict(format!(
+                "writes \"{}\", the recording wrote \"{}\"",
+                preview(&bytes[..len.min(bytes.len())]),
+                preview(recorded)
+            ));
+        }
+        return Match::Same;
+    }
     if bytes.len() < len {
         return Match::Conflict(format!(
             "writes {} bytes, the recording wrote {len}",
@@ -507,6 +518,17 @@ impl Gate {
     /// Synchronous calls made after their task's last recorded event.
     pub fn beyond_log_calls(&self) -> u64 {
         self.beyond_log
+    }
+
+    /// The last event the cursor passed.
+    pub fn last_released(&self) -> Option<&Event> {
+        self.cursor.checked_sub(1).map(|last| &self.events[last])
+    }
+
+    /// The first recorded event of `task`.
+    pub fn first_of(&self, task: TaskId) -> Option<&Event> {
+        let index = *self.tasks.get(&task)?.events.first()?;
+        Some(&self.events[index])
     }
 
     /// Virtual monotonic time: the time of the last released event.
@@ -804,7 +826,14 @@ mod tests {
         let mut gate = Gate::new(vec![
             event(0, 1, read(10)),
             event(1, 2, EventKind::ClockMono { ns: 77 }),
-            event(2, 2, EventKind::Spawn { child: TaskId(3), name: None }),
+            event(
+                2,
+                2,
+                EventKind::Spawn {
+                    child: TaskId(3),
+                    name: None,
+                },
+            ),
             event(3, 1, read(10)),
         ]);
         // Task 2 runs early: its clock reading and spawn are claimed now.
@@ -838,7 +867,10 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(err.seq(), Some(0));
-        assert!(err.to_string().contains("the recording did clock_mono"), "{err}");
+        assert!(
+            err.to_string().contains("the recording did clock_mono"),
+            "{err}"
+        );
     }
 
     #[test]

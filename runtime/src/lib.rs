@@ -1,10 +1,89 @@
 //! `deja`: the shim a service links instead of tokio, std time and rand.
 //!
-//! Not built yet: the runtime arrives with the runtime issue. Today the
-//! crate re-exports the event model it will record.
+//! One binary, three modes today (from `DEJA_MODE`): `live` is plain
+//! tokio; `record` runs on tokio and logs every nondeterministic input
+//! (clock readings, timer firings, random seeds, every byte received and
+//! its chunking, accepts, connects, errors, spawns, signals, the exit
+//! status); `replay` runs the same code on a deterministic single-threaded
+//! executor with every input taken from the log, and stops with a
+//! divergence report where the code stops matching it.
+//!
+//! Converting a tokio service is a matter of imports:
+//!
+//! | tokio / std / rand | deja |
+//! |---|---|
+//! | `#[tokio::main]` | `#[deja::main]` |
+//! | `tokio::spawn` | `deja::spawn` |
+//! | `tokio::net::{TcpListener, TcpStream, UdpSocket}` | `deja::net::...` |
+//! | `tokio::time::{sleep, timeout, interval, Instant}` | `deja::time::...` |
+//! | `std::time::SystemTime::now()` | `deja::time::SystemTime::now()` |
+//! | `rand::rng()` | `deja::rand::rng()` |
+//! | `tokio::select!` | `deja::select!` |
+//! | `std::collections::HashMap` | `deja::collections::HashMap` |
+//! | `tokio::io::{AsyncReadExt, ...}` | `deja::io::...` (the same traits) |
 //!
 //! ```
-//! assert_eq!(deja::recorder::TaskId::MAIN.0, 0);
+//! use deja::io::{AsyncReadExt, AsyncWriteExt};
+//! use deja::net::{TcpListener, TcpStream};
+//! use deja::rand::Rng;
+//! use deja::time::{sleep, Duration};
+//!
+//! // `#[deja::main] async fn main()` does this, with the mode from DEJA_MODE.
+//! let mut runtime = deja::Builder::new().build()?;
+//! runtime.block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0").await?;
+//!     let addr = listener.local_addr()?;
+//!     let server = deja::spawn(async move {
+//!         let (mut conn, _peer) = listener.accept().await?;
+//!         let mut buf = [0u8; 64];
+//!         let n = conn.read(&mut buf).await?;
+//!         deja::mark("request", &buf[..n]);
+//!         let jitter = deja::rand::rng().random_range(0..5);
+//!         sleep(Duration::from_millis(jitter)).await;
+//!         conn.write_all(&buf[..n]).await
+//!     });
+//!     let mut client = TcpStream::connect(addr).await?;
+//!     client.write_all(b"ping").await?;
+//!     let mut reply = [0u8; 4];
+//!     client.read_exact(&mut reply).await?;
+//!     assert_eq!(&reply, b"ping");
+//!     server.await.expect("server task")?;
+//!     Ok::<(), std::io::Error>(())
+//! })??;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! What replay guarantees, and what it does not, is in ARCHITECTURE.md:
+//! the order of all intercepted operations across tasks and every value
+//! they returned; not shared-memory interleavings between them, files, or
+//! code that bypasses the shim (`clippy.toml` in `fixtures/` flags that).
 
+mod context;
+mod record;
+mod replay;
+mod runtime;
+mod select;
+
+pub mod collections;
+pub mod net;
+pub mod rand;
+pub mod signal;
+pub mod task;
+pub mod time;
+
+/// Async I/O traits and helpers: tokio's, re-exported.
+pub mod io {
+    pub use tokio::io::*;
+}
+
+pub use deja_macros::main;
 pub use deja_recorder as recorder;
+pub use replay::ReplayStats;
+pub use runtime::{
+    run_main, Builder, Error, MainResult, Mode, Runtime, EXIT_DIVERGENCE, STALL_WAIT_DEFAULT,
+    TRACE_DIR_DEFAULT,
+};
+pub use task::{mark, spawn, JoinHandle};
+
+#[doc(hidden)]
+pub use tokio as __tokio;

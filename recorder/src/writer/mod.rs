@@ -202,6 +202,11 @@ impl Recorder {
         self.queue.elapsed_ns()
     }
 
+    /// The instant the run's monotonic clock counts from.
+    pub fn origin(&self) -> std::time::Instant {
+        self.queue.origin()
+    }
+
     /// Counters so far.
     pub fn stats(&self) -> RecorderStats {
         let counters = self.queue.counters();

@@ -90,6 +90,10 @@ impl Queue {
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
+    pub(crate) fn origin(&self) -> Instant {
+        self.start
+    }
+
     pub(crate) fn elapsed_ns(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }

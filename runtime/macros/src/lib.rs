@@ -34,11 +34,14 @@ fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream, ExpandErr
     let async_at = tokens
         .iter()
         .position(|token| matches!(token, TokenTree::Ident(ident) if ident.to_string() == "async"))
-        .ok_or_else(|| (Span::call_site(), "#[deja::main] goes on an `async fn main`".into()))?;
+        .ok_or_else(|| {
+            (
+                Span::call_site(),
+                "#[deja::main] goes on an `async fn main`".into(),
+            )
+        })?;
     let rest = &tokens[async_at + 1..];
-    let is_ident = |token: Option<&TokenTree>, name: &str| {
-        matches!(token, Some(TokenTree::Ident(ident)) if ident.to_string() == name)
-    };
+    let is_ident = |token: Option<&TokenTree>, name: &str| matches!(token, Some(TokenTree::Ident(ident)) if ident.to_string() == name);
     if !is_ident(rest.first(), "fn") || !is_ident(rest.get(1), "main") {
         return Err((
             tokens[async_at].span(),
@@ -102,9 +105,13 @@ fn expand(args: TokenStream, item: TokenStream) -> Result<TokenStream, ExpandErr
     call.push(punct(',', Spacing::Alone));
     call.push(ident("_"));
     call.push(punct('>', Spacing::Alone));
-    let async_block: TokenStream = [ident("async"), ident("move"), TokenTree::Group(body.clone())]
-        .into_iter()
-        .collect();
+    let async_block: TokenStream = [
+        ident("async"),
+        ident("move"),
+        TokenTree::Group(body.clone()),
+    ]
+    .into_iter()
+    .collect();
     call.push(TokenTree::Group(Group::new(
         Delimiter::Parenthesis,
         async_block,

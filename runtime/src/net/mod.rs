@@ -1,0 +1,90 @@
+//! The network: drop-in `TcpListener`, `TcpStream` and `UdpSocket`.
+//!
+//! Record mode wraps tokio's sockets and logs every result (accepted
+//! peers, the exact bytes and chunking of every read, the length and hash
+//! of every write, errors and EOF). Replay opens no socket at all: every
+//! result comes from the log.
+
+mod addr;
+mod tcp;
+mod udp;
+
+pub use addr::ToAddr;
+pub use tcp::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
+pub use udp::UdpSocket;
+
+use std::io;
+use std::sync::Arc;
+
+use deja_recorder::{ConnId, EventKind, IoErrorKind};
+use deja_replayer::gate::Call;
+
+use crate::context::{self, Ctx};
+use crate::record::Recording;
+use crate::replay::with_replay;
+
+/// How a socket was made: decides where its results come from.
+#[derive(Clone, Debug)]
+pub(crate) enum Origin {
+    Live,
+    Record(Arc<Recording>),
+    Replay,
+}
+
+/// Records (or, in replay, claims) the close of a socket when the last
+/// handle to it drops.
+#[derive(Debug)]
+pub(crate) struct CloseOnDrop {
+    conn: ConnId,
+    origin: Origin,
+}
+
+impl CloseOnDrop {
+    pub(crate) fn new(conn: ConnId, origin: Origin) -> Arc<CloseOnDrop> {
+        Arc::new(CloseOnDrop { conn, origin })
+    }
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let event = EventKind::TcpClose { conn: self.conn };
+        match &self.origin {
+            Origin::Live => {}
+            Origin::Record(recording) => recording.record(event),
+            Origin::Replay => {
+                with_replay(|replay| {
+                    replay.claim(context::task_id(), &Call::TcpClose { conn: self.conn })
+                });
+            }
+        }
+    }
+}
+
+/// The current thread's origin for a new socket.
+pub(crate) fn origin() -> Origin {
+    match context::current() {
+        Ctx::Live => Origin::Live,
+        Ctx::Record(recording) => Origin::Record(recording),
+        Ctx::Replay(_) => Origin::Replay,
+    }
+}
+
+pub(crate) fn to_error(kind: IoErrorKind) -> io::Error {
+    io::Error::from(io::ErrorKind::from(kind))
+}
+
+/// Wait at the gate for the running task's `call`.
+pub(crate) async fn replay_call(call: Call<'_>) -> deja_recorder::Event {
+    std::future::poll_fn(|cx| {
+        with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(std::task::Poll::Pending)
+    })
+    .await
+}
+
+/// The recorded outcome did not have the expected shape: the log and the
+/// code disagree in a way the gate cannot see (a corrupt or foreign log).
+pub(crate) fn unexpected(event: &deja_recorder::Event) -> io::Error {
+    io::Error::other(format!(
+        "deja replay: unexpected recorded event {event} for this call"
+    ))
+}

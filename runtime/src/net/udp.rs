@@ -1,0 +1,169 @@
+//! UDP: datagrams sent and received, recorded by value on receipt.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use deja_recorder::{ConnId, Datagram, EventKind, Written};
+use deja_replayer::gate::Call;
+
+use super::{origin, replay_call, to_error, unexpected, CloseOnDrop, Origin, ToAddr};
+
+/// A UDP socket, like `tokio::net::UdpSocket`.
+pub struct UdpSocket {
+    socket: ConnId,
+    local: SocketAddr,
+    /// `None` in replay.
+    io: Option<tokio::net::UdpSocket>,
+    origin: Origin,
+    _close: Arc<CloseOnDrop>,
+}
+
+impl fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("socket", &self.socket)
+            .field("local", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpSocket {
+    /// Bind to `addr`.
+    pub async fn bind(addr: impl ToAddr) -> io::Result<UdpSocket> {
+        let text = addr.to_addr_string();
+        let origin = origin();
+        let (socket, local, io) = match &origin {
+            Origin::Live => {
+                let io = tokio::net::UdpSocket::bind(text.as_str()).await?;
+                (ConnId(u64::MAX), io.local_addr()?, Some(io))
+            }
+            Origin::Record(recording) => {
+                let bound = bind_real(&text).await;
+                let socket = recording.next_conn();
+                recording.record(EventKind::UdpBind {
+                    socket,
+                    addr: text,
+                    result: bound
+                        .as_ref()
+                        .map(|(_, local)| *local)
+                        .map_err(|err| err.kind().into()),
+                });
+                let (io, local) = bound?;
+                (socket, local, Some(io))
+            }
+            Origin::Replay => {
+                let event = replay_call(Call::UdpBind { addr: &text }).await;
+                match event.kind {
+                    EventKind::UdpBind {
+                        socket,
+                        result: Ok(local),
+                        ..
+                    } => (socket, local, None),
+                    EventKind::UdpBind {
+                        result: Err(kind), ..
+                    } => return Err(to_error(kind)),
+                    _ => return Err(unexpected(&event)),
+                }
+            }
+        };
+        Ok(UdpSocket {
+            socket,
+            local,
+            io,
+            _close: CloseOnDrop::new(socket, origin.clone()),
+            origin,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    /// Send one datagram to `target`; returns the bytes sent.
+    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+        match (&self.origin, &self.io) {
+            (Origin::Live, Some(io)) => io.send_to(buf, target).await,
+            (Origin::Record(recording), Some(io)) => {
+                let result = io.send_to(buf, target).await;
+                recording.record(EventKind::UdpSend {
+                    socket: self.socket,
+                    peer: target,
+                    result: match &result {
+                        Ok(n) => Ok(Written::of(&buf[..*n], recording.keep_write_bytes())),
+                        Err(err) => Err(err.kind().into()),
+                    },
+                });
+                result
+            }
+            _ => {
+                let event = replay_call(Call::UdpSend {
+                    socket: self.socket,
+                    peer: target,
+                    bytes: buf,
+                })
+                .await;
+                match event.kind {
+                    EventKind::UdpSend {
+                        result: Ok(written),
+                        ..
+                    } => Ok((written.len as usize).min(buf.len())),
+                    EventKind::UdpSend {
+                        result: Err(kind), ..
+                    } => Err(to_error(kind)),
+                    _ => Err(unexpected(&event)),
+                }
+            }
+        }
+    }
+
+    /// Receive one datagram into `buf` (cut to its length, as the OS does):
+    /// the bytes received and the sender.
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        match (&self.origin, &self.io) {
+            (Origin::Live, Some(io)) => io.recv_from(buf).await,
+            (Origin::Record(recording), Some(io)) => {
+                let result = io.recv_from(buf).await;
+                recording.record(EventKind::UdpRecv {
+                    socket: self.socket,
+                    result: match &result {
+                        Ok((n, peer)) => Ok(Datagram {
+                            peer: *peer,
+                            bytes: buf[..*n].to_vec(),
+                        }),
+                        Err(err) => Err(err.kind().into()),
+                    },
+                });
+                result
+            }
+            _ => {
+                let event = replay_call(Call::UdpRecv {
+                    socket: self.socket,
+                })
+                .await;
+                match event.kind {
+                    EventKind::UdpRecv {
+                        result: Ok(datagram),
+                        ..
+                    } => {
+                        let n = datagram.bytes.len().min(buf.len());
+                        buf[..n].copy_from_slice(&datagram.bytes[..n]);
+                        Ok((n, datagram.peer))
+                    }
+                    EventKind::UdpRecv {
+                        result: Err(kind), ..
+                    } => Err(to_error(kind)),
+                    _ => Err(unexpected(&event)),
+                }
+            }
+        }
+    }
+}
+
+async fn bind_real(addr: &str) -> io::Result<(tokio::net::UdpSocket, SocketAddr)> {
+    let io = tokio::net::UdpSocket::bind(addr).await?;
+    let local = io.local_addr()?;
+    Ok((io, local))
+}

@@ -1,0 +1,273 @@
+//! Replay mode: no sockets, no clock, no entropy. Every intercepted call
+//! asks the [`Gate`] for its recorded outcome, on a deterministic
+//! single-threaded [`executor`].
+
+pub(crate) mod executor;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::task::{Context, Poll, Waker};
+
+use deja_recorder::{Event, EventKind, TaskId};
+use deja_replayer::gate::{Call, Claimed, Divergence, Gate, Gated, LogTail};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::context;
+use executor::Executor;
+
+/// Why the replay stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The recorded `Exit` was released: the service ends as recorded.
+    Exited,
+    /// The last event of a recording without an exit was released.
+    RecordingEnded,
+    /// The code stopped matching the log.
+    Diverged(Box<Divergence>),
+}
+
+/// Figures of a finished replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Events released (the log's usable events, if replay completed).
+    pub events: u64,
+    /// Usable events in the log.
+    pub log_events: u64,
+    /// Hash of every released event (seq, task, kind, time) and every
+    /// write's bytes: equal digests mean equal replays.
+    pub digest: u64,
+    /// Synchronous calls made after their task's last recorded event.
+    pub beyond_log_calls: u64,
+    /// Virtual nanoseconds covered (the last released event's time).
+    pub virtual_ns: u64,
+}
+
+/// The replay state of one run, owned by the executor's thread.
+pub(crate) struct Replay {
+    gate: RefCell<Gate>,
+    /// Wakers of calls waiting at the gate, by task.
+    waiters: RefCell<BTreeMap<TaskId, Vec<Waker>>>,
+    /// What each waiting task last asked for, for stall reports.
+    pending: RefCell<BTreeMap<TaskId, String>>,
+    stop: RefCell<Option<Stop>>,
+    digest: RefCell<Xxh3>,
+    root_seed: Cell<[u8; 32]>,
+    start_wall_ns: i64,
+    /// Ids for tasks spawned past the end of the log.
+    next_beyond_task: Cell<u64>,
+    pub(crate) executor: Executor,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replay").finish_non_exhaustive()
+    }
+}
+
+impl Replay {
+    pub(crate) fn new(gate: Gate, start_wall_ns: i64, executor: Executor) -> Replay {
+        Replay {
+            gate: RefCell::new(gate),
+            waiters: RefCell::default(),
+            pending: RefCell::default(),
+            stop: RefCell::new(None),
+            digest: RefCell::new(Xxh3::new()),
+            root_seed: Cell::new([0; 32]),
+            start_wall_ns,
+            next_beyond_task: Cell::new(1 << 62),
+            executor,
+        }
+    }
+
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.borrow().is_some()
+    }
+
+    pub(crate) fn take_stop(&self) -> Option<Stop> {
+        self.stop.borrow_mut().take()
+    }
+
+    fn set_stop(&self, stop: Stop) {
+        let mut slot = self.stop.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(stop);
+        }
+    }
+
+    pub(crate) fn root_seed(&self) -> [u8; 32] {
+        self.root_seed.get()
+    }
+
+    pub(crate) fn set_root_seed(&self, seed: [u8; 32]) {
+        self.root_seed.set(seed);
+    }
+
+    /// The root seed in the log (main's first event), if any.
+    pub(crate) fn recorded_root_seed(&self) -> Option<[u8; 32]> {
+        self.gate
+            .borrow()
+            .first_of(TaskId::MAIN)
+            .and_then(|event| match event.kind {
+                EventKind::RootSeed { seed } => Some(seed),
+                _ => None,
+            })
+    }
+
+    /// The seq of the last released event.
+    pub(crate) fn last_seq(&self) -> Option<u64> {
+        self.gate.borrow().last_released().map(|event| event.seq)
+    }
+
+    pub(crate) fn now_ns(&self) -> u64 {
+        self.gate.borrow().now_ns()
+    }
+
+    pub(crate) fn wall_ns(&self) -> i64 {
+        self.start_wall_ns
+            .saturating_add(i64::try_from(self.now_ns()).unwrap_or(i64::MAX))
+    }
+
+    pub(crate) fn beyond_log_task(&self) -> TaskId {
+        let id = self.next_beyond_task.get();
+        self.next_beyond_task.set(id + 1);
+        TaskId(id)
+    }
+
+    pub(crate) fn stats(&self) -> ReplayStats {
+        let gate = self.gate.borrow();
+        ReplayStats {
+            events: gate.released() as u64,
+            log_events: gate.len() as u64,
+            digest: self.digest.borrow().digest(),
+            beyond_log_calls: gate.beyond_log_calls(),
+            virtual_ns: gate.now_ns(),
+        }
+    }
+
+    /// An asynchronous call of the running task: its recorded outcome when
+    /// the cursor gets there. After a divergence nothing is released.
+    pub(crate) fn poll_call(&self, cx: &mut Context<'_>, call: &Call<'_>) -> Poll<Event> {
+        let task = context::task_id();
+        if self.stopped() {
+            return Poll::Pending;
+        }
+        let mut gate = self.gate.borrow_mut();
+        match gate.poll(task, call) {
+            Ok(Gated::Ready(event)) => {
+                let event = event.clone();
+                drop(gate);
+                self.pending.borrow_mut().remove(&task);
+                self.released(&event, call);
+                Poll::Ready(event)
+            }
+            Ok(Gated::Wait) => {
+                drop(gate);
+                self.pending.borrow_mut().insert(task, call.to_string());
+                let mut waiters = self.waiters.borrow_mut();
+                let wakers = waiters.entry(task).or_default();
+                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+                    wakers.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+            Err(divergence) => {
+                drop(gate);
+                self.set_stop(Stop::Diverged(divergence));
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A synchronous call of `task`: `Some(event)` with its recorded
+    /// outcome, or `None` past the end of the task's log (or after a stop).
+    pub(crate) fn claim(&self, task: TaskId, call: &Call<'_>) -> Option<Event> {
+        if self.stopped() {
+            return None;
+        }
+        let mut gate = self.gate.borrow_mut();
+        match gate.claim(task, call) {
+            Ok(Claimed::Event(event)) => {
+                let event = event.clone();
+                drop(gate);
+                self.released(&event, call);
+                Some(event)
+            }
+            Ok(Claimed::BeyondLog) => None,
+            Err(divergence) => {
+                drop(gate);
+                self.set_stop(Stop::Diverged(divergence));
+                None
+            }
+        }
+    }
+
+    /// Fold the event into the digest, then wake whoever the cursor now
+    /// points at, or stop at the end of the log.
+    fn released(&self, event: &Event, call: &Call<'_>) {
+        {
+            let mut digest = self.digest.borrow_mut();
+            digest.update(&event.seq.to_le_bytes());
+            digest.update(&event.task.0.to_le_bytes());
+            digest.update(&event.mono_ns.to_le_bytes());
+            digest.update(event.kind.name().as_bytes());
+            if let Call::TcpWrite { bytes, .. } | Call::UdpSend { bytes, .. } = call {
+                let len = match &event.kind {
+                    EventKind::TcpWrite {
+                        result: Ok(written),
+                        ..
+                    }
+                    | EventKind::UdpSend {
+                        result: Ok(written),
+                        ..
+                    } => (written.len as usize).min(bytes.len()),
+                    _ => 0,
+                };
+                digest.update(&bytes[..len]);
+            }
+        }
+        self.wake_cursor();
+    }
+
+    /// Wake the task the cursor waits for; at the end of the log, stop.
+    pub(crate) fn wake_cursor(&self) {
+        let gate = self.gate.borrow();
+        match gate.cursor_task() {
+            Some(task) => {
+                drop(gate);
+                let wakers = self.waiters.borrow_mut().remove(&task);
+                for waker in wakers.into_iter().flatten() {
+                    waker.wake();
+                }
+            }
+            None => {
+                let stop = match gate.tail() {
+                    LogTail::Exit { .. } => Stop::Exited,
+                    LogTail::Cut => Stop::RecordingEnded,
+                    LogTail::Gap(_) => Stop::Diverged(gate.stalled(&[])),
+                };
+                drop(gate);
+                self.set_stop(stop);
+            }
+        }
+    }
+
+    /// No task can run: report the stall.
+    pub(crate) fn stall(&self) {
+        let pending: Vec<(TaskId, String)> = self
+            .pending
+            .borrow()
+            .iter()
+            .map(|(task, call)| (*task, call.clone()))
+            .collect();
+        let report = self.gate.borrow().stalled(&pending);
+        self.set_stop(Stop::Diverged(report));
+    }
+}
+
+/// Run `f` with the thread's replay, if this thread replays.
+pub(crate) fn with_replay<R>(f: impl FnOnce(&Replay) -> R) -> Option<R> {
+    context::with(|ctx| match ctx {
+        context::Ctx::Replay(replay) => Some(f(replay)),
+        _ => None,
+    })
+}

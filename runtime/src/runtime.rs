@@ -1,0 +1,592 @@
+//! The entry point: pick the mode, build the runtime, run `main`.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deja_recorder::{
+    Event, EventKind, ReadError, Recorder, RunMeta, RunReader, TaskId, WriteError, WriterConfig,
+};
+use deja_replayer::gate::{Call, Divergence, Gate};
+
+use crate::context::{self, Ctx, TaskCtx};
+use crate::record::Recording;
+use crate::replay::executor::Executor;
+use crate::replay::{Replay, ReplayStats, Stop};
+
+/// Where recordings go when `DEJA_TRACE` is not set.
+pub const TRACE_DIR_DEFAULT: &str = "deja-runs";
+
+/// How long replay waits for a wake-up from outside (a thread the service
+/// started itself) before it calls a replay with nothing runnable stalled.
+pub const STALL_WAIT_DEFAULT: Duration = Duration::from_secs(1);
+
+/// Longest stall wait accepted from `DEJA_STALL_MS`.
+const STALL_WAIT_MAX: Duration = Duration::from_secs(600);
+
+/// How the service runs (see the design's "One API, four modes").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Plain tokio, nothing intercepted.
+    Live,
+    /// Real tokio, every intercepted result logged.
+    Record,
+    /// No network, clock or entropy: everything from a log.
+    Replay,
+    /// Simulated network on virtual time (not built yet).
+    Sim,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Mode, Error> {
+        match text {
+            "" | "live" => Ok(Mode::Live),
+            "record" => Ok(Mode::Record),
+            "replay" => Ok(Mode::Replay),
+            "sim" => Ok(Mode::Sim),
+            other => Err(Error::BadMode(other.to_string())),
+        }
+    }
+}
+
+/// What can stop a deja runtime from starting or finishing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `DEJA_MODE` has a value deja does not know.
+    #[error("DEJA_MODE={0:?} is not a mode (live, record, replay, sim)")]
+    BadMode(String),
+    /// A setting from the environment is malformed.
+    #[error("{name}={value:?}: {why}")]
+    BadSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        why: &'static str,
+    },
+    /// Replay needs the run directory.
+    #[error(
+        "replay needs the run directory: set DEJA_TRACE (or use `deja replay RUN_DIR -- CMD`)"
+    )]
+    NoRunDir,
+    /// The mode exists in the design but not in this build.
+    #[error("mode {0:?} is not available yet")]
+    Unsupported(Mode),
+    /// The tokio runtime could not start.
+    #[error("cannot start the tokio runtime: {0}")]
+    Tokio(#[source] std::io::Error),
+    /// The recording could not be written.
+    #[error(transparent)]
+    Record(#[from] WriteError),
+    /// The log to replay cannot be read.
+    #[error(transparent)]
+    Log(#[from] ReadError),
+    /// The log was recorded by another service.
+    #[error("{dir} was recorded by service {recorded:?} ({recorded_cmd}), this is {this:?}")]
+    ForeignLog {
+        /// The run directory.
+        dir: PathBuf,
+        /// Its service.
+        recorded: String,
+        /// Its recorded command.
+        recorded_cmd: String,
+        /// This service.
+        this: String,
+    },
+    /// Replay stopped: the code no longer does what the log says.
+    #[error("{0}")]
+    Diverged(Box<Divergence>),
+    /// Replay reached the end of a recording that has no exit (the
+    /// recorded process was killed, or is still running): main never
+    /// returned in it, so it cannot return here.
+    #[error("replay reached the end of the recording at seq {last_seq:?}: the recorded process did not exit (killed?)")]
+    RecordingEnded {
+        /// The last replayed seq.
+        last_seq: Option<u64>,
+    },
+}
+
+impl Error {
+    /// What to do about it, for one-line error output.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::BadMode(_) | Error::BadSetting { .. } => Some("unset it or fix its value"),
+            Error::NoRunDir => Some("deja replay RUN_DIR -- CMD sets it for you"),
+            Error::Log(err) if err.is_corruption() => Some(
+                "`deja verify RUN_DIR` shows the damage; a corrupt log cannot be replayed past it",
+            ),
+            Error::Log(_) => Some("check the path: a run directory contains 00000000.deja"),
+            Error::ForeignLog { .. } => {
+                Some("replay a run with the binary that recorded it (or set DEJA_SERVICE)")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What `main` returned, as a process exit code.
+pub trait MainResult {
+    /// The exit code, without side effects.
+    fn exit_code(&self) -> i32;
+    /// Print what the process prints on exit (an error), return the code.
+    fn report(self) -> i32;
+}
+
+impl MainResult for () {
+    fn exit_code(&self) -> i32 {
+        0
+    }
+    fn report(self) -> i32 {
+        0
+    }
+}
+
+impl<E: std::fmt::Debug> MainResult for Result<(), E> {
+    fn exit_code(&self) -> i32 {
+        i32::from(self.is_err())
+    }
+    fn report(self) -> i32 {
+        match self {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("Error: {err:?}");
+                1
+            }
+        }
+    }
+}
+
+/// Configure a runtime; [`Builder::from_env`] reads `DEJA_MODE`,
+/// `DEJA_TRACE`, `DEJA_SERVICE`, `DEJA_RUN_ID`, `DEJA_STALL_MS` and
+/// `DEJA_KEEP_WRITES`.
+#[derive(Clone, Debug)]
+pub struct Builder {
+    mode: Mode,
+    trace: Option<PathBuf>,
+    service: Option<String>,
+    run_id: Option<String>,
+    worker_threads: Option<usize>,
+    stall_wait: Duration,
+    keep_write_bytes: bool,
+    writer: WriterConfig,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// Live mode, defaults everywhere.
+    pub fn new() -> Builder {
+        Builder {
+            mode: Mode::Live,
+            trace: None,
+            service: None,
+            run_id: None,
+            worker_threads: None,
+            stall_wait: STALL_WAIT_DEFAULT,
+            keep_write_bytes: false,
+            writer: WriterConfig::default(),
+        }
+    }
+
+    /// Settings from the environment (see the design's "Environment").
+    pub fn from_env() -> Result<Builder, Error> {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let mut builder = Builder::new();
+        builder.mode = var("DEJA_MODE").unwrap_or_default().parse()?;
+        builder.trace = var("DEJA_TRACE").map(PathBuf::from);
+        builder.service = var("DEJA_SERVICE");
+        builder.run_id = var("DEJA_RUN_ID");
+        if let Some(ms) = var("DEJA_STALL_MS") {
+            let wait = ms
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_millis)
+                .filter(|wait| *wait <= STALL_WAIT_MAX)
+                .ok_or(Error::BadSetting {
+                    name: "DEJA_STALL_MS",
+                    value: ms,
+                    why: "expected milliseconds, at most 600000",
+                })?;
+            builder.stall_wait = wait;
+        }
+        builder.keep_write_bytes = matches!(var("DEJA_KEEP_WRITES").as_deref(), Some("1" | "true"));
+        Ok(builder)
+    }
+
+    /// The mode.
+    pub fn mode(mut self, mode: Mode) -> Builder {
+        self.mode = mode;
+        self
+    }
+
+    /// Record: the directory runs are written under. Replay: the run
+    /// directory to replay.
+    pub fn trace_dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.trace = Some(dir.into());
+        self
+    }
+
+    /// The service's name (default: the executable's file name).
+    pub fn service(mut self, name: impl Into<String>) -> Builder {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// Tokio worker threads in live and record mode.
+    pub fn worker_threads(mut self, threads: usize) -> Builder {
+        self.worker_threads = Some(threads.max(1));
+        self
+    }
+
+    /// Replay: how long to wait for outside wake-ups before reporting a stall.
+    pub fn stall_wait(mut self, wait: Duration) -> Builder {
+        self.stall_wait = wait.min(STALL_WAIT_MAX);
+        self
+    }
+
+    /// Record: keep every written byte in the log, not just length and hash.
+    pub fn keep_write_bytes(mut self, keep: bool) -> Builder {
+        self.keep_write_bytes = keep;
+        self
+    }
+
+    fn service_name(&self) -> String {
+        self.service.clone().unwrap_or_else(exe_name)
+    }
+
+    /// Build the runtime (record: creates the run directory).
+    pub fn build(self) -> Result<Runtime, Error> {
+        match self.mode {
+            Mode::Live => Ok(Runtime {
+                kind: Kind::Live(self.tokio(None)?),
+                last_replay: Default::default(),
+            }),
+            Mode::Record => {
+                let out = self
+                    .trace
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(TRACE_DIR_DEFAULT));
+                let mut meta = RunMeta::current(&self.service_name());
+                if let Some(run_id) = &self.run_id {
+                    meta.run_id = run_id.clone();
+                }
+                let root_seed = crate::rand::os_seed();
+                meta.root_seed = Some(root_seed);
+                std::fs::create_dir_all(&out).map_err(|source| WriteError::Io {
+                    path: out.clone(),
+                    source,
+                })?;
+                let recorder = Recorder::create(&out, meta, self.writer.clone())?;
+                let recording =
+                    Arc::new(Recording::new(recorder, root_seed, self.keep_write_bytes));
+                recording.record_for(TaskId::MAIN, EventKind::RootSeed { seed: root_seed });
+                Ok(Runtime {
+                    kind: Kind::Record(self.tokio(Some(Arc::clone(&recording)))?, recording),
+                    last_replay: Default::default(),
+                })
+            }
+            Mode::Replay => {
+                let dir = self.trace.clone().ok_or(Error::NoRunDir)?;
+                let (events, meta) = load_run(&dir)?;
+                let this = self.service_name();
+                check_identity(&dir, &meta, &this)?;
+                Ok(Runtime {
+                    kind: Kind::Replay {
+                        events: Some(events),
+                        start_wall_ns: meta.start_wall_unix_ns,
+                        stall_wait: self.stall_wait,
+                    },
+                    last_replay: Default::default(),
+                })
+            }
+            Mode::Sim => Err(Error::Unsupported(Mode::Sim)),
+        }
+    }
+
+    fn tokio(&self, recording: Option<Arc<Recording>>) -> Result<tokio::runtime::Runtime, Error> {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all();
+        if let Some(threads) = self.worker_threads {
+            builder.worker_threads(threads);
+        }
+        if let Some(recording) = recording {
+            builder.on_thread_start(move || {
+                // Worker and blocking threads live as long as the runtime.
+                std::mem::forget(context::enter(Ctx::Record(Arc::clone(&recording))));
+            });
+        }
+        builder.build().map_err(Error::Tokio)
+    }
+}
+
+fn exe_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|path| {
+            path.file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "service".into())
+}
+
+fn load_run(dir: &Path) -> Result<(Vec<Event>, RunMeta), Error> {
+    let mut reader = RunReader::open(dir)?;
+    let mut events = Vec::new();
+    for event in reader.by_ref() {
+        events.push(event?);
+    }
+    let meta = reader
+        .header()
+        .map(|header| header.run.clone())
+        .unwrap_or_else(|| RunMeta::new("", ""));
+    Ok((events, meta))
+}
+
+/// A log belongs to this binary if the service names match or the
+/// recorded command ran an executable of the same name.
+fn check_identity(dir: &Path, meta: &RunMeta, this: &str) -> Result<(), Error> {
+    let recorded_exe = meta
+        .argv
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_stem())
+        .map(|stem| stem.to_string_lossy().into_owned());
+    if meta.service == this || recorded_exe.as_deref() == Some(exe_name().as_str()) {
+        return Ok(());
+    }
+    Err(Error::ForeignLog {
+        dir: dir.to_path_buf(),
+        recorded: meta.service.clone(),
+        recorded_cmd: meta.argv.first().cloned().unwrap_or_default(),
+        this: this.to_string(),
+    })
+}
+
+/// A deja runtime in one of its modes.
+#[derive(Debug)]
+pub struct Runtime {
+    kind: Kind,
+    last_replay: std::sync::Mutex<Option<ReplayStats>>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Live(tokio::runtime::Runtime),
+    Record(tokio::runtime::Runtime, Arc<Recording>),
+    Replay {
+        events: Option<Vec<Event>>,
+        start_wall_ns: i64,
+        stall_wait: Duration,
+    },
+}
+
+impl Runtime {
+    /// The mode this runtime runs in.
+    pub fn mode(&self) -> Mode {
+        match self.kind {
+            Kind::Live(_) => Mode::Live,
+            Kind::Record(..) => Mode::Record,
+            Kind::Replay { .. } => Mode::Replay,
+        }
+    }
+
+    /// Record mode: the run directory being written.
+    pub fn run_dir(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Record(_, recording) => Some(recording.dir()),
+            _ => None,
+        }
+    }
+
+    /// After a replay: its figures (events, digest, virtual time).
+    pub fn replay_stats(&self) -> Option<ReplayStats> {
+        *self.last_replay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Run `main` to completion as task 0. Record: the exit status is
+    /// logged and the log closed before this returns. Replay: returns
+    /// what main returned once the recorded exit is reached, or the
+    /// divergence. A runtime runs one `main`.
+    pub fn block_on<F>(&mut self, main: F) -> Result<F::Output, Error>
+    where
+        F: Future,
+        F::Output: MainResult,
+    {
+        match &mut self.kind {
+            Kind::Live(tokio) => Ok(tokio.block_on(main)),
+            Kind::Record(tokio, recording) => {
+                let _enter = context::enter(Ctx::Record(Arc::clone(recording)));
+                let task = TaskCtx::new(
+                    TaskId::MAIN,
+                    crate::rand::select_seed(recording.root_seed(), TaskId::MAIN),
+                );
+                let output = tokio.block_on(context::scope(task, main));
+                recording.record_for(
+                    TaskId::MAIN,
+                    EventKind::Exit {
+                        code: output.exit_code(),
+                    },
+                );
+                recording.close()?;
+                Ok(output)
+            }
+            Kind::Replay {
+                events,
+                start_wall_ns,
+                stall_wait,
+            } => {
+                let events = events.take().expect("a runtime runs one main");
+                let (output, stats) = replay(events, *start_wall_ns, *stall_wait, main);
+                *self.last_replay.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+                output
+            }
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        // Tasks still running after main returned must not keep the
+        // process (or a test) waiting.
+        let kind = std::mem::replace(
+            &mut self.kind,
+            Kind::Replay {
+                events: None,
+                start_wall_ns: 0,
+                stall_wait: Duration::ZERO,
+            },
+        );
+        match kind {
+            Kind::Live(tokio) | Kind::Record(tokio, _) => tokio.shutdown_background(),
+            Kind::Replay { .. } => {}
+        }
+    }
+}
+
+fn replay<F>(
+    events: Vec<Event>,
+    start_wall_ns: i64,
+    stall_wait: Duration,
+    main: F,
+) -> (Result<F::Output, Error>, ReplayStats)
+where
+    F: Future,
+    F::Output: MainResult,
+{
+    let replay = Rc::new(Replay::new(
+        Gate::new(events),
+        start_wall_ns,
+        Executor::new(stall_wait),
+    ));
+    let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
+    let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
+    replay.set_root_seed(root_seed);
+    let output: Rc<std::cell::RefCell<Option<F::Output>>> = Rc::default();
+    {
+        let output = Rc::clone(&output);
+        let body = async move {
+            let value = main.await;
+            let code = value.exit_code();
+            crate::net::replay_call(Call::Exit { code }).await;
+            *output.borrow_mut() = Some(value);
+        };
+        let task = TaskCtx::new(
+            TaskId::MAIN,
+            crate::rand::select_seed(&root_seed, TaskId::MAIN),
+        );
+        let claim_seed = Rc::clone(&replay);
+        let body = context::scope(task, async move {
+            // The recording's first event of main is its root seed.
+            claim_seed.claim(TaskId::MAIN, &Call::RootSeed);
+            body.await
+        });
+        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(body);
+        // SAFETY: `main` may borrow from the caller, so its future is not
+        // 'static. The executor drops every task in `shutdown()` below,
+        // before this function returns, so nothing outlives those borrows.
+        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + 'static>> =
+            unsafe { std::mem::transmute(boxed) };
+        replay.executor.spawn(boxed);
+    }
+    replay.wake_cursor();
+    replay.executor.run(&replay);
+    let stop = replay.take_stop();
+    replay.executor.shutdown();
+    let stats = replay.stats();
+    let result = match stop {
+        Some(Stop::Exited) => match output.borrow_mut().take() {
+            Some(value) => Ok(value),
+            None => Err(Error::RecordingEnded { last_seq: None }),
+        },
+        Some(Stop::RecordingEnded) => Err(Error::RecordingEnded {
+            last_seq: replay.last_seq(),
+        }),
+        Some(Stop::Diverged(divergence)) => Err(Error::Diverged(divergence)),
+        None => Err(Error::RecordingEnded {
+            last_seq: replay.last_seq(),
+        }),
+    };
+    (result, stats)
+}
+
+/// The body of `#[deja::main]`: build from the environment, run, exit.
+#[doc(hidden)]
+pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
+    let runtime = Builder::from_env().and_then(Builder::build);
+    let mut runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(err) => fail(&err),
+    };
+    let mode = runtime.mode();
+    let started = std::time::Instant::now();
+    let result = runtime.block_on(main);
+    let code = match result {
+        Ok(output) => output.report(),
+        Err(Error::Diverged(divergence)) => {
+            eprint!("deja: {divergence}");
+            eprintln!("hint: `deja inspect RUN_DIR --from SEQ` shows the log around it");
+            drop(runtime);
+            std::process::exit(EXIT_DIVERGENCE);
+        }
+        Err(Error::RecordingEnded { last_seq }) => {
+            eprintln!(
+                "deja: replay reached the end of the recording (seq {}); the recorded process did not exit (killed?)",
+                last_seq.map_or_else(|| "-".into(), |seq| seq.to_string())
+            );
+            0
+        }
+        Err(err) => fail(&err),
+    };
+    if mode == Mode::Replay {
+        if let Some(stats) = runtime.replay_stats() {
+            eprintln!(
+                "deja: replay complete: {} events, digest {:016x}, {:.3}s virtual in {:.3}s",
+                stats.events,
+                stats.digest,
+                stats.virtual_ns as f64 / 1e9,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    drop(runtime);
+    std::process::exit(code)
+}
+
+/// Exit code of a replay that diverged (the design's table).
+pub const EXIT_DIVERGENCE: i32 = 3;
+
+fn fail(err: &Error) -> ! {
+    eprintln!("deja: {err}");
+    if let Some(hint) = err.hint() {
+        eprintln!("hint: {hint}");
+    }
+    std::process::exit(1)
+}

@@ -1,0 +1,351 @@
+//! Tasks: [`spawn`](crate::spawn) with logical ids that replay reproduces,
+//! and [`JoinHandle`].
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use deja_recorder::{EventKind, TaskId, TaskOutcome};
+use deja_replayer::gate::Call;
+
+use crate::context::{self, Ctx, TaskCtx};
+use crate::replay::executor::TaskKey;
+use crate::replay::with_replay;
+
+/// Spawn a task, like `tokio::spawn`.
+///
+/// In record and replay the task gets a logical id at its `Spawn` event,
+/// so replay gives every task the same id and order as the recording.
+pub fn spawn<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match context::current() {
+        Ctx::Live => JoinHandle {
+            inner: Inner::Tokio(tokio::spawn(future)),
+        },
+        Ctx::Record(recording) => {
+            let child = recording.next_task();
+            recording.record(EventKind::Spawn { child, name: None });
+            let task = TaskCtx::new(
+                child,
+                crate::rand::select_seed(recording.root_seed(), child),
+            );
+            JoinHandle {
+                inner: Inner::Tokio(tokio::spawn(context::scope(
+                    task,
+                    Tracked::new(child, future),
+                ))),
+            }
+        }
+        Ctx::Replay(replay) => {
+            let child = match replay.claim(context::task_id(), &Call::Spawn) {
+                Some(deja_recorder::Event {
+                    kind: EventKind::Spawn { child, .. },
+                    ..
+                }) => child,
+                _ => replay.beyond_log_task(),
+            };
+            let state = Arc::new(Mutex::new(JoinState::default()));
+            let task = TaskCtx::new(child, crate::rand::select_seed(&replay.root_seed(), child));
+            let body = ReplayTask {
+                future: context::scope(task, Tracked::new(child, future)),
+                state: Arc::clone(&state),
+            };
+            let key = replay.executor.spawn(Box::pin(body));
+            JoinHandle {
+                inner: Inner::Replay { state, key },
+            }
+        }
+    }
+}
+
+/// Record an application annotation (a request id, an order id) that
+/// breakpoints and the timeline can refer to. Values are cut to
+/// [`MARK_VALUE_BYTES_MAX`]. In replay, a mark with another value than the
+/// recording's is a divergence.
+pub fn mark(name: &str, value: impl AsRef<[u8]>) {
+    let value = value.as_ref();
+    let value = &value[..value.len().min(MARK_VALUE_BYTES_MAX)];
+    let name = &name[..floor_char_boundary(name, MARK_NAME_BYTES_MAX)];
+    context::with(|ctx| match ctx {
+        Ctx::Live => {}
+        Ctx::Record(recording) => recording.record(EventKind::Mark {
+            name: name.to_string(),
+            value: value.to_vec(),
+        }),
+        Ctx::Replay(replay) => {
+            replay.claim(context::task_id(), &Call::Mark { name, value });
+        }
+    });
+}
+
+/// Longest mark value kept: marks are labels, not payloads.
+pub const MARK_VALUE_BYTES_MAX: usize = 4 << 10;
+/// Longest mark name kept.
+pub const MARK_NAME_BYTES_MAX: usize = 128;
+
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Records how a task ends: `TaskEnd` on completion, panic or drop.
+struct Tracked<F> {
+    task: TaskId,
+    future: F,
+    ended: bool,
+}
+
+impl<F> Tracked<F> {
+    fn new(task: TaskId, future: F) -> Tracked<F> {
+        Tracked {
+            task,
+            future,
+            ended: false,
+        }
+    }
+}
+
+fn record_end(task: TaskId, outcome: TaskOutcome) {
+    context::with(|ctx| match ctx {
+        Ctx::Live => {}
+        Ctx::Record(recording) => recording.record_for(task, EventKind::TaskEnd { outcome }),
+        Ctx::Replay(replay) => {
+            replay.claim(task, &Call::TaskEnd { outcome });
+        }
+    });
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: `future` is structurally pinned: never moved out of `self`.
+        let this = unsafe { self.get_unchecked_mut() };
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(output)) => {
+                this.ended = true;
+                record_end(this.task, TaskOutcome::Completed);
+                Poll::Ready(output)
+            }
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => {
+                this.ended = true;
+                record_end(this.task, TaskOutcome::Panicked);
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
+}
+
+impl<F> Drop for Tracked<F> {
+    fn drop(&mut self) {
+        if !self.ended {
+            record_end(self.task, TaskOutcome::Cancelled);
+        }
+    }
+}
+
+/// A replayed task: runs the future and hands its outcome to the handle.
+struct ReplayTask<F: Future> {
+    future: F,
+    state: Arc<Mutex<JoinState<F::Output>>>,
+}
+
+impl<F: Future> Future for ReplayTask<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `future` is structurally pinned; `state` is never pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        let result =
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(output)) => Ok(output),
+                Err(payload) => Err(JoinError::panicked(payload)),
+            };
+        lock(&this.state).finish(result);
+        Poll::Ready(())
+    }
+}
+
+impl<F: Future> Drop for ReplayTask<F> {
+    fn drop(&mut self) {
+        lock(&self.state).finish(Err(JoinError::cancelled()));
+    }
+}
+
+struct JoinState<T> {
+    result: Option<Result<T, JoinError>>,
+    finished: bool,
+    waker: Option<Waker>,
+}
+
+impl<T> Default for JoinState<T> {
+    fn default() -> Self {
+        JoinState {
+            result: None,
+            finished: false,
+            waker: None,
+        }
+    }
+}
+
+impl<T> JoinState<T> {
+    fn finish(&mut self, result: Result<T, JoinError>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.result = Some(result);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// An owned permission to join a task, like `tokio::task::JoinHandle`.
+/// Dropping it detaches the task.
+pub struct JoinHandle<T> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Tokio(tokio::task::JoinHandle<T>),
+    Replay {
+        state: Arc<Mutex<JoinState<T>>>,
+        key: TaskKey,
+    },
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").finish_non_exhaustive()
+    }
+}
+
+impl<T> JoinHandle<T> {
+    /// Cancel the task: its future is dropped at its next await point.
+    pub fn abort(&self) {
+        match &self.inner {
+            Inner::Tokio(handle) => handle.abort(),
+            Inner::Replay { key, .. } => {
+                with_replay(|replay| replay.executor.abort(*key));
+            }
+        }
+    }
+
+    /// True once the task has finished.
+    pub fn is_finished(&self) -> bool {
+        match &self.inner {
+            Inner::Tokio(handle) => handle.is_finished(),
+            Inner::Replay { state, .. } => lock(state).finished,
+        }
+    }
+}
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            Inner::Tokio(handle) => Pin::new(handle).poll(cx).map_err(|err| {
+                if err.is_panic() {
+                    JoinError::panicked(err.into_panic())
+                } else {
+                    JoinError::cancelled()
+                }
+            }),
+            Inner::Replay { state, .. } => {
+                let mut state = lock(state);
+                match state.result.take() {
+                    Some(result) => Poll::Ready(result),
+                    None if state.finished => Poll::Ready(Err(JoinError::cancelled())),
+                    None => {
+                        state.waker = Some(cx.waker().clone());
+                        Poll::Pending
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A task failed to complete: it panicked or was cancelled.
+pub struct JoinError {
+    panic: Option<Box<dyn Any + Send + 'static>>,
+}
+
+impl JoinError {
+    fn panicked(payload: Box<dyn Any + Send + 'static>) -> JoinError {
+        JoinError {
+            panic: Some(payload),
+        }
+    }
+
+    fn cancelled() -> JoinError {
+        JoinError { panic: None }
+    }
+
+    /// True if the task panicked.
+    pub fn is_panic(&self) -> bool {
+        self.panic.is_some()
+    }
+
+    /// True if the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.panic.is_none()
+    }
+
+    /// The panic's payload; panics if the task was cancelled instead.
+    pub fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.panic
+            .expect("the task was cancelled, it did not panic")
+    }
+}
+
+impl fmt::Debug for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "JoinError::{}",
+            if self.is_panic() {
+                "Panic(..)"
+            } else {
+                "Cancelled"
+            }
+        )
+    }
+}
+
+impl fmt::Display for JoinError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.panic {
+            Some(payload) => {
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-string payload".into());
+                write!(f, "task panicked: {message}")
+            }
+            None => f.write_str("task was cancelled"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
