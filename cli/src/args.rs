@@ -1,8 +1,9 @@
-//! The command line's shape (clap derive). `record` and `replay` slot into
-//! [`Command`] when the runtime lands.
+//! The command line's shape (clap derive).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use deja_recorder::{EventKind, KindClass};
@@ -40,12 +41,55 @@ impl Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run a service with recording on: `deja record [--out DIR] -- CMD [ARGS...]`.
+    ///
+    /// CMD runs with its output passed through and DEJA_MODE=record,
+    /// DEJA_TRACE=DIR, DEJA_SERVICE and DEJA_RUN_ID set; it must use the
+    /// deja runtime (`#[deja::main]`). SIGINT, SIGTERM and SIGHUP sent to
+    /// deja are passed on to CMD. deja exits with CMD's exit code
+    /// (128 + N if signal N killed it).
+    Record(RecordArgs),
+    /// Replay a recorded run: `deja replay RUN_DIR [-- CMD [ARGS...]]`.
+    ///
+    /// CMD (by default the recorded command line) runs with its output
+    /// passed through and DEJA_MODE=replay, DEJA_TRACE=RUN_DIR set. deja
+    /// exits with CMD's exit code: the recorded run's on success, 3 when
+    /// replay diverged, 1 for an unreadable log (128 + N if signal N
+    /// killed it).
+    Replay(ReplayArgs),
     /// Print a run's events, one line (or JSON object) per event.
     Inspect(InspectArgs),
     /// Read every event and check every checksum; exit 4 on corruption.
     Verify(VerifyArgs),
     /// Summarize a run: events by kind, tasks, duration, sizes, gaps.
     Stats(StatsArgs),
+}
+
+/// `deja record`.
+#[derive(Debug, Args)]
+pub(crate) struct RecordArgs {
+    /// Where to write runs; the run goes to DIR/<service>-<run id>.
+    /// Created if missing.
+    #[arg(long, value_name = "DIR", default_value = "deja-runs")]
+    pub(crate) out: PathBuf,
+    /// The service's name, used in the run directory's name
+    /// [default: CMD's file name].
+    #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
+    pub(crate) service: Option<String>,
+    /// The service to run and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub(crate) command: Vec<OsString>,
+}
+
+/// `deja replay`.
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The run directory (it contains 00000000.deja).
+    pub(crate) run_dir: PathBuf,
+    /// The service to run and its arguments, after `--`
+    /// [default: the recorded command line].
+    #[arg(last = true, value_name = "CMD")]
+    pub(crate) command: Vec<OsString>,
 }
 
 /// `deja inspect`.

@@ -5,6 +5,7 @@
 //! are printed here, on one line, followed by a hint when there is one.
 
 mod args;
+mod child;
 mod cmd;
 
 use std::io::{self, Write};
@@ -24,8 +25,12 @@ pub(crate) mod exit {
     pub(crate) const ERROR: u8 = 1;
     /// Usage: unknown flag, missing argument, bad value.
     pub(crate) const USAGE: u8 = 2;
-    /// Replay diverged from the recording.
-    #[expect(dead_code, reason = "`deja replay` arrives with the runtime issue")]
+    /// Replay diverged from the recording: the replaying service exits
+    /// with it, and `deja replay` passes its code through.
+    #[expect(
+        dead_code,
+        reason = "set by the runtime in the replaying child, not by deja"
+    )]
     pub(crate) const DIVERGENCE: u8 = 3;
     /// `deja verify` found corruption.
     pub(crate) const CORRUPTION: u8 = 4;
@@ -59,6 +64,8 @@ fn main() -> ExitCode {
 /// Run one command; `Err` is exit code 1, anything else comes back as a code.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Record(args) => cmd::record::run(&args),
+        Command::Replay(args) => cmd::replay::run(&args),
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Verify(args) => cmd::verify::run(&args),
         Command::Stats(args) => cmd::stats::run(&args),

@@ -12,6 +12,8 @@ fn help_and_version_exit_0() {
         &["-h"],
         &["--version"],
         &["help"],
+        &["record", "--help"],
+        &["replay", "--help"],
         &["inspect", "--help"],
         &["verify", "--help"],
         &["stats", "--help"],
@@ -21,7 +23,7 @@ fn help_and_version_exit_0() {
         assert!(!run.stdout.is_empty(), "{args:?}");
     }
     let run = deja(["--help"]);
-    for command in ["inspect", "verify", "stats"] {
+    for command in ["record", "replay", "inspect", "verify", "stats"] {
         assert!(run.stdout.contains(command), "{}", run.stdout);
     }
 }

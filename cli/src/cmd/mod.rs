@@ -1,6 +1,8 @@
 //! One module per subcommand, and what they share: writing to stdout.
 
 pub(crate) mod inspect;
+pub(crate) mod record;
+pub(crate) mod replay;
 pub(crate) mod stats;
 pub(crate) mod verify;
 

@@ -156,7 +156,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// `1234 B`, `1.2 MiB`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");

@@ -1,0 +1,159 @@
+//! `deja record`: run the service with recording on, then say what it wrote.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use deja_recorder::writer::INDEX_FILE_NAME;
+use deja_recorder::{LogEnd, RunMeta, RunReader};
+use serde::Deserialize;
+
+use crate::args::RecordArgs;
+use crate::{child, print_hint, print_note, print_warning};
+
+/// How many times to draw a fresh run id when the run directory exists.
+const RUN_ID_ATTEMPTS: usize = 16;
+
+/// Run CMD with `DEJA_MODE=record`; exit with its exit code.
+pub(crate) fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    let (program, program_args) = args
+        .command
+        .split_first()
+        .expect("clap requires CMD for record");
+    let service = match &args.service {
+        Some(service) => service.clone(),
+        None => default_service(program),
+    };
+    fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let meta = fresh_run(&args.out, &service);
+    let run_dir = args.out.join(meta.dir_name());
+
+    let mut command = Command::new(program);
+    command
+        .args(program_args)
+        .env("DEJA_MODE", "record")
+        .env("DEJA_TRACE", &args.out)
+        .env("DEJA_SERVICE", &service)
+        .env("DEJA_RUN_ID", &meta.run_id);
+    let status = child::run(command)?;
+
+    if run_dir.is_dir() {
+        report(&run_dir);
+    } else {
+        print_warning(&format!(
+            "{} did not record: {} was not written",
+            program.to_string_lossy(),
+            run_dir.display()
+        ));
+        print_hint("the command must use the deja runtime, e.g. `#[deja::main]` on its main");
+    }
+    Ok(child::exit_code(status))
+}
+
+/// CMD's file name without extension (`./target/debug/echo-svc` →
+/// `echo-svc`); `service` if it has none.
+fn default_service(program: &OsStr) -> String {
+    Path::new(program)
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .filter(|stem| !stem.is_empty())
+        .unwrap_or_else(|| "service".to_string())
+}
+
+/// A run id (as the runtime would choose it) whose directory under `out`
+/// does not exist yet, so what is there afterwards is this run's.
+fn fresh_run(out: &Path, service: &str) -> RunMeta {
+    let mut meta = RunMeta::current(service);
+    for _ in 1..RUN_ID_ATTEMPTS {
+        if !out.join(meta.dir_name()).exists() {
+            break;
+        }
+        meta = RunMeta::current(service);
+    }
+    meta
+}
+
+/// `deja: recorded DIR (N events, SIZE)`, and a warning if the log does not
+/// end cleanly.
+fn report(run_dir: &Path) {
+    let (events, warning) = count_events(run_dir);
+    print_note(&format!(
+        "recorded {} ({events} events, {})",
+        run_dir.display(),
+        super::stats::human_bytes(dir_bytes(run_dir))
+    ));
+    if let Some(warning) = warning {
+        print_warning(&warning);
+    }
+}
+
+/// The parts of `index.json` the summary needs.
+#[derive(Deserialize)]
+struct Index {
+    segments: Vec<IndexSegment>,
+}
+
+/// One segment in `index.json`.
+#[derive(Deserialize)]
+struct IndexSegment {
+    events: u64,
+    closed: bool,
+}
+
+/// The number of events, from `index.json` when it describes a closed run
+/// (the writer rewrites it on close), else by reading the log; and how the
+/// log ends, if not cleanly.
+fn count_events(run_dir: &Path) -> (u64, Option<String>) {
+    let index = fs::read(run_dir.join(INDEX_FILE_NAME))
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Index>(&json).ok());
+    if let Some(index) = index {
+        if !index.segments.is_empty() && index.segments.iter().all(|segment| segment.closed) {
+            return (
+                index.segments.iter().map(|segment| segment.events).sum(),
+                None,
+            );
+        }
+    }
+    let mut reader = match RunReader::open(run_dir) {
+        Ok(reader) => reader,
+        Err(err) => return (0, Some(err.to_string())),
+    };
+    let mut events = 0;
+    for item in reader.by_ref() {
+        match item {
+            Ok(_) => events += 1,
+            Err(err) => return (events, Some(err.to_string())),
+        }
+    }
+    (events, reader.end().and_then(LogEnd::warning))
+}
+
+/// Total size of the files in the run directory.
+fn dir_bytes(run_dir: &Path) -> u64 {
+    fs::read_dir(run_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .filter(fs::Metadata::is_file)
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_service_is_the_program_name() {
+        assert_eq!(
+            default_service(OsStr::new("./target/debug/echo-svc")),
+            "echo-svc"
+        );
+        assert_eq!(default_service(OsStr::new("sh")), "sh");
+        assert_eq!(default_service(OsStr::new("/")), "service");
+    }
+}
