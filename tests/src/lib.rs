@@ -391,3 +391,4 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+pub mod e2e;
