@@ -146,7 +146,7 @@ impl SystemTime {
     /// The current wall-clock time.
     pub fn now() -> std::time::SystemTime {
         let unix_ns = context::with(|ctx| match ctx {
-            Ctx::Live => return None,
+            Ctx::Live => None,
             Ctx::Record(recording) => {
                 let unix_ns = unix_ns(std::time::SystemTime::now());
                 recording.record(EventKind::ClockWall { unix_ns });
