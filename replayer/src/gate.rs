@@ -672,13 +672,16 @@ impl Gate {
         expected: Option<usize>,
         actual: String,
     ) -> Box<Divergence> {
-        let recent_from = self.cursor.saturating_sub(REPORT_CONTEXT_EVENTS);
+        // The log just before the differing event; a conflict can be seen
+        // before the cursor gets there (the task runs ahead to its call).
+        let context_end = expected.unwrap_or(self.cursor).min(self.events.len());
+        let recent_from = context_end.saturating_sub(REPORT_CONTEXT_EVENTS);
         Box::new(Divergence {
             kind,
             task,
             expected: expected.map(|index| self.events[index].clone()),
             actual,
-            recent: self.events[recent_from..self.cursor].to_vec(),
+            recent: self.events[recent_from..context_end].to_vec(),
         })
     }
 }
