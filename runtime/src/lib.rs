@@ -62,6 +62,10 @@ mod context;
 mod record;
 mod replay;
 mod runtime;
+#[doc(hidden)]
+pub mod __select {
+    pub use crate::select::{poll_branch, Branch};
+}
 mod select;
 
 pub mod collections;
@@ -83,6 +87,7 @@ pub use runtime::{
     run_main, Builder, Error, MainResult, Mode, Runtime, EXIT_DIVERGENCE, STALL_WAIT_DEFAULT,
     TRACE_DIR_DEFAULT,
 };
+pub use select::SELECT_BRANCHES_MAX;
 pub use task::{mark, spawn, JoinHandle};
 
 #[doc(hidden)]

@@ -102,3 +102,40 @@ fn tokio_select_is_caught_as_a_divergence() {
         "{divergence}"
     );
 }
+
+#[test]
+fn select_follows_tokio_semantics() {
+    let mut runtime = Builder::new().build().unwrap();
+    runtime
+        .block_on(async {
+            // A false condition disables a branch; all disabled runs `else`.
+            let ready = std::future::ready(1);
+            let picked = deja::select! {
+                v = ready, if false => v,
+                else => 99,
+            };
+            assert_eq!(picked, 99);
+
+            // An output that does not match its pattern disables the branch.
+            let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+            drop(tx);
+            let picked = deja::select! {
+                Some(v) = rx.recv() => v,
+                v = async { deja::time::sleep(Duration::from_millis(1)).await; 5 } => v,
+            };
+            assert_eq!(picked, 5);
+
+            // Fair: with three ready branches, each wins sometimes.
+            let mut wins = [0u32; 3];
+            for _ in 0..300 {
+                let branch = deja::select! {
+                    a = std::future::ready(0usize) => a,
+                    b = std::future::ready(1usize) => b,
+                    c = std::future::ready(2usize) => { c }
+                };
+                wins[branch] += 1;
+            }
+            assert!(wins.iter().all(|w| *w > 50), "{wins:?}");
+        })
+        .unwrap();
+}
