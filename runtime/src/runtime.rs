@@ -219,6 +219,7 @@ impl Builder {
             builder.stall_wait = wait;
         }
         builder.keep_write_bytes = matches!(var("DEJA_KEEP_WRITES").as_deref(), Some("1" | "true"));
+
         Ok(builder)
     }
 
