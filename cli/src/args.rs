@@ -68,7 +68,7 @@ pub(crate) enum Command {
 /// `deja record`.
 #[derive(Debug, Args)]
 pub(crate) struct RecordArgs {
-    /// Where to write runs; the run goes to DIR/<service>-<run id>.
+    /// Where to write runs; the run goes to `DIR/<service>-<run id>`.
     /// Created if missing.
     #[arg(long, value_name = "DIR", default_value = "deja-runs")]
     pub(crate) out: PathBuf,

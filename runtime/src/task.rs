@@ -1,4 +1,4 @@
-//! Tasks: [`spawn`](crate::spawn) with logical ids that replay reproduces,
+//! Tasks: [`spawn`] with logical ids that replay reproduces,
 //! and [`JoinHandle`].
 
 use std::any::Any;

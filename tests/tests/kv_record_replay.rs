@@ -251,3 +251,55 @@ fn missing_corrupt_and_foreign_logs_fail_with_one_line() {
     let output = run_bounded(&mut replay_command(recorder.dir(), &[]));
     assert_one_line_error(&output, "payments");
 }
+
+#[test]
+fn a_sigterm_shutdown_is_recorded_and_replayed_to_the_same_exit() {
+    let out = tempfile::tempdir().unwrap();
+    let mut record = Command::new(workspace_bin("deja"));
+    record
+        .arg("record")
+        .arg("--out")
+        .arg(out.path())
+        .arg("--")
+        .arg(workspace_bin("kv"))
+        .args(["--listen", "127.0.0.1:0"]);
+    let service = Service::start(&mut record);
+    let load = run_bounded(Command::new(workspace_bin("kv-load")).args([
+        "--addr",
+        &service.addr,
+        "--clients",
+        "4",
+        "--requests",
+        "10",
+        "--seed",
+        "3",
+    ]));
+    assert!(load.status.success());
+    // SIGTERM to `deja record` is forwarded to kv, which shuts down cleanly.
+    // SAFETY: kill(2) on our child's pid, not yet reaped.
+    unsafe { libc::kill(service.child.id() as i32, libc::SIGTERM) };
+    let output = service.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let run = only_run(out.path());
+    let events = log_events(&run);
+    assert!(
+        events
+            .iter()
+            .any(|event| matches!(event.kind, EventKind::Signal { .. })),
+        "no signal recorded"
+    );
+    assert!(matches!(
+        events.last().map(|event| &event.kind),
+        Some(EventKind::Exit { code: 0 })
+    ));
+
+    // Replay receives the same signal at the same point and exits 0.
+    let mut replay = Command::new(workspace_bin("deja"));
+    replay.arg("replay").arg(&run); // the recorded command line
+    let output = run_bounded(&mut replay);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (replayed, _) = replay_summary(&stderr).expect("replay summary");
+    assert_eq!(replayed, events.len() as u64);
+}
