@@ -266,30 +266,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The writer thread: drain, write, repeat; on close, finish the segment.
 /// After a write error it keeps draining (so the service never notices)
 /// and counts what it could not write.
-/// Nice value of the writer thread: encoding and compressing a batch must
-/// not take a core from the service's threads when the machine is busy
-/// (it showed as a p99 bump on 2 cores). The queue absorbs the delay, and
-/// when it cannot, the drop policy applies as always.
-pub const WRITER_NICE: i32 = 10;
-
-/// Lower the calling thread's scheduling priority (Linux nice values are
-/// per thread); best effort.
-fn lower_own_priority() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: gettid and setpriority on the calling thread; no memory is shared.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE);
-    }
-}
-
 fn writer_loop(
     mut writer: LogWriter,
     queue: &Queue,
     shared: &Mutex<WriterProgress>,
     interval: Duration,
 ) -> WriterOutcome {
-    lower_own_priority();
     // Swapped with the queue's Vec on every drain, so the two buffers'
     // capacities are recycled and this one needs none to start with.
     let mut batch = Vec::new();
