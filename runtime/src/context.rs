@@ -80,12 +80,14 @@ pub(crate) struct TaskCtx {
 }
 
 impl TaskCtx {
-    pub(crate) fn new(id: TaskId, select_seed: u64) -> TaskCtx {
+    /// Task `id` of a run with this root seed: its counters start at zero
+    /// and its `select!` sequence is derived from (root seed, id).
+    pub(crate) fn new(root_seed: &[u8; 32], id: TaskId) -> TaskCtx {
         TaskCtx {
             id,
             next_timer: Cell::new(0),
             next_rng: Cell::new(0),
-            select_state: Cell::new(select_seed),
+            select_state: Cell::new(crate::rand::select_seed(root_seed, id)),
         }
     }
 

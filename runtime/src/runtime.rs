@@ -425,10 +425,7 @@ impl Runtime {
             Kind::Live(tokio) => Ok(tokio.block_on(main)),
             Kind::Record(tokio, recording) => {
                 let _enter = context::enter(Ctx::Record(Arc::clone(recording)));
-                let task = TaskCtx::new(
-                    TaskId::MAIN,
-                    crate::rand::select_seed(recording.root_seed(), TaskId::MAIN),
-                );
+                let task = TaskCtx::new(recording.root_seed(), TaskId::MAIN);
                 let output = tokio.block_on(context::scope(task, main));
                 recording.record_for(
                     TaskId::MAIN,
@@ -493,21 +490,15 @@ where
     let output: Rc<std::cell::RefCell<Option<F::Output>>> = Rc::default();
     {
         let output = Rc::clone(&output);
-        let body = async move {
+        let claim_seed = Rc::clone(&replay);
+        let task = TaskCtx::new(&root_seed, TaskId::MAIN);
+        let body = context::scope(task, async move {
+            // The recording's first event of main is its root seed.
+            claim_seed.claim(TaskId::MAIN, &Call::RootSeed);
             let value = main.await;
             let code = value.exit_code();
             crate::net::replay_call(Call::Exit { code }).await;
             *output.borrow_mut() = Some(value);
-        };
-        let task = TaskCtx::new(
-            TaskId::MAIN,
-            crate::rand::select_seed(&root_seed, TaskId::MAIN),
-        );
-        let claim_seed = Rc::clone(&replay);
-        let body = context::scope(task, async move {
-            // The recording's first event of main is its root seed.
-            claim_seed.claim(TaskId::MAIN, &Call::RootSeed);
-            body.await
         });
         let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(body);
         // SAFETY: `main` may borrow from the caller, so its future is not

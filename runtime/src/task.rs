@@ -31,10 +31,7 @@ where
         Ctx::Record(recording) => {
             let child = recording.next_task();
             recording.record(EventKind::Spawn { child, name: None });
-            let task = TaskCtx::new(
-                child,
-                crate::rand::select_seed(recording.root_seed(), child),
-            );
+            let task = TaskCtx::new(recording.root_seed(), child);
             JoinHandle {
                 inner: Inner::Tokio(tokio::spawn(context::scope(
                     task,
@@ -51,7 +48,7 @@ where
                 _ => replay.beyond_log_task(),
             };
             let state = Arc::new(Mutex::new(JoinState::default()));
-            let task = TaskCtx::new(child, crate::rand::select_seed(&replay.root_seed(), child));
+            let task = TaskCtx::new(&replay.root_seed(), child);
             let body = ReplayTask {
                 future: context::scope(task, Tracked::new(child, future)),
                 state: Arc::clone(&state),

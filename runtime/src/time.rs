@@ -18,7 +18,6 @@ use deja_recorder::EventKind;
 use deja_replayer::gate::Call;
 
 use crate::context::{self, Ctx};
-use crate::replay::with_replay;
 
 /// The origin of live-mode instants: first use in the process.
 fn live_origin() -> std::time::Instant {
@@ -272,8 +271,7 @@ impl Future for Sleep {
             }
             SleepInner::Replay { timer } => {
                 let call = Call::Timer { timer: *timer };
-                let ready =
-                    with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(Poll::Pending);
+                let ready = crate::replay::poll(cx, &call);
                 std::task::ready!(ready);
             }
             SleepInner::Fired => return Poll::Ready(()),

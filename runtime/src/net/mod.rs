@@ -75,10 +75,7 @@ pub(crate) fn to_error(kind: IoErrorKind) -> io::Error {
 
 /// Wait at the gate for the running task's `call`.
 pub(crate) async fn replay_call(call: Call<'_>) -> deja_recorder::Event {
-    std::future::poll_fn(|cx| {
-        with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(std::task::Poll::Pending)
-    })
-    .await
+    std::future::poll_fn(|cx| crate::replay::poll(cx, &call)).await
 }
 
 /// The recorded outcome did not have the expected shape: the log and the

@@ -15,7 +15,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{origin, replay_call, to_error, unexpected, CloseOnDrop, Origin, ToAddr};
 use crate::record::Recording;
-use crate::replay::with_replay;
 
 /// Connection ids mean nothing in live mode.
 const LIVE_CONN: ConnId = ConnId(u64::MAX);
@@ -589,8 +588,7 @@ impl ReplayReads {
             return Poll::Ready(Ok(()));
         }
         let call = Call::TcpRead { conn };
-        let event =
-            ready!(with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(Poll::Pending));
+        let event = ready!(crate::replay::poll(cx, &call));
         match event.kind {
             EventKind::TcpRead {
                 result: ReadOutcome::Data(bytes),
@@ -629,7 +627,7 @@ fn poll_write_replay(conn: ConnId, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
         return Poll::Ready(Ok(0));
     }
     let call = Call::TcpWrite { conn, bytes: buf };
-    let event = ready!(with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(Poll::Pending));
+    let event = ready!(crate::replay::poll(cx, &call));
     Poll::Ready(match event.kind {
         EventKind::TcpWrite {
             result: Ok(written),
@@ -644,7 +642,7 @@ fn poll_write_replay(conn: ConnId, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
 
 fn poll_shutdown_replay(conn: ConnId, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     let call = Call::TcpShutdown { conn };
-    let event = ready!(with_replay(|replay| replay.poll_call(cx, &call)).unwrap_or(Poll::Pending));
+    let event = ready!(crate::replay::poll(cx, &call));
     Poll::Ready(match event.kind {
         EventKind::TcpShutdown { result, .. } => result.map_err(to_error),
         _ => Err(unexpected(&event)),

@@ -264,6 +264,12 @@ impl Replay {
     }
 }
 
+/// The running task's asynchronous `call`, released by the gate (pending
+/// forever on a thread that does not replay).
+pub(crate) fn poll(cx: &mut Context<'_>, call: &Call<'_>) -> Poll<Event> {
+    with_replay(|replay| replay.poll_call(cx, call)).unwrap_or(Poll::Pending)
+}
+
 /// Run `f` with the thread's replay, if this thread replays.
 pub(crate) fn with_replay<R>(f: impl FnOnce(&Replay) -> R) -> Option<R> {
     context::with(|ctx| match ctx {
