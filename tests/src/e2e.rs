@@ -1,11 +1,10 @@
 //! Helpers for end-to-end tests that run the `deja` CLI and fixture
 //! services as real processes.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest any one child may run before the test kills it.
 pub const CHILD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -69,54 +68,6 @@ pub fn wait_bounded(child: Child, limit: Duration) -> Output {
         .expect("collecting child output")
 }
 
-/// A service started in the background that announced `listening on ADDR`.
-#[derive(Debug)]
-pub struct Service {
-    /// The process (`deja record -- kv ...`, or `kv` itself).
-    pub child: Child,
-    /// The address from the first stdout line.
-    pub addr: String,
-}
-
-impl Service {
-    /// Start `command` and wait (bounded) for its `listening on` line.
-    pub fn start(command: &mut Command) -> Service {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning the service");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (line_tx, line_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = line_tx.send(line);
-            }
-            for _ in lines {} // keep draining so the service never blocks
-        });
-        let line = match line_rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the service did not print `listening on ADDR` in 20 s");
-            }
-        };
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .trim()
-            .to_string();
-        Service { child, addr }
-    }
-
-    /// Wait (bounded) for the service to exit; stderr is returned.
-    pub fn wait(self) -> Output {
-        wait_bounded(self.child, CHILD_TIMEOUT)
-    }
-}
-
 /// Parse `deja: replay complete: N events, digest HEX, ...` from stderr.
 pub fn replay_summary(stderr: &str) -> Option<(u64, String)> {
     let line = stderr
@@ -142,10 +93,4 @@ pub fn only_run(out: &Path) -> PathBuf {
         out.display()
     );
     runs.pop().expect("one run")
-}
-
-/// Give a bounded loop its deadline.
-pub fn deadline(limit: Duration) -> impl Fn() -> bool {
-    let end = Instant::now() + limit;
-    move || Instant::now() < end
 }

@@ -5,11 +5,41 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use deja_fixtures::kv_server::KvServer;
 use deja_recorder::{EventKind, RunReader};
-use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, Service};
+use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT};
 
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 40;
+
+/// `deja record --out OUT -- kv --listen 127.0.0.1:0 EXTRA...` in the
+/// background; its stderr goes to `OUT/record.stderr`.
+fn start_recording(out: &Path, extra: &[&str], keep_writes: bool) -> KvServer {
+    let mut record = Command::new(workspace_bin("deja"));
+    record
+        .arg("record")
+        .arg("--out")
+        .arg(out)
+        .arg("--")
+        .arg(workspace_bin("kv"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stderr(std::fs::File::create(out.join("record.stderr")).unwrap());
+    if keep_writes {
+        record.env("DEJA_KEEP_WRITES", "1");
+    }
+    KvServer::start(record).expect("deja record -- kv starts and prints its address")
+}
+
+/// Wait (bounded) for a recording to end: its exit code and stderr.
+fn finish_recording(mut service: KvServer, out: &Path) -> (Option<i32>, String) {
+    let status = service
+        .wait_timeout(CHILD_TIMEOUT)
+        .unwrap()
+        .expect("deja record exits once kv does");
+    let stderr = std::fs::read_to_string(out.join("record.stderr")).unwrap();
+    (status.code(), stderr)
+}
 
 struct Recorded {
     _out: tempfile::TempDir,
@@ -22,26 +52,15 @@ struct Recorded {
 /// sizes and pauses; kv exits after the last connection closes.
 fn record_kv(keep_writes: bool) -> Recorded {
     let out = tempfile::tempdir().unwrap();
-    let mut record = Command::new(workspace_bin("deja"));
-    record
-        .arg("record")
-        .arg("--out")
-        .arg(out.path())
-        .arg("--")
-        .arg(workspace_bin("kv"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--max-conns",
-            &CLIENTS.to_string(),
-        ]);
-    if keep_writes {
-        record.env("DEJA_KEEP_WRITES", "1");
-    }
-    let service = Service::start(&mut record);
+    let service = start_recording(
+        out.path(),
+        &["--max-conns", &CLIENTS.to_string()],
+        keep_writes,
+    );
+    let addr = service.addr().to_string();
     let load = run_bounded(Command::new(workspace_bin("kv-load")).args([
         "--addr",
-        &service.addr,
+        &addr,
         "--clients",
         &CLIENTS.to_string(),
         "--requests",
@@ -54,10 +73,8 @@ fn record_kv(keep_writes: bool) -> Recorded {
     let load_out = String::from_utf8_lossy(&load.stdout).into_owned();
     assert!(load.status.success(), "kv-load failed: {load_out}");
     assert!(load_out.contains("errors=0"), "{load_out}");
-    let addr = service.addr.clone();
-    let output = service.wait();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = finish_recording(service, out.path());
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("deja: recorded"), "{stderr}");
     Recorded {
         run: only_run(out.path()),
@@ -255,18 +272,10 @@ fn missing_corrupt_and_foreign_logs_fail_with_one_line() {
 #[test]
 fn a_sigterm_shutdown_is_recorded_and_replayed_to_the_same_exit() {
     let out = tempfile::tempdir().unwrap();
-    let mut record = Command::new(workspace_bin("deja"));
-    record
-        .arg("record")
-        .arg("--out")
-        .arg(out.path())
-        .arg("--")
-        .arg(workspace_bin("kv"))
-        .args(["--listen", "127.0.0.1:0"]);
-    let service = Service::start(&mut record);
+    let mut service = start_recording(out.path(), &[], false);
     let load = run_bounded(Command::new(workspace_bin("kv-load")).args([
         "--addr",
-        &service.addr,
+        &service.addr().to_string(),
         "--clients",
         "4",
         "--requests",
@@ -276,11 +285,9 @@ fn a_sigterm_shutdown_is_recorded_and_replayed_to_the_same_exit() {
     ]));
     assert!(load.status.success());
     // SIGTERM to `deja record` is forwarded to kv, which shuts down cleanly.
-    // SAFETY: kill(2) on our child's pid, not yet reaped.
-    unsafe { libc::kill(service.child.id() as i32, libc::SIGTERM) };
-    let output = service.wait();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    service.terminate().unwrap();
+    let (code, stderr) = finish_recording(service, out.path());
+    assert_eq!(code, Some(0), "{stderr}");
     let run = only_run(out.path());
     let events = log_events(&run);
     assert!(
