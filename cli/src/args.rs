@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use deja_recorder::{EventKind, KindClass};
+use deja_replayer::breakpoint::KindFilter;
 
 /// deja: deterministic record and replay for Rust network services.
 #[derive(Debug, Parser)]
@@ -134,208 +134,14 @@ pub(crate) struct StatsArgs {
     pub(crate) json: bool,
 }
 
-/// Every fine kind name ([`EventKind::name`]), in declaration order.
-pub(crate) const KIND_NAMES: [&str; 21] = [
-    "clock_mono",
-    "clock_wall",
-    "timer_fired",
-    "root_seed",
-    "entropy",
-    "tcp_listen",
-    "tcp_accept",
-    "tcp_connect",
-    "tcp_read",
-    "tcp_write",
-    "tcp_shutdown",
-    "tcp_close",
-    "udp_bind",
-    "udp_send",
-    "udp_recv",
-    "spawn",
-    "task_end",
-    "mark",
-    "signal",
-    "exit",
-    "gap",
-];
 
-/// One `--kind`: a coarse class or a fine kind name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum KindFilter {
-    /// A class such as `recv`.
-    Class(KindClass),
-    /// A fine kind such as `tcp_read`.
-    Kind(&'static str),
-}
-
-impl KindFilter {
-    /// Parse a class name, else a kind name (case-insensitive).
-    pub(crate) fn parse(name: &str) -> Result<KindFilter, String> {
-        let name = name.trim().to_ascii_lowercase();
-        if let Some(class) = KindClass::from_name(&name) {
-            return Ok(KindFilter::Class(class));
-        }
-        if let Some(kind) = KIND_NAMES.into_iter().find(|kind| *kind == name) {
-            return Ok(KindFilter::Kind(kind));
-        }
-        let classes: Vec<&str> = KindClass::ALL.iter().map(|class| class.name()).collect();
-        Err(format!(
-            "unknown kind\n  classes: {}\n  kinds:   {}",
-            classes.join(", "),
-            KIND_NAMES.join(", ")
-        ))
-    }
-
-    /// Does `kind` pass this filter?
-    pub(crate) fn matches(self, kind: &EventKind) -> bool {
-        match self {
-            KindFilter::Class(class) => kind.class() == class,
-            KindFilter::Kind(name) => kind.name() == name,
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use deja_recorder::{
-        ConnId, GapReason, IoErrorKind, ReadOutcome, SignalKind, TaskId, TaskOutcome,
-    };
 
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
-    }
-
-    /// One of every kind. The match below stops compiling when a variant
-    /// is added, which is the cue to extend this list and [`KIND_NAMES`].
-    fn one_of_each() -> Vec<EventKind> {
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let err = IoErrorKind::Other;
-        let kinds = vec![
-            EventKind::ClockMono { ns: 0 },
-            EventKind::ClockWall { unix_ns: 0 },
-            EventKind::TimerFired {
-                timer: 0,
-                deadline_ns: 0,
-            },
-            EventKind::RootSeed { seed: [0; 32] },
-            EventKind::Entropy { bytes: vec![] },
-            EventKind::TcpListen {
-                listener: ConnId(0),
-                addr: String::new(),
-                result: Err(err),
-            },
-            EventKind::TcpAccept {
-                listener: ConnId(0),
-                result: Err(err),
-            },
-            EventKind::TcpConnect {
-                conn: ConnId(0),
-                addr: String::new(),
-                result: Err(err),
-            },
-            EventKind::TcpRead {
-                conn: ConnId(0),
-                result: ReadOutcome::Eof,
-            },
-            EventKind::TcpWrite {
-                conn: ConnId(0),
-                result: Err(err),
-            },
-            EventKind::TcpShutdown {
-                conn: ConnId(0),
-                result: Ok(()),
-            },
-            EventKind::TcpClose { conn: ConnId(0) },
-            EventKind::UdpBind {
-                socket: ConnId(0),
-                addr: String::new(),
-                result: Err(err),
-            },
-            EventKind::UdpSend {
-                socket: ConnId(0),
-                peer: addr,
-                result: Err(err),
-            },
-            EventKind::UdpRecv {
-                socket: ConnId(0),
-                result: Err(err),
-            },
-            EventKind::Spawn {
-                child: TaskId(1),
-                name: None,
-            },
-            EventKind::TaskEnd {
-                outcome: TaskOutcome::Completed,
-            },
-            EventKind::Mark {
-                name: String::new(),
-                value: vec![],
-            },
-            EventKind::Signal {
-                signal: SignalKind::Hangup,
-            },
-            EventKind::Exit { code: 0 },
-            EventKind::Gap {
-                first_lost_seq: 0,
-                lost: 1,
-                reason: GapReason::QueueFull,
-            },
-        ];
-        for kind in &kinds {
-            match kind {
-                EventKind::ClockMono { .. }
-                | EventKind::ClockWall { .. }
-                | EventKind::TimerFired { .. }
-                | EventKind::RootSeed { .. }
-                | EventKind::Entropy { .. }
-                | EventKind::TcpListen { .. }
-                | EventKind::TcpAccept { .. }
-                | EventKind::TcpConnect { .. }
-                | EventKind::TcpRead { .. }
-                | EventKind::TcpWrite { .. }
-                | EventKind::TcpShutdown { .. }
-                | EventKind::TcpClose { .. }
-                | EventKind::UdpBind { .. }
-                | EventKind::UdpSend { .. }
-                | EventKind::UdpRecv { .. }
-                | EventKind::Spawn { .. }
-                | EventKind::TaskEnd { .. }
-                | EventKind::Mark { .. }
-                | EventKind::Signal { .. }
-                | EventKind::Exit { .. }
-                | EventKind::Gap { .. } => {}
-            }
-        }
-        kinds
-    }
-
-    #[test]
-    fn kind_names_are_exactly_the_event_kinds() {
-        let names: Vec<&str> = one_of_each().iter().map(EventKind::name).collect();
-        assert_eq!(names, KIND_NAMES);
-    }
-
-    #[test]
-    fn filters_parse_classes_then_kinds() {
-        assert_eq!(
-            KindFilter::parse("recv"),
-            Ok(KindFilter::Class(KindClass::Recv))
-        );
-        assert_eq!(
-            KindFilter::parse("TCP_READ"),
-            Ok(KindFilter::Kind("tcp_read"))
-        );
-        let err = KindFilter::parse("bogus").unwrap_err();
-        assert!(err.contains("udp_recv") && err.contains("timer"), "{err}");
-
-        let read = EventKind::TcpRead {
-            conn: ConnId(1),
-            result: ReadOutcome::Eof,
-        };
-        assert!(KindFilter::Class(KindClass::Recv).matches(&read));
-        assert!(KindFilter::Kind("tcp_read").matches(&read));
-        assert!(!KindFilter::Kind("udp_recv").matches(&read));
     }
 }

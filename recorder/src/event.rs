@@ -508,6 +508,31 @@ impl fmt::Display for KindClass {
 }
 
 impl EventKind {
+    /// Every fine kind name ([`EventKind::name`]), in declaration order.
+    pub const NAMES: [&'static str; 21] = [
+        "clock_mono",
+        "clock_wall",
+        "timer_fired",
+        "root_seed",
+        "entropy",
+        "tcp_listen",
+        "tcp_accept",
+        "tcp_connect",
+        "tcp_read",
+        "tcp_write",
+        "tcp_shutdown",
+        "tcp_close",
+        "udp_bind",
+        "udp_send",
+        "udp_recv",
+        "spawn",
+        "task_end",
+        "mark",
+        "signal",
+        "exit",
+        "gap",
+    ];
+
     /// The variant's name in snake case, as `inspect` prints it.
     pub fn name(&self) -> &'static str {
         match self {
@@ -759,6 +784,117 @@ impl fmt::Display for Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One of every kind. The match below stops compiling when a variant
+    /// is added, which is the cue to extend this list and [`EventKind::NAMES`].
+    fn one_of_each() -> Vec<EventKind> {
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let err = IoErrorKind::Other;
+        let kinds = vec![
+            EventKind::ClockMono { ns: 0 },
+            EventKind::ClockWall { unix_ns: 0 },
+            EventKind::TimerFired {
+                timer: 0,
+                deadline_ns: 0,
+            },
+            EventKind::RootSeed { seed: [0; 32] },
+            EventKind::Entropy { bytes: vec![] },
+            EventKind::TcpListen {
+                listener: ConnId(0),
+                addr: String::new(),
+                result: Err(err),
+            },
+            EventKind::TcpAccept {
+                listener: ConnId(0),
+                result: Err(err),
+            },
+            EventKind::TcpConnect {
+                conn: ConnId(0),
+                addr: String::new(),
+                result: Err(err),
+            },
+            EventKind::TcpRead {
+                conn: ConnId(0),
+                result: ReadOutcome::Eof,
+            },
+            EventKind::TcpWrite {
+                conn: ConnId(0),
+                result: Err(err),
+            },
+            EventKind::TcpShutdown {
+                conn: ConnId(0),
+                result: Ok(()),
+            },
+            EventKind::TcpClose { conn: ConnId(0) },
+            EventKind::UdpBind {
+                socket: ConnId(0),
+                addr: String::new(),
+                result: Err(err),
+            },
+            EventKind::UdpSend {
+                socket: ConnId(0),
+                peer: addr,
+                result: Err(err),
+            },
+            EventKind::UdpRecv {
+                socket: ConnId(0),
+                result: Err(err),
+            },
+            EventKind::Spawn {
+                child: TaskId(1),
+                name: None,
+            },
+            EventKind::TaskEnd {
+                outcome: TaskOutcome::Completed,
+            },
+            EventKind::Mark {
+                name: String::new(),
+                value: vec![],
+            },
+            EventKind::Signal {
+                signal: SignalKind::Hangup,
+            },
+            EventKind::Exit { code: 0 },
+            EventKind::Gap {
+                first_lost_seq: 0,
+                lost: 1,
+                reason: GapReason::QueueFull,
+            },
+        ];
+        for kind in &kinds {
+            match kind {
+                EventKind::ClockMono { .. }
+                | EventKind::ClockWall { .. }
+                | EventKind::TimerFired { .. }
+                | EventKind::RootSeed { .. }
+                | EventKind::Entropy { .. }
+                | EventKind::TcpListen { .. }
+                | EventKind::TcpAccept { .. }
+                | EventKind::TcpConnect { .. }
+                | EventKind::TcpRead { .. }
+                | EventKind::TcpWrite { .. }
+                | EventKind::TcpShutdown { .. }
+                | EventKind::TcpClose { .. }
+                | EventKind::UdpBind { .. }
+                | EventKind::UdpSend { .. }
+                | EventKind::UdpRecv { .. }
+                | EventKind::Spawn { .. }
+                | EventKind::TaskEnd { .. }
+                | EventKind::Mark { .. }
+                | EventKind::Signal { .. }
+                | EventKind::Exit { .. }
+                | EventKind::Gap { .. } => {}
+            }
+        }
+        kinds
+    }
+
+    #[test]
+    fn kind_names_are_exactly_the_event_kinds() {
+        let names: Vec<&str> = one_of_each().iter().map(EventKind::name).collect();
+        assert_eq!(names, EventKind::NAMES);
+    }
+
 
     #[test]
     fn every_class_name_parses_back() {

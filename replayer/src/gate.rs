@@ -538,6 +538,37 @@ impl Gate {
             .map_or(0, |last| self.events[last].mono_ns)
     }
 
+    /// The log's events with seq below `seq`, the last `count` of them.
+    pub fn events_before(&self, seq: u64, count: usize) -> &[Event] {
+        let end = self.events.partition_point(|event| event.seq < seq);
+        &self.events[end.saturating_sub(count)..end]
+    }
+
+    /// The last `count` events `task` has taken (released or claimed),
+    /// oldest first.
+    pub fn taken_by(&self, task: TaskId, count: usize) -> Vec<&Event> {
+        let Some(track) = self.tasks.get(&task) else {
+            return Vec::new();
+        };
+        track.events[track.next.saturating_sub(count)..track.next]
+            .iter()
+            .map(|&index| &self.events[index])
+            .collect()
+    }
+
+    /// Tasks that have taken an event and not yet ended, with the last
+    /// event each took.
+    pub fn live_tasks(&self) -> Vec<(TaskId, &Event)> {
+        self.tasks
+            .iter()
+            .filter_map(|(task, track)| {
+                let last = &self.events[*track.events.get(track.next.checked_sub(1)?)?];
+                let ended = matches!(last.kind, EventKind::TaskEnd { .. } | EventKind::Exit { .. });
+                (!ended).then_some((*task, last))
+            })
+            .collect()
+    }
+
     /// Task `task` makes the asynchronous `call`: release it, make it
     /// wait, or diverge.
     ///
@@ -731,6 +762,22 @@ mod tests {
         assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 2));
         assert!(gate.finished());
         assert_eq!(gate.now_ns(), 20);
+    }
+
+    #[test]
+    fn the_context_of_a_hit_comes_from_the_taken_events() {
+        let mut gate = interleaved();
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(gate.live_tasks().is_empty());
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(_))));
+        let seqs = |events: Vec<&Event>| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(gate.taken_by(TaskId(1), 5)), [0]);
+        assert!(gate.taken_by(TaskId(2), 5).is_empty());
+        let live: Vec<(TaskId, u64)> = gate.live_tasks().iter().map(|(t, e)| (*t, e.seq)).collect();
+        assert_eq!(live, [(TaskId(1), 0)]);
+        let before: Vec<u64> = gate.events_before(2, 1).iter().map(|e| e.seq).collect();
+        assert_eq!(before, [1]);
+        assert!(gate.events_before(0, 4).is_empty());
     }
 
     #[test]

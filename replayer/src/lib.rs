@@ -1,7 +1,12 @@
 //! deja's replay engine and log analysis.
 //!
-//! Today: [`analysis`], what `deja stats` reports. The replay cursor,
-//! divergence reports and breakpoints arrive with the runtime issue.
+//! - [`gate`]: the replay cursor. It releases every task's intercepted
+//!   calls in the recorded order and reports the first divergence.
+//! - [`breakpoint`]: breakpoint specs (`kind=send,mark=order-42`) and the
+//!   marks in scope per task.
+//! - [`watch`]: which event stops a replay (breakpoints, `step`, `next`,
+//!   `--until`) and the `pause` prompt's commands.
+//! - [`analysis`]: what `deja stats` reports.
 //!
 //! ```no_run
 //! let stats = deja_replayer::analysis::RunStats::compute("runs/checkout-20261123T091500Z-1a2b")?;
@@ -10,4 +15,6 @@
 //! ```
 
 pub mod analysis;
+pub mod breakpoint;
 pub mod gate;
+pub mod watch;

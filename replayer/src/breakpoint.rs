@@ -1,0 +1,629 @@
+//! Breakpoint specs: where a replay stops.
+//!
+//! A spec is a comma-separated AND of terms; a [`Breakpoints`] set is the
+//! OR of several specs (several `--break` flags, or `;` in `DEJA_BREAK`):
+//!
+//! | term | matches an event... |
+//! |---|---|
+//! | `seq=1234` | with that seq |
+//! | `task=7` | of logical task 7 |
+//! | `kind=recv` | of that class or fine kind; `kind=recv\|send` is either |
+//! | `mark=order-42` | of a task with a mark of that value in scope (`mark=NAME:VALUE` names it too) |
+//! | `conn=3` | on socket 3 (including the accept or connect that made it) |
+//! | `t>=1.5s` | at or after that virtual time since the start (`t<=` too) |
+//! | `after=1000` | with seq > 1000 |
+//!
+//! Marks are *in scope* for the task that made them from the mark on, and
+//! for the tasks it spawns afterwards; a later mark of the same name
+//! replaces the value. So `mark=order-42,kind=send` stops at every send of
+//! the task that handles order 42, which is how a user who knows only an
+//! order id finds the moment it went wrong.
+//!
+//! ```
+//! use deja_replayer::breakpoint::{Breakpoint, Breakpoints};
+//!
+//! let set = Breakpoints::parse_env("kind=send,task=3; seq=40")?;
+//! assert_eq!(set.len(), 2);
+//! let err = "kind=send,taks=3".parse::<Breakpoint>().unwrap_err();
+//! assert_eq!(err.term, "taks=3");
+//! # Ok::<(), deja_replayer::breakpoint::SpecError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use deja_recorder::{ConnId, Event, EventKind, KindClass, TaskId};
+
+/// Marks kept in scope per task; the oldest name goes first beyond this,
+/// so a task that marks a new name per request cannot grow without bound.
+pub const MARKS_IN_SCOPE_MAX: usize = 32;
+
+/// Specs in one set: more is a typo or a generated list gone wrong, and
+/// every replayed event is checked against each.
+pub const BREAKPOINTS_MAX: usize = 256;
+
+/// The terms a spec understands, for error messages.
+const TERMS_HELP: &str = "seq=N, task=N, kind=K[|K...], mark=VALUE, conn=N, t>=DURATION, t<=DURATION, after=N";
+
+/// One event filter for `kind=` terms and `deja inspect --kind`: a coarse
+/// class or a fine kind name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindFilter {
+    /// A class such as `recv` (see [`KindClass`]).
+    Class(KindClass),
+    /// A fine kind such as `tcp_read` (see [`EventKind::NAMES`]).
+    Kind(&'static str),
+}
+
+impl KindFilter {
+    /// Parse a class name, else a kind name (case-insensitive). The error
+    /// lists every name that would have worked.
+    pub fn parse(name: &str) -> Result<KindFilter, String> {
+        let name = name.trim().to_ascii_lowercase();
+        if let Some(class) = KindClass::from_name(&name) {
+            return Ok(KindFilter::Class(class));
+        }
+        if let Some(kind) = EventKind::NAMES.into_iter().find(|kind| *kind == name) {
+            return Ok(KindFilter::Kind(kind));
+        }
+        let classes: Vec<&str> = KindClass::ALL.iter().map(|class| class.name()).collect();
+        Err(format!(
+            "unknown kind {name:?}\n  classes: {}\n  kinds:   {}",
+            classes.join(", "),
+            EventKind::NAMES.join(", ")
+        ))
+    }
+
+    /// Does `kind` pass this filter?
+    pub fn matches(self, kind: &EventKind) -> bool {
+        match self {
+            KindFilter::Class(class) => kind.class() == class,
+            KindFilter::Kind(name) => kind.name() == name,
+        }
+    }
+}
+
+impl fmt::Display for KindFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KindFilter::Class(class) => f.write_str(class.name()),
+            KindFilter::Kind(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A spec that does not parse: which term, where, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bad breakpoint term `{term}` in `{spec}` (byte {offset}): {why}")]
+pub struct SpecError {
+    /// The whole spec.
+    pub spec: String,
+    /// The offending term, as written.
+    pub term: String,
+    /// Byte offset of the term in the spec.
+    pub offset: usize,
+    /// What is wrong, and what would be right.
+    pub why: String,
+}
+
+/// What a mark term looks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct MarkPattern {
+    text: String,
+}
+
+impl MarkPattern {
+    fn matches(&self, scope: &[(String, Vec<u8>)]) -> bool {
+        scope.iter().any(|(name, value)| {
+            value.as_slice() == self.text.as_bytes()
+                || self.text.split_once(':').is_some_and(|(want_name, want_value)| {
+                    name == want_name && value.as_slice() == want_value.as_bytes()
+                })
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Term {
+    Seq(u64),
+    Task(TaskId),
+    Kind(Vec<KindFilter>),
+    Mark(MarkPattern),
+    Conn(ConnId),
+    AtLeast { ns: u64 },
+    AtMost { ns: u64 },
+    After(u64),
+}
+
+impl Term {
+    fn matches(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> bool {
+        match self {
+            Term::Seq(seq) => event.seq == *seq,
+            Term::Task(task) => event.task == *task,
+            Term::Kind(filters) => filters.iter().any(|filter| filter.matches(&event.kind)),
+            Term::Mark(pattern) => pattern.matches(scope),
+            Term::Conn(conn) => concerns(&event.kind, *conn),
+            Term::AtLeast { ns } => event.mono_ns >= *ns,
+            Term::AtMost { ns } => event.mono_ns <= *ns,
+            Term::After(seq) => event.seq > *seq,
+        }
+    }
+
+    /// Cheap terms first, so a spec that cannot hit fails fast.
+    fn cost(&self) -> u8 {
+        match self {
+            Term::Seq(_) | Term::Task(_) | Term::After(_) | Term::AtLeast { .. } => 0,
+            Term::AtMost { .. } | Term::Conn(_) | Term::Kind(_) => 1,
+            Term::Mark(_) => 2,
+        }
+    }
+}
+
+/// True if the event is on `conn`, or made it (an accept's or connect's
+/// new stream).
+fn concerns(kind: &EventKind, conn: ConnId) -> bool {
+    if kind.conn() == Some(conn) {
+        return true;
+    }
+    matches!(kind, EventKind::TcpAccept { result: Ok(accepted), .. } if accepted.conn == conn)
+}
+
+/// One spec: every term must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Breakpoint {
+    text: String,
+    terms: Vec<Term>,
+    uses_marks: bool,
+}
+
+impl Breakpoint {
+    /// The spec as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Does `event`, whose task has `scope` marks in scope, stop here?
+    pub fn matches(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> bool {
+        self.terms.iter().all(|term| term.matches(event, scope))
+    }
+}
+
+impl fmt::Display for Breakpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl FromStr for Breakpoint {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Breakpoint, SpecError> {
+        let text = spec.trim().to_string();
+        let mut terms = Vec::new();
+        let mut offset = 0;
+        for raw in spec.split(',') {
+            let term_offset = offset + (raw.len() - raw.trim_start().len());
+            offset += raw.len() + 1;
+            let term = raw.trim();
+            let error = |why: String| SpecError {
+                spec: text.clone(),
+                term: term.to_string(),
+                offset: term_offset,
+                why,
+            };
+            if term.is_empty() {
+                return Err(error(format!("empty term; a spec is terms joined by commas: {TERMS_HELP}")));
+            }
+            terms.push(parse_term(term).map_err(error)?);
+        }
+        terms.sort_by_key(Term::cost);
+        let uses_marks = terms.iter().any(|term| matches!(term, Term::Mark(_)));
+        Ok(Breakpoint {
+            text,
+            terms,
+            uses_marks,
+        })
+    }
+}
+
+fn parse_term(term: &str) -> Result<Term, String> {
+    if let Some(value) = term.strip_prefix("t>=") {
+        return parse_duration(value).map(|ns| Term::AtLeast { ns });
+    }
+    if let Some(value) = term.strip_prefix("t<=") {
+        return parse_duration(value).map(|ns| Term::AtMost { ns });
+    }
+    let Some((key, value)) = term.split_once('=') else {
+        return Err(format!("expected KEY=VALUE, one of {TERMS_HELP}"));
+    };
+    let (key, value) = (key.trim(), value.trim());
+    let number = |what: &str| {
+        value
+            .parse::<u64>()
+            .map_err(|_| format!("{what} must be a whole number, not {value:?}"))
+    };
+    match key {
+        "seq" => number("seq").map(Term::Seq),
+        "task" => number("task").map(|task| Term::Task(TaskId(task))),
+        "conn" => number("conn").map(|conn| Term::Conn(ConnId(conn))),
+        "after" => number("after").map(Term::After),
+        "kind" => value
+            .split('|')
+            .map(KindFilter::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Term::Kind),
+        "mark" if value.is_empty() => Err("mark needs a value: mark=order-42 or mark=order:42".into()),
+        "mark" => Ok(Term::Mark(MarkPattern {
+            text: value.to_string(),
+        })),
+        "t" => Err("time terms are t>=DURATION or t<=DURATION (1.5s, 200ms, 50us, 10ns)".into()),
+        other => Err(format!("unknown term {other:?}; expected one of {TERMS_HELP}")),
+    }
+}
+
+/// `1.5s`, `200ms`, `50us`, `10ns`, or bare seconds, to nanoseconds.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let bad = || format!("{text:?} is not a duration (1.5s, 200ms, 50us, 10ns)");
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "" | "s" => 1e9,
+        "ms" => 1e6,
+        "us" | "µs" => 1e3,
+        "ns" => 1.0,
+        _ => return Err(bad()),
+    };
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let ns = value * scale;
+    if !ns.is_finite() || ns < 0.0 || ns > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(ns.round() as u64)
+}
+
+/// Several specs: an event stops the replay if any matches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Breakpoints {
+    specs: Vec<Breakpoint>,
+    uses_marks: bool,
+}
+
+impl Breakpoints {
+    /// No breakpoints.
+    pub fn new() -> Breakpoints {
+        Breakpoints::default()
+    }
+
+    /// Add a spec (beyond [`BREAKPOINTS_MAX`], the spec is refused).
+    pub fn push(&mut self, spec: Breakpoint) -> Result<(), SpecError> {
+        if self.specs.len() >= BREAKPOINTS_MAX {
+            return Err(SpecError {
+                term: spec.text.clone(),
+                spec: spec.text,
+                offset: 0,
+                why: format!("at most {BREAKPOINTS_MAX} breakpoints"),
+            });
+        }
+        self.uses_marks |= spec.uses_marks;
+        self.specs.push(spec);
+        Ok(())
+    }
+
+    /// Specs separated by `;` (the `DEJA_BREAK` form); empty pieces are skipped.
+    pub fn parse_env(text: &str) -> Result<Breakpoints, SpecError> {
+        let mut set = Breakpoints::new();
+        for spec in text.split(';').filter(|spec| !spec.trim().is_empty()) {
+            set.push(spec.parse()?)?;
+        }
+        Ok(set)
+    }
+
+    /// The `DEJA_BREAK` form of this set.
+    pub fn to_env(&self) -> String {
+        self.specs
+            .iter()
+            .map(Breakpoint::text)
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    /// The specs, in the order given.
+    pub fn specs(&self) -> &[Breakpoint] {
+        &self.specs
+    }
+
+    /// How many specs.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// True with no specs.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// True if some spec has a `mark=` term (so scopes must be tracked).
+    pub fn uses_marks(&self) -> bool {
+        self.uses_marks
+    }
+
+    /// The index of the first spec that `event` matches.
+    pub fn first_match(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> Option<usize> {
+        self.specs
+            .iter()
+            .position(|spec| spec.matches(event, scope))
+    }
+}
+
+/// The marks in scope for each live task, updated event by event.
+#[derive(Clone, Debug, Default)]
+pub struct MarkScopes {
+    scopes: BTreeMap<TaskId, Vec<(String, Vec<u8>)>>,
+}
+
+impl MarkScopes {
+    /// No marks yet.
+    pub fn new() -> MarkScopes {
+        MarkScopes::default()
+    }
+
+    /// Take in an event before it is matched: a mark enters its task's
+    /// scope (replacing a mark of the same name), a spawned task starts
+    /// with a copy of its parent's scope.
+    pub fn enter(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::Mark { name, value } => {
+                let scope = self.scopes.entry(event.task).or_default();
+                match scope.iter_mut().find(|(have, _)| have == name) {
+                    Some(slot) => slot.1.clone_from(value),
+                    None => {
+                        if scope.len() == MARKS_IN_SCOPE_MAX {
+                            scope.remove(0);
+                        }
+                        scope.push((name.clone(), value.clone()));
+                    }
+                }
+            }
+            EventKind::Spawn { child, .. } => {
+                if let Some(parent) = self.scopes.get(&event.task) {
+                    let inherited = parent.clone();
+                    self.scopes.insert(*child, inherited);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Take in an event after it was matched: a finished task's scope goes.
+    pub fn leave(&mut self, event: &Event) {
+        if matches!(event.kind, EventKind::TaskEnd { .. }) {
+            self.scopes.remove(&event.task);
+        }
+    }
+
+    /// The marks in scope for `task`, oldest first.
+    pub fn of(&self, task: TaskId) -> &[(String, Vec<u8>)] {
+        self.scopes.get(&task).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Marks as `name="value"` pairs for a hit's context line.
+pub fn format_marks(scope: &[(String, Vec<u8>)]) -> String {
+    if scope.is_empty() {
+        return "(none)".into();
+    }
+    scope
+        .iter()
+        .map(|(name, value)| format!("{name}=\"{}\"", value.escape_ascii()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deja_recorder::{Accepted, ReadOutcome, TaskOutcome, Written};
+
+    fn event(seq: u64, task: u64, kind: EventKind) -> Event {
+        Event {
+            seq,
+            task: TaskId(task),
+            mono_ns: seq * 100_000_000,
+            kind,
+        }
+    }
+
+    fn mark(name: &str, value: &str) -> EventKind {
+        EventKind::Mark {
+            name: name.into(),
+            value: value.as_bytes().to_vec(),
+        }
+    }
+
+    fn write(conn: u64) -> EventKind {
+        EventKind::TcpWrite {
+            conn: ConnId(conn),
+            result: Ok(Written::of(b"ok", false)),
+        }
+    }
+
+    fn hits(spec: &str, events: &[Event]) -> Vec<u64> {
+        let set = Breakpoints::parse_env(spec).unwrap();
+        let mut scopes = MarkScopes::new();
+        let mut seqs = Vec::new();
+        for event in events {
+            scopes.enter(event);
+            if set.first_match(event, scopes.of(event.task)).is_some() {
+                seqs.push(event.seq);
+            }
+            scopes.leave(event);
+        }
+        seqs
+    }
+
+    fn run() -> Vec<Event> {
+        vec![
+            event(0, 0, EventKind::ClockMono { ns: 0 }),
+            event(
+                1,
+                0,
+                EventKind::TcpAccept {
+                    listener: ConnId(1),
+                    result: Ok(Accepted {
+                        conn: ConnId(2),
+                        peer: "127.0.0.1:9".parse().unwrap(),
+                        local: "127.0.0.1:8".parse().unwrap(),
+                    }),
+                },
+            ),
+            event(
+                2,
+                0,
+                EventKind::Spawn {
+                    child: TaskId(1),
+                    name: None,
+                },
+            ),
+            event(
+                3,
+                1,
+                EventKind::TcpRead {
+                    conn: ConnId(2),
+                    result: ReadOutcome::Data(b"get a".to_vec()),
+                },
+            ),
+            event(4, 1, mark("order", "order-42")),
+            event(
+                5,
+                1,
+                EventKind::Spawn {
+                    child: TaskId(2),
+                    name: None,
+                },
+            ),
+            event(6, 2, write(2)),
+            event(7, 1, write(2)),
+            event(8, 1, mark("order", "order-43")),
+            event(9, 1, write(2)),
+            event(
+                10,
+                2,
+                EventKind::TaskEnd {
+                    outcome: TaskOutcome::Completed,
+                },
+            ),
+            event(11, 2, write(2)),
+        ]
+    }
+
+    #[test]
+    fn each_term_selects_its_events() {
+        let events = run();
+        assert_eq!(hits("seq=3", &events), [3]);
+        assert_eq!(hits("task=2", &events), [6, 10, 11]);
+        assert_eq!(hits("kind=send", &events), [6, 7, 9, 11]);
+        assert_eq!(hits("kind=accept|tcp_read", &events), [1, 3]);
+        assert_eq!(hits("conn=2", &events), [1, 3, 6, 7, 9, 11]);
+        assert_eq!(hits("conn=1", &events), [1]);
+        assert_eq!(hits("t>=0.9s", &events), [9, 10, 11]);
+        assert_eq!(hits("t<=100ms", &events), [0, 1]);
+        assert_eq!(hits("after=9", &events), [10, 11]);
+    }
+
+    #[test]
+    fn marks_are_in_scope_for_their_task_and_its_children_until_replaced() {
+        let events = run();
+        // Task 1 marks order-42 at 4; task 2, spawned at 5, inherits it;
+        // task 1 moves to order-43 at 8; task 2 ends at 10 (its later
+        // event 11 has no scope left).
+        assert_eq!(hits("mark=order-42", &events), [4, 5, 6, 7, 10]);
+        assert_eq!(hits("mark=order:order-43", &events), [8, 9]);
+        assert_eq!(hits("mark=other:order-43", &events), Vec::<u64>::new());
+        assert_eq!(hits("mark=order-42,kind=send", &events), [6, 7]);
+    }
+
+    #[test]
+    fn comma_is_and_semicolon_is_or() {
+        let events = run();
+        assert_eq!(hits("task=1,kind=send", &events), [7, 9]);
+        assert_eq!(hits("task=1,kind=send;seq=0", &events), [0, 7, 9]);
+        assert_eq!(hits("task=1,task=2", &events), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn bad_terms_are_named_with_their_offset() {
+        let err = "kind=send, taks=3".parse::<Breakpoint>().unwrap_err();
+        assert_eq!((err.term.as_str(), err.offset), ("taks=3", 11));
+        assert!(err.why.contains("unknown term") && err.why.contains("seq=N"), "{err}");
+        assert!(err.to_string().contains("`taks=3`"), "{err}");
+
+        for (spec, term, why) in [
+            ("seq=x", "seq=x", "whole number"),
+            ("kind=sned", "kind=sned", "unknown kind"),
+            ("t>=5parsecs", "t>=5parsecs", "not a duration"),
+            ("t=5s", "t=5s", "t>=DURATION"),
+            ("seq=1,,task=2", "", "empty term"),
+            ("mark=", "mark=", "needs a value"),
+            ("task", "task", "KEY=VALUE"),
+        ] {
+            let err = spec.parse::<Breakpoint>().unwrap_err();
+            assert_eq!(err.term, term, "{spec}");
+            assert!(err.why.contains(why), "{spec}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_parse_in_every_unit() {
+        assert_eq!(parse_duration("1.5s"), Ok(1_500_000_000));
+        assert_eq!(parse_duration("2"), Ok(2_000_000_000));
+        assert_eq!(parse_duration("200ms"), Ok(200_000_000));
+        assert_eq!(parse_duration("50us"), Ok(50_000));
+        assert_eq!(parse_duration("10ns"), Ok(10));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1e999s").is_err());
+    }
+
+    #[test]
+    fn the_env_form_round_trips() {
+        let set = Breakpoints::parse_env(" seq=1 ;kind=recv|send,task=2;").unwrap();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.to_env(), "seq=1;kind=recv|send,task=2");
+        assert_eq!(Breakpoints::parse_env(&set.to_env()).unwrap(), set);
+    }
+
+    #[test]
+    fn scopes_are_bounded() {
+        let mut scopes = MarkScopes::new();
+        for i in 0..(MARKS_IN_SCOPE_MAX as u64 + 10) {
+            scopes.enter(&event(i, 0, mark(&format!("m{i}"), "v")));
+        }
+        assert_eq!(scopes.of(TaskId(0)).len(), MARKS_IN_SCOPE_MAX);
+        assert_eq!(scopes.of(TaskId(0))[0].0, "m10");
+    }
+
+    #[test]
+    fn kind_filters_parse_classes_then_kinds() {
+        assert_eq!(
+            KindFilter::parse("recv"),
+            Ok(KindFilter::Class(KindClass::Recv))
+        );
+        assert_eq!(
+            KindFilter::parse("TCP_READ"),
+            Ok(KindFilter::Kind("tcp_read"))
+        );
+        let err = KindFilter::parse("bogus").unwrap_err();
+        assert!(err.contains("udp_recv") && err.contains("timer"), "{err}");
+
+        let read = EventKind::TcpRead {
+            conn: ConnId(1),
+            result: ReadOutcome::Eof,
+        };
+        assert!(KindFilter::Class(KindClass::Recv).matches(&read));
+        assert!(KindFilter::Kind("tcp_read").matches(&read));
+        assert!(!KindFilter::Kind("udp_recv").matches(&read));
+    }
+}
