@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use deja_replayer::breakpoint::KindFilter;
+use deja_replayer::breakpoint::{Breakpoint, KindFilter};
 
 /// deja: deterministic record and replay for Rust network services.
 #[derive(Debug, Parser)]
@@ -34,6 +34,22 @@ impl Cli {
                 ));
             }
         }
+        if let Command::Replay(ReplayArgs {
+            gdb: true,
+            on_break: Some(action),
+            ..
+        }) = &cli.command
+        {
+            if *action != OnBreakArg::Trap {
+                return Err(Cli::command().error(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "--gdb stops in gdb at each hit (trap); it cannot also --on-break {}",
+                        action.env_value()
+                    ),
+                ));
+            }
+        }
         Ok(cli)
     }
 }
@@ -49,13 +65,14 @@ pub(crate) enum Command {
     /// deja are passed on to CMD. deja exits with CMD's exit code
     /// (128 + N if signal N killed it).
     Record(RecordArgs),
-    /// Replay a recorded run: `deja replay RUN_DIR [-- CMD [ARGS...]]`.
+    /// Replay a recorded run: `deja replay RUN_DIR [--break SPEC]... [-- CMD [ARGS...]]`.
     ///
     /// CMD (by default the recorded command line) runs with its output
-    /// passed through and DEJA_MODE=replay, DEJA_TRACE=RUN_DIR set. deja
-    /// exits with CMD's exit code: the recorded run's on success, 3 when
-    /// replay diverged, 1 for an unreadable log (128 + N if signal N
-    /// killed it).
+    /// passed through and DEJA_MODE=replay, DEJA_TRACE=RUN_DIR set (and
+    /// DEJA_BREAK, DEJA_ON_BREAK, DEJA_UNTIL for breakpoints). deja exits
+    /// with CMD's exit code: the recorded run's on success, 0 when
+    /// --until or `quit` ended it, 3 when replay diverged, 1 for an
+    /// unreadable log (128 + N if signal N killed it).
     Replay(ReplayArgs),
     /// Print a run's events, one line (or JSON object) per event.
     Inspect(InspectArgs),
@@ -86,10 +103,66 @@ pub(crate) struct RecordArgs {
 pub(crate) struct ReplayArgs {
     /// The run directory (it contains 00000000.deja).
     pub(crate) run_dir: PathBuf,
+    /// Stop at events matching SPEC: terms joined by commas, all of which
+    /// must match: seq=N, task=N, kind=K[|K...] (recv, send, accept,
+    /// connect, close, time, timer, rand, spawn, mark, or a fine kind such
+    /// as tcp_write), mark=VALUE (or NAME:VALUE; a mark in scope for the
+    /// event's task), conn=N, t>=DURATION (1.5s, 200ms), after=N (seq > N).
+    /// Repeat for OR.
+    #[arg(long = "break", value_name = "SPEC", value_parser = parse_breakpoint)]
+    pub(crate) breaks: Vec<Breakpoint>,
+    /// End the replay (exit 0) at the first event with seq >= SEQ.
+    #[arg(long, value_name = "SEQ")]
+    pub(crate) until: Option<u64>,
+    /// What a hit does: pause at a prompt (the default when stdin is a
+    /// terminal: continue, step, next KIND, print, events N, tasks, quit,
+    /// read from stdin), trap (SIGTRAP for an attached debugger), or print
+    /// and go on (the default otherwise).
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub(crate) on_break: Option<OnBreakArg>,
+    /// Hits and the outcome as JSON lines on stdout; the service's own
+    /// stdout goes to stderr.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Run the service under gdb with `--on-break trap`: gdb stops at each
+    /// hit with the service's own stack.
+    #[arg(long, conflicts_with = "json")]
+    pub(crate) gdb: bool,
     /// The service to run and its arguments, after `--`
     /// [default: the recorded command line].
     #[arg(last = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,
+}
+
+/// `--on-break`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnBreakArg {
+    /// An interactive prompt in the replaying process.
+    Pause,
+    /// Raise SIGTRAP for gdb or lldb.
+    Trap,
+    /// Print the hit and its context, then continue.
+    Print,
+}
+
+impl OnBreakArg {
+    /// The `DEJA_ON_BREAK` value.
+    pub(crate) fn env_value(self) -> &'static str {
+        match self {
+            OnBreakArg::Pause => "pause",
+            OnBreakArg::Trap => "trap",
+            OnBreakArg::Print => "print",
+        }
+    }
+}
+
+fn parse_breakpoint(spec: &str) -> Result<Breakpoint, String> {
+    spec.parse::<Breakpoint>().map_err(|err| {
+        format!(
+            "term `{}` (byte {}): {}",
+            err.term, err.offset, err.why
+        )
+    })
 }
 
 /// `deja inspect`.

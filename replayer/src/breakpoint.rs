@@ -418,7 +418,12 @@ pub fn format_marks(scope: &[(String, Vec<u8>)]) -> String {
     }
     scope
         .iter()
-        .map(|(name, value)| format!("{name}=\"{}\"", value.escape_ascii()))
+        .map(|(name, value)| {
+            const SHOWN: usize = 48;
+            let more = if value.len() > SHOWN { "..." } else { "" };
+            let shown = &value[..value.len().min(SHOWN)];
+            format!("{name}=\"{}\"{more}", shown.escape_ascii())
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -538,6 +538,11 @@ impl Gate {
             .map_or(0, |last| self.events[last].mono_ns)
     }
 
+    /// Where the event with this seq sits in the log (0 for the first).
+    pub fn position_of(&self, seq: u64) -> Option<usize> {
+        self.events.binary_search_by_key(&seq, |event| event.seq).ok()
+    }
+
     /// The log's events with seq below `seq`, the last `count` of them.
     pub fn events_before(&self, seq: u64, count: usize) -> &[Event] {
         let end = self.events.partition_point(|event| event.seq < seq);

@@ -69,6 +69,7 @@ pub mod __select {
 mod select;
 
 pub mod collections;
+pub mod debug;
 pub mod net;
 pub mod rand;
 pub mod signal;

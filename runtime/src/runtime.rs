@@ -12,6 +12,8 @@ use deja_recorder::{
 use deja_replayer::gate::{Call, Divergence, Gate};
 
 use crate::context::{self, Ctx, TaskCtx};
+use crate::debug::{BreakHit, Breakpoint, Breakpoints, DebugConfig, Halt, OnBreak, Resume, SpecError};
+use crate::replay::debug::{open_json_fd, Debugger};
 use crate::record::Recording;
 use crate::replay::executor::Executor;
 use crate::replay::{Replay, ReplayStats, Stop};
@@ -101,6 +103,17 @@ pub enum Error {
     /// Replay stopped: the code no longer does what the log says.
     #[error("{0}")]
     Diverged(Box<Divergence>),
+    /// A breakpoint spec does not parse.
+    #[error(transparent)]
+    BadBreakpoint(#[from] SpecError),
+    /// A breakpoint, `--until` or `quit` ended the replay early, on purpose.
+    #[error("replay stopped at seq {seq}: {why}")]
+    Halted {
+        /// The seq it stopped at.
+        seq: u64,
+        /// Who asked.
+        why: Halt,
+    },
     /// Replay reached the end of a recording that has no exit (the
     /// recorded process was killed, or is still running): main never
     /// returned in it, so it cannot return here.
@@ -116,6 +129,9 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Error::BadMode(_) | Error::BadSetting { .. } => Some("unset it or fix its value"),
+            Error::BadBreakpoint(_) => Some(
+                "terms: seq=N task=N kind=K mark=VALUE conn=N t>=1.5s after=N; comma is AND, `;` (or several --break) is OR",
+            ),
             Error::NoRunDir => Some("deja replay RUN_DIR -- CMD sets it for you"),
             Error::Log(err) if err.is_corruption() => Some(
                 "`deja verify RUN_DIR` shows the damage; a corrupt log cannot be replayed past it",
@@ -162,8 +178,11 @@ impl<E: std::fmt::Debug> MainResult for Result<(), E> {
 }
 
 /// Configure a runtime; [`Builder::from_env`] reads `DEJA_MODE`,
-/// `DEJA_TRACE`, `DEJA_SERVICE`, `DEJA_RUN_ID`, `DEJA_STALL_MS` and
-/// `DEJA_KEEP_WRITES`.
+/// `DEJA_TRACE`, `DEJA_SERVICE`, `DEJA_RUN_ID`, `DEJA_STALL_MS`,
+/// `DEJA_KEEP_WRITES`, and for replay `DEJA_BREAK` (specs separated by
+/// `;`), `DEJA_ON_BREAK` (pause, trap, print), `DEJA_UNTIL` (a seq) and
+/// `DEJA_JSON_FD` (an open fd that receives hits and the outcome as JSON
+/// lines).
 #[derive(Clone, Debug)]
 pub struct Builder {
     mode: Mode,
@@ -174,6 +193,7 @@ pub struct Builder {
     stall_wait: Duration,
     keep_write_bytes: bool,
     writer: WriterConfig,
+    debug: DebugConfig,
 }
 
 impl Default for Builder {
@@ -194,6 +214,7 @@ impl Builder {
             stall_wait: STALL_WAIT_DEFAULT,
             keep_write_bytes: false,
             writer: WriterConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 
@@ -219,6 +240,30 @@ impl Builder {
             builder.stall_wait = wait;
         }
         builder.keep_write_bytes = matches!(var("DEJA_KEEP_WRITES").as_deref(), Some("1" | "true"));
+        if let Some(specs) = var("DEJA_BREAK") {
+            builder.debug.breakpoints = Breakpoints::parse_env(&specs)?;
+        }
+        if let Some(action) = var("DEJA_ON_BREAK") {
+            builder.debug.on_break = Some(action.parse().map_err(|_| Error::BadSetting {
+                name: "DEJA_ON_BREAK",
+                value: action,
+                why: "expected pause, trap or print",
+            })?);
+        }
+        if let Some(seq) = var("DEJA_UNTIL") {
+            builder.debug.until = Some(seq.parse().map_err(|_| Error::BadSetting {
+                name: "DEJA_UNTIL",
+                value: seq,
+                why: "expected a seq (a whole number)",
+            })?);
+        }
+        if let Some(fd) = var("DEJA_JSON_FD") {
+            builder.debug.json_fd = Some(fd.parse().map_err(|_| Error::BadSetting {
+                name: "DEJA_JSON_FD",
+                value: fd,
+                why: "expected a file descriptor number",
+            })?);
+        }
 
         Ok(builder)
     }
@@ -257,6 +302,38 @@ impl Builder {
     /// Record: keep every written byte in the log, not just length and hash.
     pub fn keep_write_bytes(mut self, keep: bool) -> Builder {
         self.keep_write_bytes = keep;
+        self
+    }
+
+    /// Replay: stop at events matching `spec` (see [`crate::debug`]);
+    /// several calls are OR.
+    pub fn break_at(mut self, spec: &str) -> Result<Builder, Error> {
+        let spec: Breakpoint = spec.parse()?;
+        self.debug.breakpoints.push(spec)?;
+        Ok(self)
+    }
+
+    /// Replay: what a hit does when there is no callback (default: pause
+    /// when stdin is a terminal, else print).
+    pub fn break_action(mut self, action: OnBreak) -> Builder {
+        self.debug.on_break = Some(action);
+        self
+    }
+
+    /// Replay: end the replay (successfully) at the first event with
+    /// seq >= `seq`.
+    pub fn until(mut self, seq: u64) -> Builder {
+        self.debug.until = Some(seq);
+        self
+    }
+
+    /// Replay: call `callback` at every hit; it sees the event, its task,
+    /// its marks and its place in the log, and says how to go on.
+    pub fn on_break(
+        mut self,
+        callback: impl FnMut(&BreakHit<'_>) -> Resume + Send + 'static,
+    ) -> Builder {
+        self.debug.callback = Some(std::sync::Arc::new(std::sync::Mutex::new(callback)));
         self
     }
 
@@ -300,11 +377,13 @@ impl Builder {
                 let (events, meta) = load_run(&dir)?;
                 let this = self.service_name();
                 check_identity(&dir, &meta, &this)?;
+                let json = self.debug.json_fd.map(open_json_fd).transpose()?;
                 Ok(Runtime {
                     kind: Kind::Replay {
                         events: Some(events),
                         start_wall_ns: meta.start_wall_unix_ns,
                         stall_wait: self.stall_wait,
+                        debug: Box::new((self.debug.clone(), json)),
                     },
                     last_replay: Default::default(),
                 })
@@ -386,6 +465,7 @@ enum Kind {
         events: Option<Vec<Event>>,
         start_wall_ns: i64,
         stall_wait: Duration,
+        debug: Box<(DebugConfig, Option<std::fs::File>)>,
     },
 }
 
@@ -440,9 +520,12 @@ impl Runtime {
                 events,
                 start_wall_ns,
                 stall_wait,
+                debug,
             } => {
                 let events = events.take().expect("a runtime runs one main");
-                let (output, stats) = replay(events, *start_wall_ns, *stall_wait, main);
+                let (config, json) = std::mem::take(&mut **debug);
+                let debugger = Debugger::new(config, json);
+                let (output, stats) = replay(events, *start_wall_ns, *stall_wait, debugger, main);
                 *self.last_replay.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
                 output
             }
@@ -460,6 +543,7 @@ impl Drop for Runtime {
                 events: None,
                 start_wall_ns: 0,
                 stall_wait: Duration::ZERO,
+                debug: Box::default(),
             },
         );
         match kind {
@@ -473,6 +557,7 @@ fn replay<F>(
     events: Vec<Event>,
     start_wall_ns: i64,
     stall_wait: Duration,
+    debugger: Option<Debugger>,
     main: F,
 ) -> (Result<F::Output, Error>, ReplayStats)
 where
@@ -483,6 +568,7 @@ where
         Gate::new(events),
         start_wall_ns,
         Executor::new(stall_wait),
+        debugger,
     ));
     let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
     let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
@@ -513,6 +599,14 @@ where
     let stop = replay.take_stop();
     replay.executor.shutdown();
     let stats = replay.stats();
+    if let Some(debugger) = &replay.debugger {
+        let exit_code = match &stop {
+            Some(Stop::Exited) => output.borrow().as_ref().map_or(0, MainResult::exit_code),
+            Some(Stop::Diverged(_)) => EXIT_DIVERGENCE,
+            _ => 0,
+        };
+        debugger.outcome(stop.as_ref(), &stats, exit_code);
+    }
     let result = match stop {
         Some(Stop::Exited) => match output.borrow_mut().take() {
             Some(value) => Ok(value),
@@ -522,6 +616,7 @@ where
             last_seq: replay.last_seq(),
         }),
         Some(Stop::Diverged(divergence)) => Err(Error::Diverged(divergence)),
+        Some(Stop::Halted { seq, why }) => Err(Error::Halted { seq, why }),
         None => Err(Error::RecordingEnded {
             last_seq: replay.last_seq(),
         }),
@@ -540,8 +635,14 @@ pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
     let mode = runtime.mode();
     let started = std::time::Instant::now();
     let result = runtime.block_on(main);
+    let mut finished = "complete";
     let code = match result {
         Ok(output) => output.report(),
+        Err(Error::Halted { seq, why }) => {
+            eprintln!("deja: replay stopped at seq {seq}: {why}");
+            finished = "stopped";
+            0
+        }
         Err(Error::Diverged(divergence)) => {
             eprint!("deja: {divergence}");
             eprintln!("hint: `deja inspect RUN_DIR --from SEQ` shows the log around it");
@@ -560,7 +661,7 @@ pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
     if mode == Mode::Replay {
         if let Some(stats) = runtime.replay_stats() {
             eprintln!(
-                "deja: replay complete: {} events, digest {:016x}, {:.3}s virtual in {:.3}s",
+                "deja: replay {finished}: {} events, digest {:016x}, {:.3}s virtual in {:.3}s",
                 stats.events,
                 stats.digest,
                 stats.virtual_ns as f64 / 1e9,

@@ -2,6 +2,7 @@
 //! asks the [`Gate`] for its recorded outcome, on a deterministic
 //! single-threaded [`executor`].
 
+pub(crate) mod debug;
 pub(crate) mod executor;
 
 use std::cell::{Cell, RefCell};
@@ -24,6 +25,13 @@ pub(crate) enum Stop {
     RecordingEnded,
     /// The code stopped matching the log.
     Diverged(Box<Divergence>),
+    /// A breakpoint or `--until` ended the replay at this seq, on purpose.
+    Halted {
+        /// The seq of the event it stopped at.
+        seq: u64,
+        /// Who asked.
+        why: crate::debug::Halt,
+    },
 }
 
 /// Figures of a finished replay.
@@ -55,6 +63,8 @@ pub(crate) struct Replay {
     start_wall_ns: i64,
     /// Ids for tasks spawned past the end of the log.
     next_beyond_task: Cell<u64>,
+    /// Breakpoints and `--until`; `None` costs nothing per event.
+    pub(crate) debugger: Option<debug::Debugger>,
     pub(crate) executor: Executor,
 }
 
@@ -65,7 +75,12 @@ impl std::fmt::Debug for Replay {
 }
 
 impl Replay {
-    pub(crate) fn new(gate: Gate, start_wall_ns: i64, executor: Executor) -> Replay {
+    pub(crate) fn new(
+        gate: Gate,
+        start_wall_ns: i64,
+        executor: Executor,
+        debugger: Option<debug::Debugger>,
+    ) -> Replay {
         Replay {
             gate: RefCell::new(gate),
             waiters: RefCell::default(),
@@ -75,6 +90,7 @@ impl Replay {
             root_seed: Cell::new([0; 32]),
             start_wall_ns,
             next_beyond_task: Cell::new(1 << 62),
+            debugger,
             executor,
         }
     }
@@ -158,6 +174,7 @@ impl Replay {
                 drop(gate);
                 self.pending.borrow_mut().remove(&task);
                 self.released(&event, call);
+                self.watch(&event);
                 Poll::Ready(event)
             }
             Ok(Gated::Wait) => {
@@ -190,6 +207,7 @@ impl Replay {
                 let event = event.clone();
                 drop(gate);
                 self.released(&event, call);
+                self.watch(&event);
                 Some(event)
             }
             Ok(Claimed::BeyondLog) => None,
@@ -198,6 +216,13 @@ impl Replay {
                 self.set_stop(Stop::Diverged(divergence));
                 None
             }
+        }
+    }
+
+    /// Show the debugger the event its task just took.
+    fn watch(&self, event: &Event) {
+        if let Some(debugger) = &self.debugger {
+            debugger.on_event(self, event);
         }
     }
 
