@@ -157,12 +157,8 @@ impl OnBreakArg {
 }
 
 fn parse_breakpoint(spec: &str) -> Result<Breakpoint, String> {
-    spec.parse::<Breakpoint>().map_err(|err| {
-        format!(
-            "term `{}` (byte {}): {}",
-            err.term, err.offset, err.why
-        )
-    })
+    spec.parse::<Breakpoint>()
+        .map_err(|err| format!("term `{}` (byte {}): {}", err.term, err.offset, err.why))
 }
 
 /// `deja inspect`.
@@ -206,8 +202,6 @@ pub(crate) struct StatsArgs {
     #[arg(long)]
     pub(crate) json: bool,
 }
-
-
 
 #[cfg(test)]
 mod tests {

@@ -44,7 +44,8 @@ pub const MARKS_IN_SCOPE_MAX: usize = 32;
 pub const BREAKPOINTS_MAX: usize = 256;
 
 /// The terms a spec understands, for error messages.
-const TERMS_HELP: &str = "seq=N, task=N, kind=K[|K...], mark=VALUE, conn=N, t>=DURATION, t<=DURATION, after=N";
+const TERMS_HELP: &str =
+    "seq=N, task=N, kind=K[|K...], mark=VALUE, conn=N, t>=DURATION, t<=DURATION, after=N";
 
 /// One event filter for `kind=` terms and `deja inspect --kind`: a coarse
 /// class or a fine kind name.
@@ -117,9 +118,12 @@ impl MarkPattern {
     fn matches(&self, scope: &[(String, Vec<u8>)]) -> bool {
         scope.iter().any(|(name, value)| {
             value.as_slice() == self.text.as_bytes()
-                || self.text.split_once(':').is_some_and(|(want_name, want_value)| {
-                    name == want_name && value.as_slice() == want_value.as_bytes()
-                })
+                || self
+                    .text
+                    .split_once(':')
+                    .is_some_and(|(want_name, want_value)| {
+                        name == want_name && value.as_slice() == want_value.as_bytes()
+                    })
         })
     }
 }
@@ -213,7 +217,9 @@ impl FromStr for Breakpoint {
                 why,
             };
             if term.is_empty() {
-                return Err(error(format!("empty term; a spec is terms joined by commas: {TERMS_HELP}")));
+                return Err(error(format!(
+                    "empty term; a spec is terms joined by commas: {TERMS_HELP}"
+                )));
             }
             terms.push(parse_term(term).map_err(error)?);
         }
@@ -253,12 +259,16 @@ fn parse_term(term: &str) -> Result<Term, String> {
             .map(KindFilter::parse)
             .collect::<Result<Vec<_>, _>>()
             .map(Term::Kind),
-        "mark" if value.is_empty() => Err("mark needs a value: mark=order-42 or mark=order:42".into()),
+        "mark" if value.is_empty() => {
+            Err("mark needs a value: mark=order-42 or mark=order:42".into())
+        }
         "mark" => Ok(Term::Mark(MarkPattern {
             text: value.to_string(),
         })),
         "t" => Err("time terms are t>=DURATION or t<=DURATION (1.5s, 200ms, 50us, 10ns)".into()),
-        other => Err(format!("unknown term {other:?}; expected one of {TERMS_HELP}")),
+        other => Err(format!(
+            "unknown term {other:?}; expected one of {TERMS_HELP}"
+        )),
     }
 }
 
@@ -563,7 +573,10 @@ mod tests {
     fn bad_terms_are_named_with_their_offset() {
         let err = "kind=send, taks=3".parse::<Breakpoint>().unwrap_err();
         assert_eq!((err.term.as_str(), err.offset), ("taks=3", 11));
-        assert!(err.why.contains("unknown term") && err.why.contains("seq=N"), "{err}");
+        assert!(
+            err.why.contains("unknown term") && err.why.contains("seq=N"),
+            "{err}"
+        );
         assert!(err.to_string().contains("`taks=3`"), "{err}");
 
         for (spec, term, why) in [

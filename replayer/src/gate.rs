@@ -540,7 +540,9 @@ impl Gate {
 
     /// Where the event with this seq sits in the log (0 for the first).
     pub fn position_of(&self, seq: u64) -> Option<usize> {
-        self.events.binary_search_by_key(&seq, |event| event.seq).ok()
+        self.events
+            .binary_search_by_key(&seq, |event| event.seq)
+            .ok()
     }
 
     /// The log's events with seq below `seq`, the last `count` of them.
@@ -568,7 +570,10 @@ impl Gate {
             .iter()
             .filter_map(|(task, track)| {
                 let last = &self.events[*track.events.get(track.next.checked_sub(1)?)?];
-                let ended = matches!(last.kind, EventKind::TaskEnd { .. } | EventKind::Exit { .. });
+                let ended = matches!(
+                    last.kind,
+                    EventKind::TaskEnd { .. } | EventKind::Exit { .. }
+                );
                 (!ended).then_some((*task, last))
             })
             .collect()

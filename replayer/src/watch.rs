@@ -291,7 +291,10 @@ mod tests {
         assert_eq!(P::parse("next send"), Ok(P::Next("send".parse().unwrap())));
         assert_eq!(P::parse("events 3"), Ok(P::Events(3)));
         assert_eq!(P::parse("events"), Ok(P::Events(10)));
-        assert_eq!(P::parse("events 99999999"), Ok(P::Events(PROMPT_EVENTS_MAX)));
+        assert_eq!(
+            P::parse("events 99999999"),
+            Ok(P::Events(PROMPT_EVENTS_MAX))
+        );
         assert_eq!(P::parse("tasks"), Ok(P::Tasks));
         assert_eq!(P::parse("q"), Ok(P::Quit));
         assert!(P::parse("next").unwrap_err().contains("needs a kind"));

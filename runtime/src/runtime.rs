@@ -12,9 +12,11 @@ use deja_recorder::{
 use deja_replayer::gate::{Call, Divergence, Gate};
 
 use crate::context::{self, Ctx, TaskCtx};
-use crate::debug::{BreakHit, Breakpoint, Breakpoints, DebugConfig, Halt, OnBreak, Resume, SpecError};
-use crate::replay::debug::{open_json_fd, Debugger};
+use crate::debug::{
+    BreakHit, Breakpoint, Breakpoints, DebugConfig, Halt, OnBreak, Resume, SpecError,
+};
 use crate::record::Recording;
+use crate::replay::debug::{open_json_fd, Debugger};
 use crate::replay::executor::Executor;
 use crate::replay::{Replay, ReplayStats, Stop};
 

@@ -2,110 +2,25 @@
 //! `deja replay`: exact, offline, deterministic, and loud on divergence.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use deja_fixtures::kv_server::KvServer;
-use deja_recorder::{EventKind, RunReader};
-use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT};
+use deja_recorder::EventKind;
+use deja_tests::e2e::{
+    finish_recording, kv_replay_command, log_events, only_run, replay_summary, run_bounded,
+    start_recording, workspace_bin, KvRecording,
+};
 
 const CLIENTS: usize = 16;
 const REQUESTS: usize = 40;
 
-/// `deja record --out OUT -- kv --listen 127.0.0.1:0 EXTRA...` in the
-/// background; its stderr goes to `OUT/record.stderr`.
-fn start_recording(out: &Path, extra: &[&str], keep_writes: bool) -> KvServer {
-    let mut record = Command::new(workspace_bin("deja"));
-    record
-        .arg("record")
-        .arg("--out")
-        .arg(out)
-        .arg("--")
-        .arg(workspace_bin("kv"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stderr(std::fs::File::create(out.join("record.stderr")).unwrap());
-    if keep_writes {
-        record.env("DEJA_KEEP_WRITES", "1");
-    }
-    KvServer::start(record).expect("deja record -- kv starts and prints its address")
-}
-
-/// Wait (bounded) for a recording to end: its exit code and stderr.
-fn finish_recording(mut service: KvServer, out: &Path) -> (Option<i32>, String) {
-    let status = service
-        .wait_timeout(CHILD_TIMEOUT)
-        .unwrap()
-        .expect("deja record exits once kv does");
-    let stderr = std::fs::read_to_string(out.join("record.stderr")).unwrap();
-    (status.code(), stderr)
-}
-
-struct Recorded {
-    _out: tempfile::TempDir,
-    run: PathBuf,
-    addr: String,
-    stderr: String,
-}
-
-/// Record kv while CLIENTS concurrent clients send requests with random
-/// sizes and pauses; kv exits after the last connection closes.
-fn record_kv(keep_writes: bool) -> Recorded {
-    let out = tempfile::tempdir().unwrap();
-    let service = start_recording(
-        out.path(),
-        &["--max-conns", &CLIENTS.to_string()],
-        keep_writes,
-    );
-    let addr = service.addr().to_string();
-    let load = run_bounded(Command::new(workspace_bin("kv-load")).args([
-        "--addr",
-        &addr,
-        "--clients",
-        &CLIENTS.to_string(),
-        "--requests",
-        &REQUESTS.to_string(),
-        "--seed",
-        "7",
-        "--max-pause-ms",
-        "3",
-    ]));
-    let load_out = String::from_utf8_lossy(&load.stdout).into_owned();
-    assert!(load.status.success(), "kv-load failed: {load_out}");
-    assert!(load_out.contains("errors=0"), "{load_out}");
-    let (code, stderr) = finish_recording(service, out.path());
-    assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("deja: recorded"), "{stderr}");
-    Recorded {
-        run: only_run(out.path()),
-        _out: out,
-        addr,
-        stderr,
-    }
+/// Record kv under CLIENTS clients sending REQUESTS requests each.
+fn record_kv(keep_writes: bool) -> KvRecording {
+    KvRecording::record(CLIENTS, REQUESTS, keep_writes)
 }
 
 fn replay_command(run: &Path, extra: &[&str]) -> Command {
-    let mut replay = Command::new(workspace_bin("deja"));
-    replay
-        .arg("replay")
-        .arg(run)
-        .arg("--")
-        .arg(workspace_bin("kv"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--max-conns",
-            &CLIENTS.to_string(),
-        ])
-        .args(extra);
-    replay
-}
-
-fn log_events(run: &Path) -> Vec<deja_recorder::Event> {
-    RunReader::open(run)
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    kv_replay_command(run, CLIENTS, &[], extra)
 }
 
 /// The line kv prints when it stops: request and connection counts.

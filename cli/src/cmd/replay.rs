@@ -61,9 +61,7 @@ pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(exit::ERROR));
         };
         let mut command = Command::new(gdb);
-        command
-            .args(["-q", "-ex", "handle SIGTRAP stop print nopass", "-ex", "run", "--args"])
-            .args(&argv);
+        command.args(["-q", "-ex", "run", "--args"]).args(&argv);
         command
     } else {
         let (program, program_args) = argv.split_first().expect("argv is not empty");

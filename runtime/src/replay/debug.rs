@@ -172,7 +172,9 @@ impl Debugger {
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => {
                     eprintln!();
-                    eprintln!("deja: no more commands (stdin closed): hits are printed from here on");
+                    eprintln!(
+                        "deja: no more commands (stdin closed): hits are printed from here on"
+                    );
                     self.action.set(Action::Print);
                     return Resume::Continue;
                 }
