@@ -895,7 +895,6 @@ mod tests {
         assert_eq!(names, EventKind::NAMES);
     }
 
-
     #[test]
     fn every_class_name_parses_back() {
         for class in KindClass::ALL {
