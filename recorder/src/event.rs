@@ -533,30 +533,61 @@ impl EventKind {
         "gap",
     ];
 
+    /// The class of each kind, in the order of [`EventKind::NAMES`].
+    pub const CLASSES: [KindClass; 21] = [
+        KindClass::Time,
+        KindClass::Time,
+        KindClass::Timer,
+        KindClass::Rand,
+        KindClass::Rand,
+        KindClass::Listen,
+        KindClass::Accept,
+        KindClass::Connect,
+        KindClass::Recv,
+        KindClass::Send,
+        KindClass::Close,
+        KindClass::Close,
+        KindClass::Listen,
+        KindClass::Send,
+        KindClass::Recv,
+        KindClass::Spawn,
+        KindClass::End,
+        KindClass::Mark,
+        KindClass::Signal,
+        KindClass::Exit,
+        KindClass::Gap,
+    ];
+
     /// The variant's name in snake case, as `inspect` prints it.
     pub fn name(&self) -> &'static str {
+        EventKind::NAMES[self.index()]
+    }
+
+    /// The variant's position in [`EventKind::NAMES`] (and
+    /// [`EventKind::CLASSES`]): filters match kinds as bits of a mask.
+    pub fn index(&self) -> usize {
         match self {
-            EventKind::ClockMono { .. } => "clock_mono",
-            EventKind::ClockWall { .. } => "clock_wall",
-            EventKind::TimerFired { .. } => "timer_fired",
-            EventKind::RootSeed { .. } => "root_seed",
-            EventKind::Entropy { .. } => "entropy",
-            EventKind::TcpListen { .. } => "tcp_listen",
-            EventKind::TcpAccept { .. } => "tcp_accept",
-            EventKind::TcpConnect { .. } => "tcp_connect",
-            EventKind::TcpRead { .. } => "tcp_read",
-            EventKind::TcpWrite { .. } => "tcp_write",
-            EventKind::TcpShutdown { .. } => "tcp_shutdown",
-            EventKind::TcpClose { .. } => "tcp_close",
-            EventKind::UdpBind { .. } => "udp_bind",
-            EventKind::UdpSend { .. } => "udp_send",
-            EventKind::UdpRecv { .. } => "udp_recv",
-            EventKind::Spawn { .. } => "spawn",
-            EventKind::TaskEnd { .. } => "task_end",
-            EventKind::Mark { .. } => "mark",
-            EventKind::Signal { .. } => "signal",
-            EventKind::Exit { .. } => "exit",
-            EventKind::Gap { .. } => "gap",
+            EventKind::ClockMono { .. } => 0,
+            EventKind::ClockWall { .. } => 1,
+            EventKind::TimerFired { .. } => 2,
+            EventKind::RootSeed { .. } => 3,
+            EventKind::Entropy { .. } => 4,
+            EventKind::TcpListen { .. } => 5,
+            EventKind::TcpAccept { .. } => 6,
+            EventKind::TcpConnect { .. } => 7,
+            EventKind::TcpRead { .. } => 8,
+            EventKind::TcpWrite { .. } => 9,
+            EventKind::TcpShutdown { .. } => 10,
+            EventKind::TcpClose { .. } => 11,
+            EventKind::UdpBind { .. } => 12,
+            EventKind::UdpSend { .. } => 13,
+            EventKind::UdpRecv { .. } => 14,
+            EventKind::Spawn { .. } => 15,
+            EventKind::TaskEnd { .. } => 16,
+            EventKind::Mark { .. } => 17,
+            EventKind::Signal { .. } => 18,
+            EventKind::Exit { .. } => 19,
+            EventKind::Gap { .. } => 20,
         }
     }
 
@@ -893,6 +924,10 @@ mod tests {
     fn kind_names_are_exactly_the_event_kinds() {
         let names: Vec<&str> = one_of_each().iter().map(EventKind::name).collect();
         assert_eq!(names, EventKind::NAMES);
+        for (index, kind) in one_of_each().iter().enumerate() {
+            assert_eq!(kind.index(), index);
+            assert_eq!(EventKind::CLASSES[index], kind.class(), "{}", kind.name());
+        }
     }
 
     #[test]

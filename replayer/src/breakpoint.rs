@@ -108,22 +108,45 @@ pub struct SpecError {
     pub why: String,
 }
 
-/// What a mark term looks for.
+impl KindFilter {
+    /// The fine kinds this filter passes, as bits by [`EventKind::index`].
+    fn mask(self) -> u32 {
+        EventKind::NAMES
+            .iter()
+            .zip(EventKind::CLASSES)
+            .enumerate()
+            .filter(|(_, (name, class))| match self {
+                KindFilter::Class(want) => *class == want,
+                KindFilter::Kind(want) => **name == want,
+            })
+            .fold(0, |mask, (index, _)| mask | 1 << index)
+    }
+}
+
+/// What a mark term looks for: a value, or (text with a colon) also a
+/// name and a value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MarkPattern {
     text: String,
+    named: Option<(String, String)>,
 }
 
 impl MarkPattern {
+    fn new(text: &str) -> MarkPattern {
+        MarkPattern {
+            text: text.to_string(),
+            named: text
+                .split_once(':')
+                .map(|(name, value)| (name.to_string(), value.to_string())),
+        }
+    }
+
     fn matches(&self, scope: &[(String, Vec<u8>)]) -> bool {
         scope.iter().any(|(name, value)| {
             value.as_slice() == self.text.as_bytes()
-                || self
-                    .text
-                    .split_once(':')
-                    .is_some_and(|(want_name, want_value)| {
-                        name == want_name && value.as_slice() == want_value.as_bytes()
-                    })
+                || self.named.as_ref().is_some_and(|(want_name, want_value)| {
+                    name == want_name && value.as_slice() == want_value.as_bytes()
+                })
         })
     }
 }
@@ -132,35 +155,87 @@ impl MarkPattern {
 enum Term {
     Seq(u64),
     Task(TaskId),
-    Kind(Vec<KindFilter>),
+    /// Fine kinds as bits by [`EventKind::index`].
+    Kinds(u32),
     Mark(MarkPattern),
     Conn(ConnId),
-    AtLeast { ns: u64 },
-    AtMost { ns: u64 },
+    AtLeast {
+        ns: u64,
+    },
+    AtMost {
+        ns: u64,
+    },
     After(u64),
 }
 
-impl Term {
-    fn matches(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> bool {
-        match self {
-            Term::Seq(seq) => event.seq == *seq,
-            Term::Task(task) => event.task == *task,
-            Term::Kind(filters) => filters.iter().any(|filter| filter.matches(&event.kind)),
-            Term::Mark(pattern) => pattern.matches(scope),
-            Term::Conn(conn) => concerns(&event.kind, *conn),
-            Term::AtLeast { ns } => event.mono_ns >= *ns,
-            Term::AtMost { ns } => event.mono_ns <= *ns,
-            Term::After(seq) => event.seq > *seq,
+/// A spec's terms folded into one filter: ranges and masks checked
+/// without branching per term, because every replayed event meets every
+/// spec. Contradictory terms (`seq=1,seq=2`) leave an empty range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Filter {
+    seq_min: u64,
+    seq_max: u64,
+    t_min: u64,
+    t_max: u64,
+    /// Fine kinds as bits by [`EventKind::index`].
+    kinds: u32,
+    task: Option<TaskId>,
+    conn: Option<ConnId>,
+    /// A second, different `task=` or `conn=`: nothing can match.
+    never: bool,
+    marks: Vec<MarkPattern>,
+}
+
+impl Filter {
+    fn new(terms: Vec<Term>) -> Filter {
+        let mut filter = Filter {
+            seq_min: 0,
+            seq_max: u64::MAX,
+            t_min: 0,
+            t_max: u64::MAX,
+            kinds: u32::MAX,
+            task: None,
+            conn: None,
+            never: false,
+            marks: Vec::new(),
+        };
+        for term in terms {
+            match term {
+                Term::Seq(seq) => {
+                    filter.seq_min = filter.seq_min.max(seq);
+                    filter.seq_max = filter.seq_max.min(seq);
+                }
+                Term::After(seq) => filter.seq_min = filter.seq_min.max(seq.saturating_add(1)),
+                Term::AtLeast { ns } => filter.t_min = filter.t_min.max(ns),
+                Term::AtMost { ns } => filter.t_max = filter.t_max.min(ns),
+                Term::Kinds(mask) => filter.kinds &= mask,
+                Term::Task(task) => {
+                    filter.never |= filter.task.is_some_and(|have| have != task);
+                    filter.task = Some(task);
+                }
+                Term::Conn(conn) => {
+                    filter.never |= filter.conn.is_some_and(|have| have != conn);
+                    filter.conn = Some(conn);
+                }
+                Term::Mark(pattern) => filter.marks.push(pattern),
+            }
         }
+        filter
     }
 
-    /// Cheap terms first, so a spec that cannot hit fails fast.
-    fn cost(&self) -> u8 {
-        match self {
-            Term::Seq(_) | Term::Task(_) | Term::After(_) | Term::AtLeast { .. } => 0,
-            Term::AtMost { .. } | Term::Conn(_) | Term::Kind(_) => 1,
-            Term::Mark(_) => 2,
-        }
+    fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
+        (event.seq >= self.seq_min)
+            & (event.seq <= self.seq_max)
+            & (event.mono_ns >= self.t_min)
+            & (event.mono_ns <= self.t_max)
+            & (self.kinds >> event.kind.index() & 1 == 1)
+            && !self.never
+            && self.task.is_none_or(|task| task == event.task)
+            && self.conn.is_none_or(|conn| concerns(&event.kind, conn))
+            && (self.marks.is_empty() || {
+                let scope = scopes.of(event.task);
+                self.marks.iter().all(|pattern| pattern.matches(scope))
+            })
     }
 }
 
@@ -177,8 +252,7 @@ fn concerns(kind: &EventKind, conn: ConnId) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Breakpoint {
     text: String,
-    terms: Vec<Term>,
-    uses_marks: bool,
+    filter: Filter,
 }
 
 impl Breakpoint {
@@ -187,9 +261,9 @@ impl Breakpoint {
         &self.text
     }
 
-    /// Does `event`, whose task has `scope` marks in scope, stop here?
-    pub fn matches(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> bool {
-        self.terms.iter().all(|term| term.matches(event, scope))
+    /// Does `event` stop here, with `scopes` the marks in scope per task?
+    pub fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
+        self.filter.matches(event, scopes)
     }
 }
 
@@ -223,12 +297,9 @@ impl FromStr for Breakpoint {
             }
             terms.push(parse_term(term).map_err(error)?);
         }
-        terms.sort_by_key(Term::cost);
-        let uses_marks = terms.iter().any(|term| matches!(term, Term::Mark(_)));
         Ok(Breakpoint {
             text,
-            terms,
-            uses_marks,
+            filter: Filter::new(terms),
         })
     }
 }
@@ -257,14 +328,12 @@ fn parse_term(term: &str) -> Result<Term, String> {
         "kind" => value
             .split('|')
             .map(KindFilter::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map(Term::Kind),
+            .try_fold(0, |mask, filter| filter.map(|filter| mask | filter.mask()))
+            .map(Term::Kinds),
         "mark" if value.is_empty() => {
             Err("mark needs a value: mark=order-42 or mark=order:42".into())
         }
-        "mark" => Ok(Term::Mark(MarkPattern {
-            text: value.to_string(),
-        })),
+        "mark" => Ok(Term::Mark(MarkPattern::new(value))),
         "t" => Err("time terms are t>=DURATION or t<=DURATION (1.5s, 200ms, 50us, 10ns)".into()),
         other => Err(format!(
             "unknown term {other:?}; expected one of {TERMS_HELP}"
@@ -318,7 +387,7 @@ impl Breakpoints {
                 why: format!("at most {BREAKPOINTS_MAX} breakpoints"),
             });
         }
-        self.uses_marks |= spec.uses_marks;
+        self.uses_marks |= !spec.filter.marks.is_empty();
         self.specs.push(spec);
         Ok(())
     }
@@ -362,10 +431,10 @@ impl Breakpoints {
     }
 
     /// The index of the first spec that `event` matches.
-    pub fn first_match(&self, event: &Event, scope: &[(String, Vec<u8>)]) -> Option<usize> {
+    pub fn first_match(&self, event: &Event, scopes: &MarkScopes) -> Option<usize> {
         self.specs
             .iter()
-            .position(|spec| spec.matches(event, scope))
+            .position(|spec| spec.matches(event, scopes))
     }
 }
 
@@ -472,7 +541,7 @@ mod tests {
         let mut seqs = Vec::new();
         for event in events {
             scopes.enter(event);
-            if set.first_match(event, scopes.of(event.task)).is_some() {
+            if set.first_match(event, &scopes).is_some() {
                 seqs.push(event.seq);
             }
             scopes.leave(event);

@@ -128,7 +128,7 @@ impl Watch {
             _ => {}
         }
         self.points
-            .first_match(event, self.scopes.of(event.task))
+            .first_match(event, &self.scopes)
             .map(Trigger::Breakpoint)
     }
 
