@@ -53,6 +53,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A replay can stop at the exact event with breakpoints ([`debug`]): from
+//! the command line (`deja replay RUN --break 'mark=order-42,kind=send'`),
+//! in gdb (`--gdb`), or in a test with a callback
+//! ([`Builder::on_break`]).
+//!
 //! What replay guarantees, and what it does not, is in ARCHITECTURE.md:
 //! the order of all intercepted operations across tasks and every value
 //! they returned; not shared-memory interleavings between them, files, or
