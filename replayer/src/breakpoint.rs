@@ -713,4 +713,58 @@ mod tests {
         assert!(KindFilter::Kind("tcp_read").matches(&read));
         assert!(!KindFilter::Kind("udp_recv").matches(&read));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn term() -> impl Strategy<Value = String> {
+            let kind = proptest::sample::select(
+                KindClass::ALL
+                    .iter()
+                    .map(|class| class.name())
+                    .chain(EventKind::NAMES)
+                    .collect::<Vec<_>>(),
+            );
+            prop_oneof![
+                any::<u64>().prop_map(|n| format!("seq={n}")),
+                any::<u64>().prop_map(|n| format!("task={n}")),
+                any::<u64>().prop_map(|n| format!("conn={n}")),
+                any::<u64>().prop_map(|n| format!("after={n}")),
+                proptest::collection::vec(kind, 1..4).prop_map(|k| format!("kind={}", k.join("|"))),
+                "[a-z0-9:-]{1,12}".prop_map(|v| format!("mark={v}")),
+                (
+                    0u64..1_000_000,
+                    prop_oneof![Just("s"), Just("ms"), Just("us"), Just("ns")]
+                )
+                    .prop_map(|(n, unit)| format!("t>={n}{unit}")),
+                (0u64..1_000_000).prop_map(|n| format!("t<={n}ms")),
+            ]
+        }
+
+        fn spec() -> impl Strategy<Value = String> {
+            proptest::collection::vec(term(), 1..5).prop_map(|terms| terms.join(","))
+        }
+
+        proptest! {
+            /// The DEJA_BREAK form is what --break passes to the service:
+            /// printing a set and parsing it back gives the same set.
+            #[test]
+            fn env_form_round_trips(specs in proptest::collection::vec(spec(), 1..6)) {
+                let set = Breakpoints::parse_env(&specs.join(";")).unwrap();
+                prop_assert_eq!(set.len(), specs.len());
+                let again = Breakpoints::parse_env(&set.to_env()).unwrap();
+                prop_assert_eq!(again, set);
+            }
+
+            /// Any text parses or fails with the offending term, never panics.
+            #[test]
+            fn any_text_parses_or_names_a_term(text in "\\PC{0,40}") {
+                match text.parse::<Breakpoint>() {
+                    Ok(spec) => prop_assert_eq!(spec.text(), text.trim()),
+                    Err(err) => prop_assert!(text.contains(err.term.as_str())),
+                }
+            }
+        }
+    }
 }
