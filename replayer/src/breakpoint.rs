@@ -29,8 +29,9 @@
 //! # Ok::<(), deja_replayer::breakpoint::SpecError>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::str::FromStr;
 
 use deja_recorder::{ConnId, Event, EventKind, KindClass, TaskId};
@@ -223,12 +224,13 @@ impl Filter {
         filter
     }
 
-    fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
+    /// `kind_bit`: the event's kind as a bit (computed once per event).
+    fn matches(&self, event: &Event, kind_bit: u32, scopes: &MarkScopes) -> bool {
         (event.seq >= self.seq_min)
             & (event.seq <= self.seq_max)
             & (event.mono_ns >= self.t_min)
             & (event.mono_ns <= self.t_max)
-            & (self.kinds >> event.kind.index() & 1 == 1)
+            & (self.kinds & kind_bit != 0)
             && !self.never
             && self.task.is_none_or(|task| task == event.task)
             && self.conn.is_none_or(|conn| concerns(&event.kind, conn))
@@ -263,7 +265,7 @@ impl Breakpoint {
 
     /// Does `event` stop here, with `scopes` the marks in scope per task?
     pub fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
-        self.filter.matches(event, scopes)
+        self.filter.matches(event, 1 << event.kind.index(), scopes)
     }
 }
 
@@ -432,16 +434,41 @@ impl Breakpoints {
 
     /// The index of the first spec that `event` matches.
     pub fn first_match(&self, event: &Event, scopes: &MarkScopes) -> Option<usize> {
+        let kind_bit = 1 << event.kind.index();
         self.specs
             .iter()
-            .position(|spec| spec.matches(event, scopes))
+            .position(|spec| spec.filter.matches(event, kind_bit, scopes))
     }
 }
+
+/// Task ids are unique small integers: they hash as themselves. A
+/// `mark=` spec looks its task up on every replayed event.
+#[derive(Clone, Copy, Debug, Default)]
+struct TaskIdHasher(u64);
+
+impl std::hash::Hasher for TaskIdHasher {
+    fn finish(&self) -> u64 {
+        // Spread the bits: hashbrown uses the top 7 bits as a tag.
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+type TaskMap<V> = HashMap<TaskId, V, BuildHasherDefault<TaskIdHasher>>;
 
 /// The marks in scope for each live task, updated event by event.
 #[derive(Clone, Debug, Default)]
 pub struct MarkScopes {
-    scopes: BTreeMap<TaskId, Vec<(String, Vec<u8>)>>,
+    scopes: TaskMap<Vec<(String, Vec<u8>)>>,
 }
 
 impl MarkScopes {
@@ -480,8 +507,13 @@ impl MarkScopes {
     /// Take in an event after it was matched: a finished task's scope goes.
     pub fn leave(&mut self, event: &Event) {
         if matches!(event.kind, EventKind::TaskEnd { .. }) {
-            self.scopes.remove(&event.task);
+            self.forget(event.task);
         }
+    }
+
+    /// Drop `task`'s scope (it ended).
+    pub fn forget(&mut self, task: TaskId) {
+        self.scopes.remove(&task);
     }
 
     /// The marks in scope for `task`, oldest first.

@@ -60,7 +60,7 @@ pub struct Watch {
     until: Option<u64>,
     stepping: Option<Resume>,
     scopes: MarkScopes,
-    ended: Option<Event>,
+    ended: Option<TaskId>,
     hits: u64,
 }
 
@@ -97,12 +97,12 @@ impl Watch {
         // A task that ended keeps its scope until the next event, so a
         // stop at its end still shows its marks.
         if let Some(ended) = self.ended.take() {
-            self.scopes.leave(&ended);
+            self.scopes.forget(ended);
         }
         self.scopes.enter(event);
         let trigger = self.trigger(event);
         if matches!(event.kind, EventKind::TaskEnd { .. }) {
-            self.ended = Some(event.clone());
+            self.ended = Some(event.task);
         }
         if matches!(
             trigger,

@@ -339,7 +339,7 @@ fn tasks_text(replay: &Replay, current: &Event) -> String {
         let state = if task == current.task {
             "running (this stop)".to_string()
         } else {
-            match pending.get(&task) {
+            match pending.get(&task).filter(|call| !call.is_empty()) {
                 Some(call) => format!("waits on {call}"),
                 None => "waits outside the log (a channel, a join, a lock) or is runnable".into(),
             }

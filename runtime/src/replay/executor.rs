@@ -39,8 +39,17 @@ struct Slot {
 /// Wake-ups, from this thread or any other.
 #[derive(Default)]
 struct ReadyQueue {
-    queue: Mutex<VecDeque<TaskKey>>,
+    queue: Mutex<Queue>,
     signal: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    keys: VecDeque<TaskKey>,
+    /// The executor waits on `signal`: only then does a wake-up notify it
+    /// (a notify is a futex syscall, and almost every wake-up comes from
+    /// the executor's own thread while it runs).
+    sleeping: bool,
 }
 
 struct TaskWaker {
@@ -57,8 +66,10 @@ impl Wake for TaskWaker {
     fn wake_by_ref(self: &Arc<Self>) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             let mut queue = self.ready.queue.lock().unwrap_or_else(|p| p.into_inner());
-            queue.push_back(self.key);
-            self.ready.signal.notify_one();
+            queue.keys.push_back(self.key);
+            if queue.sleeping {
+                self.ready.signal.notify_one();
+            }
         }
     }
 }
@@ -144,6 +155,7 @@ impl Executor {
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .keys
             .pop_front()
     }
 
@@ -152,13 +164,16 @@ impl Executor {
         let deadline = Instant::now() + self.stall_wait;
         let mut queue = self.ready.queue.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(key) = queue.pop_front() {
+            if let Some(key) = queue.keys.pop_front() {
+                queue.sleeping = false;
                 return Some(key);
             }
             let now = Instant::now();
             if now >= deadline {
+                queue.sleeping = false;
                 return None;
             }
+            queue.sleeping = true;
             queue = self
                 .ready
                 .signal
@@ -244,6 +259,7 @@ impl Executor {
             .queue
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .keys
             .clear();
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod executor;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::task::{Context, Poll, Waker};
 
 use deja_recorder::{Event, EventKind, TaskId};
@@ -55,7 +56,8 @@ pub(crate) struct Replay {
     gate: RefCell<Gate>,
     /// Wakers of calls waiting at the gate, by task.
     waiters: RefCell<BTreeMap<TaskId, Vec<Waker>>>,
-    /// What each waiting task last asked for, for stall reports.
+    /// What each waiting task last asked for, for stall reports (empty:
+    /// not waiting; the entry goes when the task ends).
     pending: RefCell<BTreeMap<TaskId, String>>,
     stop: RefCell<Option<Stop>>,
     digest: RefCell<Xxh3>,
@@ -172,14 +174,22 @@ impl Replay {
             Ok(Gated::Ready(event)) => {
                 let event = event.clone();
                 drop(gate);
-                self.pending.borrow_mut().remove(&task);
+                // Keep the buffer for the task's next wait; empty = not waiting.
+                if let Some(text) = self.pending.borrow_mut().get_mut(&task) {
+                    text.clear();
+                }
                 self.released(&event, call);
                 self.watch(&event);
                 Poll::Ready(event)
             }
             Ok(Gated::Wait) => {
                 drop(gate);
-                self.pending.borrow_mut().insert(task, call.to_string());
+                // Reuse the task's buffer: a task waits at the gate often.
+                let mut pending = self.pending.borrow_mut();
+                let text = pending.entry(task).or_default();
+                text.clear();
+                let _ = write!(text, "{call}");
+                drop(pending);
                 let mut waiters = self.waiters.borrow_mut();
                 let wakers = waiters.entry(task).or_default();
                 if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -206,6 +216,9 @@ impl Replay {
             Ok(Claimed::Event(event)) => {
                 let event = event.clone();
                 drop(gate);
+                if matches!(call, Call::TaskEnd { .. }) {
+                    self.pending.borrow_mut().remove(&task);
+                }
                 self.released(&event, call);
                 self.watch(&event);
                 Some(event)
@@ -282,6 +295,7 @@ impl Replay {
             .pending
             .borrow()
             .iter()
+            .filter(|(_, call)| !call.is_empty())
             .map(|(task, call)| (*task, call.clone()))
             .collect();
         let report = self.gate.borrow().stalled(&pending);
