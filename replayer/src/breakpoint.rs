@@ -43,6 +43,7 @@ pub const MARKS_IN_SCOPE_MAX: usize = 32;
 /// Specs in one set: more is a typo or a generated list gone wrong, and
 /// every replayed event is checked against each.
 pub const BREAKPOINTS_MAX: usize = 256;
+const _: () = assert!(BREAKPOINTS_MAX <= u16::MAX as usize);
 
 /// The terms a spec understands, for error messages.
 const TERMS_HELP: &str =
@@ -143,12 +144,16 @@ impl MarkPattern {
     }
 
     fn matches(&self, scope: &[(String, Vec<u8>)]) -> bool {
-        scope.iter().any(|(name, value)| {
-            value.as_slice() == self.text.as_bytes()
-                || self.named.as_ref().is_some_and(|(want_name, want_value)| {
-                    name == want_name && value.as_slice() == want_value.as_bytes()
-                })
-        })
+        scope
+            .iter()
+            .any(|(name, value)| self.matches_one(name, value))
+    }
+
+    fn matches_one(&self, name: &str, value: &[u8]) -> bool {
+        value == self.text.as_bytes()
+            || self.named.as_ref().is_some_and(|(want_name, want_value)| {
+                name == want_name && value == want_value.as_bytes()
+            })
     }
 }
 
@@ -169,9 +174,9 @@ enum Term {
     After(u64),
 }
 
-/// A spec's terms folded into one filter: ranges and masks checked
-/// without branching per term, because every replayed event meets every
-/// spec. Contradictory terms (`seq=1,seq=2`) leave an empty range.
+/// A spec's terms folded into one filter: ranges, masks and equalities
+/// checked without a branch per term, because every replayed event meets
+/// every spec. Contradictory terms (`seq=1,seq=2`) leave an empty range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Filter {
     seq_min: u64,
@@ -180,11 +185,47 @@ struct Filter {
     t_max: u64,
     /// Fine kinds as bits by [`EventKind::index`].
     kinds: u32,
-    task: Option<TaskId>,
-    conn: Option<ConnId>,
-    /// A second, different `task=` or `conn=`: nothing can match.
-    never: bool,
+    /// `task=`: the id, and all ones in `task_mask` (zero: any task).
+    task: u64,
+    task_mask: u64,
+    /// `conn=`: likewise.
+    conn: u64,
+    conn_mask: u64,
     marks: Vec<MarkPattern>,
+}
+
+/// What the filters read of an event, computed once per event.
+struct View {
+    seq: u64,
+    t: u64,
+    kind_bit: u32,
+    task: u64,
+    /// The socket the event is on, and the one an accept made
+    /// ([`NO_CONN`] when none).
+    conn: u64,
+    made_conn: u64,
+}
+
+/// No socket: conn ids count up from 0 and never get here.
+const NO_CONN: u64 = u64::MAX;
+
+impl View {
+    fn of(event: &Event) -> View {
+        View {
+            seq: event.seq,
+            t: event.mono_ns,
+            kind_bit: 1 << event.kind.index(),
+            task: event.task.0,
+            conn: event.kind.conn().map_or(NO_CONN, |conn| conn.0),
+            made_conn: match &event.kind {
+                EventKind::TcpAccept {
+                    result: Ok(accepted),
+                    ..
+                } => accepted.conn.0,
+                _ => NO_CONN,
+            },
+        }
+    }
 }
 
 impl Filter {
@@ -195,59 +236,64 @@ impl Filter {
             t_min: 0,
             t_max: u64::MAX,
             kinds: u32::MAX,
-            task: None,
-            conn: None,
-            never: false,
+            task: 0,
+            task_mask: 0,
+            conn: 0,
+            conn_mask: 0,
             marks: Vec::new(),
         };
+        let mut never = false;
         for term in terms {
             match term {
                 Term::Seq(seq) => {
                     filter.seq_min = filter.seq_min.max(seq);
                     filter.seq_max = filter.seq_max.min(seq);
                 }
-                Term::After(seq) => filter.seq_min = filter.seq_min.max(seq.saturating_add(1)),
+                Term::After(seq) => {
+                    never |= seq == u64::MAX;
+                    filter.seq_min = filter.seq_min.max(seq.saturating_add(1));
+                }
                 Term::AtLeast { ns } => filter.t_min = filter.t_min.max(ns),
                 Term::AtMost { ns } => filter.t_max = filter.t_max.min(ns),
                 Term::Kinds(mask) => filter.kinds &= mask,
                 Term::Task(task) => {
-                    filter.never |= filter.task.is_some_and(|have| have != task);
-                    filter.task = Some(task);
+                    never |= filter.task_mask != 0 && filter.task != task.0;
+                    filter.task = task.0;
+                    filter.task_mask = u64::MAX;
                 }
                 Term::Conn(conn) => {
-                    filter.never |= filter.conn.is_some_and(|have| have != conn);
-                    filter.conn = Some(conn);
+                    never |= (filter.conn_mask != 0 && filter.conn != conn.0) || conn.0 == NO_CONN;
+                    filter.conn = conn.0;
+                    filter.conn_mask = u64::MAX;
                 }
                 Term::Mark(pattern) => filter.marks.push(pattern),
             }
         }
+        if never {
+            (filter.seq_min, filter.seq_max) = (u64::MAX, 0);
+        }
         filter
     }
 
-    /// `kind_bit`: the event's kind as a bit (computed once per event).
-    fn matches(&self, event: &Event, kind_bit: u32, scopes: &MarkScopes) -> bool {
-        (event.seq >= self.seq_min)
-            & (event.seq <= self.seq_max)
-            & (event.mono_ns >= self.t_min)
-            & (event.mono_ns <= self.t_max)
-            & (self.kinds & kind_bit != 0)
-            && !self.never
-            && self.task.is_none_or(|task| task == event.task)
-            && self.conn.is_none_or(|conn| concerns(&event.kind, conn))
+    /// Every term but marks, without branches.
+    fn quick(&self, view: &View) -> bool {
+        (view.seq >= self.seq_min)
+            & (view.seq <= self.seq_max)
+            & (view.t >= self.t_min)
+            & (view.t <= self.t_max)
+            & (self.kinds & view.kind_bit != 0)
+            & ((view.task ^ self.task) & self.task_mask == 0)
+            & (((view.conn ^ self.conn) & self.conn_mask == 0)
+                | ((view.made_conn ^ self.conn) & self.conn_mask == 0))
+    }
+
+    fn matches(&self, view: &View, task: TaskId, scopes: &MarkScopes) -> bool {
+        self.quick(view)
             && (self.marks.is_empty() || {
-                let scope = scopes.of(event.task);
+                let scope = scopes.of(task);
                 self.marks.iter().all(|pattern| pattern.matches(scope))
             })
     }
-}
-
-/// True if the event is on `conn`, or made it (an accept's or connect's
-/// new stream).
-fn concerns(kind: &EventKind, conn: ConnId) -> bool {
-    if kind.conn() == Some(conn) {
-        return true;
-    }
-    matches!(kind, EventKind::TcpAccept { result: Ok(accepted), .. } if accepted.conn == conn)
 }
 
 /// One spec: every term must match.
@@ -265,7 +311,7 @@ impl Breakpoint {
 
     /// Does `event` stop here, with `scopes` the marks in scope per task?
     pub fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
-        self.filter.matches(event, 1 << event.kind.index(), scopes)
+        self.filter.matches(&View::of(event), event.task, scopes)
     }
 }
 
@@ -371,6 +417,9 @@ fn parse_duration(text: &str) -> Result<u64, String> {
 pub struct Breakpoints {
     specs: Vec<Breakpoint>,
     uses_marks: bool,
+    /// For each fine kind (by [`EventKind::index`]), the specs that can
+    /// match it, in order: an event meets only those.
+    by_kind: Vec<Vec<u16>>,
 }
 
 impl Breakpoints {
@@ -390,6 +439,15 @@ impl Breakpoints {
             });
         }
         self.uses_marks |= !spec.filter.marks.is_empty();
+        if self.by_kind.is_empty() {
+            self.by_kind = vec![Vec::new(); EventKind::NAMES.len()];
+        }
+        let index = u16::try_from(self.specs.len()).expect("BREAKPOINTS_MAX fits u16");
+        for (kind, specs) in self.by_kind.iter_mut().enumerate() {
+            if spec.filter.kinds >> kind & 1 == 1 {
+                specs.push(index);
+            }
+        }
         self.specs.push(spec);
         Ok(())
     }
@@ -434,10 +492,31 @@ impl Breakpoints {
 
     /// The index of the first spec that `event` matches.
     pub fn first_match(&self, event: &Event, scopes: &MarkScopes) -> Option<usize> {
-        let kind_bit = 1 << event.kind.index();
-        self.specs
+        let candidates = self.by_kind.get(event.kind.index())?;
+        let view = View::of(event);
+        candidates
             .iter()
-            .position(|spec| spec.filter.matches(event, kind_bit, scopes))
+            .map(|&index| usize::from(index))
+            .find(|&index| {
+                let filter = &self.specs[index].filter;
+                // A mark spec sleeps until some task has made its mark.
+                (filter.marks.is_empty() || scopes.armed(index))
+                    && filter.matches(&view, event.task, scopes)
+            })
+    }
+
+    /// A mark was made: wake the specs that look for it.
+    fn arm(&self, name: &str, value: &[u8], scopes: &mut MarkScopes) {
+        for (index, spec) in self.specs.iter().enumerate() {
+            if spec
+                .filter
+                .marks
+                .iter()
+                .any(|pattern| pattern.matches_one(name, value))
+            {
+                scopes.arm(index);
+            }
+        }
     }
 }
 
@@ -469,6 +548,8 @@ type TaskMap<V> = HashMap<TaskId, V, BuildHasherDefault<TaskIdHasher>>;
 #[derive(Clone, Debug, Default)]
 pub struct MarkScopes {
     scopes: TaskMap<Vec<(String, Vec<u8>)>>,
+    /// Specs (by index) with a `mark=` term whose mark some task has made.
+    armed: Vec<bool>,
 }
 
 impl MarkScopes {
@@ -509,6 +590,28 @@ impl MarkScopes {
         if matches!(event.kind, EventKind::TaskEnd { .. }) {
             self.forget(event.task);
         }
+    }
+
+    /// Take in an event for `points`: as [`MarkScopes::enter`], and a
+    /// mark wakes the specs that look for it.
+    pub fn enter_for(&mut self, event: &Event, points: &Breakpoints) {
+        if let EventKind::Mark { name, value } = &event.kind {
+            if points.uses_marks() {
+                points.arm(name, value, self);
+            }
+        }
+        self.enter(event);
+    }
+
+    fn arm(&mut self, index: usize) {
+        if self.armed.len() <= index {
+            self.armed.resize(index + 1, false);
+        }
+        self.armed[index] = true;
+    }
+
+    fn armed(&self, index: usize) -> bool {
+        self.armed.get(index).copied().unwrap_or(false)
     }
 
     /// Drop `task`'s scope (it ended).
@@ -572,7 +675,7 @@ mod tests {
         let mut scopes = MarkScopes::new();
         let mut seqs = Vec::new();
         for event in events {
-            scopes.enter(event);
+            scopes.enter_for(event, &set);
             if set.first_match(event, &scopes).is_some() {
                 seqs.push(event.seq);
             }

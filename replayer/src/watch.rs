@@ -99,7 +99,7 @@ impl Watch {
         if let Some(ended) = self.ended.take() {
             self.scopes.forget(ended);
         }
-        self.scopes.enter(event);
+        self.scopes.enter_for(event, &self.points);
         let trigger = self.trigger(event);
         if matches!(event.kind, EventKind::TaskEnd { .. }) {
             self.ended = Some(event.task);
