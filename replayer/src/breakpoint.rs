@@ -210,6 +210,7 @@ struct View {
 const NO_CONN: u64 = u64::MAX;
 
 impl View {
+    #[inline]
     fn of(event: &Event) -> View {
         View {
             seq: event.seq,
@@ -276,6 +277,7 @@ impl Filter {
     }
 
     /// Every term but marks, without branches.
+    #[inline]
     fn quick(&self, view: &View) -> bool {
         (view.seq >= self.seq_min)
             & (view.seq <= self.seq_max)
@@ -491,6 +493,7 @@ impl Breakpoints {
     }
 
     /// The index of the first spec that `event` matches.
+    #[inline]
     pub fn first_match(&self, event: &Event, scopes: &MarkScopes) -> Option<usize> {
         let candidates = self.by_kind.get(event.kind.index())?;
         let view = View::of(event);
@@ -594,6 +597,7 @@ impl MarkScopes {
 
     /// Take in an event for `points`: as [`MarkScopes::enter`], and a
     /// mark wakes the specs that look for it.
+    #[inline]
     pub fn enter_for(&mut self, event: &Event, points: &Breakpoints) {
         if let EventKind::Mark { name, value } = &event.kind {
             if points.uses_marks() {

@@ -93,6 +93,7 @@ impl Watch {
     }
 
     /// Take in the event a task just took; `Some` if the replay stops here.
+    #[inline]
     pub fn on_event(&mut self, event: &Event) -> Option<Trigger> {
         // A task that ended keeps its scope until the next event, so a
         // stop at its end still shows its marks.
@@ -114,6 +115,7 @@ impl Watch {
         trigger
     }
 
+    #[inline]
     fn trigger(&self, event: &Event) -> Option<Trigger> {
         if let Some(until) = self.until {
             if event.seq >= until {
