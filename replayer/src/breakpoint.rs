@@ -588,13 +588,6 @@ impl MarkScopes {
         }
     }
 
-    /// Take in an event after it was matched: a finished task's scope goes.
-    pub fn leave(&mut self, event: &Event) {
-        if matches!(event.kind, EventKind::TaskEnd { .. }) {
-            self.forget(event.task);
-        }
-    }
-
     /// Take in an event for `points`: as [`MarkScopes::enter`], and a
     /// mark wakes the specs that look for it.
     #[inline]
@@ -674,18 +667,14 @@ mod tests {
         }
     }
 
+    /// The seqs where a replay watching `spec` would stop.
     fn hits(spec: &str, events: &[Event]) -> Vec<u64> {
-        let set = Breakpoints::parse_env(spec).unwrap();
-        let mut scopes = MarkScopes::new();
-        let mut seqs = Vec::new();
-        for event in events {
-            scopes.enter_for(event, &set);
-            if set.first_match(event, &scopes).is_some() {
-                seqs.push(event.seq);
-            }
-            scopes.leave(event);
-        }
-        seqs
+        let mut watch = crate::watch::Watch::new(Breakpoints::parse_env(spec).unwrap(), None);
+        events
+            .iter()
+            .filter(|event| watch.on_event(event).is_some())
+            .map(|event| event.seq)
+            .collect()
     }
 
     fn run() -> Vec<Event> {

@@ -185,6 +185,9 @@ impl std::fmt::Debug for DebugConfig {
 impl DebugConfig {
     /// True if the replay needs watching at all.
     pub(crate) fn is_active(&self) -> bool {
-        !self.breakpoints.is_empty() || self.until.is_some() || self.json_fd.is_some()
+        !self.breakpoints.is_empty()
+            || self.until.is_some()
+            || self.json_fd.is_some()
+            || self.callback.is_some()
     }
 }

@@ -42,7 +42,7 @@ pub(crate) struct Debugger {
 impl Debugger {
     /// `None` when the config asks for nothing: replay then pays nothing.
     pub(crate) fn new(config: DebugConfig, json: Option<std::fs::File>) -> Option<Debugger> {
-        if !config.is_active() && config.callback.is_none() {
+        if !config.is_active() {
             return None;
         }
         let action = if config.callback.is_some() {
