@@ -694,15 +694,21 @@ impl Gate {
             return self.divergence(DivergenceKind::ExtraCall, task, None, actual);
         };
         let task = event.task;
-        let actual = pending
-            .iter()
-            .map(|(t, calls)| format!("task {t} waits on {calls}"))
-            .collect::<Vec<_>>();
-        let actual = if actual.is_empty() {
-            format!("task {task} never made this call")
-        } else {
-            actual.join("; ")
-        };
+        let mut actual = Vec::with_capacity(pending.len() + 1);
+        if !pending.iter().any(|(t, _)| *t == task) {
+            // The usual cause when the code changed: the task now waits on
+            // something outside the log before it gets to this call.
+            actual.push(format!(
+                "task {task} never made this call: it is blocked on something deja does not \
+                 record (a lock, a channel, a join) or no longer runs this code"
+            ));
+        }
+        actual.extend(
+            pending
+                .iter()
+                .map(|(t, calls)| format!("task {t} waits on {calls}")),
+        );
+        let actual = actual.join("; ");
         self.divergence(DivergenceKind::Stalled, task, Some(self.cursor), actual)
     }
 
