@@ -22,13 +22,15 @@ const REPLAYS: u32 = 20;
 /// twice.
 fn catch(out: &Path) -> (Caught<Ledger>, Options) {
     let mut options = None;
+    let seed = heisenbug::fresh_seed();
+    eprintln!("double-charge: load seeds from {seed}");
     let caught = heisenbug::record_until_bug(
         "double-charge",
         ATTEMPTS_MAX,
         |n| {
             let outside = Outside::new()?;
             let load = Load {
-                seed: u64::from(n),
+                seed: seed + u64::from(n),
                 ..Load::default()
             };
             let (attempt, receipts, used) = double_charge::record(&outside, out, false, load)?;
@@ -135,7 +137,11 @@ fn a_breakpoint_on_the_order_stops_before_the_second_charge_with_both_past_the_c
         )
     };
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 2, "two charges of order {order} ({ids:?}): {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "two charges of order {order} ({ids:?}): {seen:?}"
+    );
     let second = &seen[1];
     match result {
         Err(Error::Halted { seq, .. }) => assert_eq!(seq, second.seq),
@@ -169,8 +175,13 @@ fn the_fixed_checkout_diverges_where_the_second_request_would_wait() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(&caught.run, &fixed, |b| b.stall_wait(std::time::Duration::from_millis(50)), &shared)
-        .expect_err("the fixed checkout cannot follow the buggy recording");
+    let err = replay_ledger(
+        &caught.run,
+        &fixed,
+        |b| b.stall_wait(std::time::Duration::from_millis(50)),
+        &shared,
+    )
+    .expect_err("the fixed checkout cannot follow the buggy recording");
     let Error::Diverged(divergence) = err else {
         panic!("expected a divergence, got {err}");
     };
@@ -178,7 +189,10 @@ fn the_fixed_checkout_diverges_where_the_second_request_would_wait() {
     eprintln!("{report}");
     assert_eq!(divergence.seq(), Some(expected.0), "{report}");
     assert_eq!(divergence.task, expected.1, "{report}");
-    assert!(report.contains("tcp_connect"), "the report names the call: {report}");
+    assert!(
+        report.contains("tcp_connect"),
+        "the report names the call: {report}"
+    );
 }
 
 /// Where the per-order lock first changes behaviour: the first second
@@ -192,15 +206,15 @@ fn first_overlap(events: &[deja::recorder::Event]) -> (u64, TaskId) {
     for event in events {
         if let EventKind::Mark { name, value } = &event.kind {
             if name == "order" {
-                requests.entry(text(value)).or_default().push((event.task, event.seq));
+                requests
+                    .entry(text(value))
+                    .or_default()
+                    .push((event.task, event.seq));
             }
         }
     }
-    let task_after = |task: TaskId, seq: u64| {
-        events
-            .iter()
-            .filter(move |e| e.task == task && e.seq > seq)
-    };
+    let task_after =
+        |task: TaskId, seq: u64| events.iter().filter(move |e| e.task == task && e.seq > seq);
     let mut first: Option<(u64, TaskId)> = None;
     for tasks in requests.values() {
         let [(a, a_mark), (b, b_mark)] = tasks[..] else {
@@ -208,7 +222,11 @@ fn first_overlap(events: &[deja::recorder::Event]) -> (u64, TaskId) {
         };
         let payment_conn = task_after(a, a_mark)
             .find_map(|e| match &e.kind {
-                EventKind::TcpConnect { conn, result: Ok(_), .. } => Some(*conn),
+                EventKind::TcpConnect {
+                    conn,
+                    result: Ok(_),
+                    ..
+                } => Some(*conn),
                 _ => None,
             })
             .expect("the first request connects to payment");
@@ -217,7 +235,9 @@ fn first_overlap(events: &[deja::recorder::Event]) -> (u64, TaskId) {
             .map(|e| e.seq)
             .max()
             .expect("the first request reads payment's answers");
-        let b_connect = task_after(b, b_mark).next().expect("the second request goes on");
+        let b_connect = task_after(b, b_mark)
+            .next()
+            .expect("the second request goes on");
         if b_connect.seq < a_release && first.is_none_or(|(seq, _)| b_connect.seq < seq) {
             first = Some((b_connect.seq, b));
         }
