@@ -166,7 +166,7 @@ fn hunt_and_replay(name: &str) {
         .arg("--")
         .arg(workspace_bin(name))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(&deps_args_of(&hunted.run))
+        .args(deps_args_of(&hunted.run))
         .arg("--fixed")
         .env("DEJA_STALL_MS", "100");
     let fixed = run_bounded(&mut fixed);
