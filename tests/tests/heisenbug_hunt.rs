@@ -191,3 +191,13 @@ fn deps_args_of(run: &Path) -> Vec<String> {
 fn double_charge_is_hunted_replayed_and_the_fix_diverges() {
     hunt_and_replay("double-charge");
 }
+
+#[test]
+fn clock_edge_is_hunted_replayed_and_the_fix_diverges() {
+    hunt_and_replay("clock-edge");
+}
+
+#[test]
+fn timeout_cascade_is_hunted_replayed_and_the_fix_diverges() {
+    hunt_and_replay("timeout-cascade");
+}
