@@ -73,9 +73,13 @@ struct Hunted {
     attempts: u32,
 }
 
-fn hunt(name: &str, out: &Path, deps: &Deps) -> Hunted {
+/// Records until the load sees the bug. Dependencies start afresh for
+/// every attempt, as in `hunt.sh` (clock-edge's put midnight a moment
+/// after they start).
+fn hunt(name: &str, out: &Path) -> Hunted {
     let fixture = workspace_bin(name);
     for attempt in 1..=ATTEMPTS_MAX {
+        let deps = Deps::start(&fixture);
         let attempt_out = out.join(format!("attempt-{attempt}"));
         std::fs::create_dir_all(&attempt_out).unwrap();
         let mut record = Command::new(workspace_bin("deja"));
@@ -134,9 +138,7 @@ fn hunt(name: &str, out: &Path, deps: &Deps) -> Hunted {
 
 fn hunt_and_replay(name: &str) {
     let out = tempfile::tempdir().unwrap();
-    let deps = Deps::start(&workspace_bin(name));
-    let hunted = hunt(name, out.path(), &deps);
-    drop(deps); // replay is offline: nothing to talk to
+    let hunted = hunt(name, out.path()); // its dependencies are gone: replay is offline
 
     // To the breakpoint, as JSON: at least one hit, and a complete replay.
     let replay = run_bounded(
@@ -200,4 +202,9 @@ fn clock_edge_is_hunted_replayed_and_the_fix_diverges() {
 #[test]
 fn timeout_cascade_is_hunted_replayed_and_the_fix_diverges() {
     hunt_and_replay("timeout-cascade");
+}
+
+#[test]
+fn resp_kv_is_hunted_replayed_and_the_fix_diverges() {
+    hunt_and_replay("resp-kv");
 }
