@@ -284,6 +284,16 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
     }
 }
 
+/// A recorded event as the call that made it, for conflict reports: a mark
+/// with its name and value (a mark of another name is the usual change),
+/// anything else by its kind.
+fn recorded_call(event: &EventKind) -> String {
+    match event {
+        EventKind::Mark { name, value } => format!("mark {name}=\"{}\"", preview(value)),
+        other => other.name().to_string(),
+    }
+}
+
 /// A write offering `bytes` matches a recorded write that accepted the
 /// first `len` of them with the same hash.
 fn check_write(
@@ -644,7 +654,7 @@ impl Gate {
             Match::Other => Err(self.divergence(
                 DivergenceKind::Conflict(format!(
                     "the task did {call}, the recording did {}",
-                    self.events[index].kind.name()
+                    recorded_call(&self.events[index].kind)
                 )),
                 task,
                 Some(index),
@@ -935,6 +945,39 @@ mod tests {
         assert_eq!(err.seq(), Some(0));
         assert!(
             err.to_string().contains("the recording did clock_mono"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_mark_of_another_name_names_the_recorded_mark() {
+        let recorded = EventKind::Mark {
+            name: "apply".into(),
+            value: b"2".to_vec(),
+        };
+        let mut gate = Gate::new(vec![event(0, 1, recorded)]);
+        let call = Call::Mark {
+            name: "defer",
+            value: b"2",
+        };
+        let err = gate.claim(TaskId(1), &call).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(r#"the task did mark defer="2", the recording did mark apply="2""#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_stall_says_when_the_expected_task_waits_outside_the_log() {
+        let mut gate = interleaved();
+        let expected = gate.cursor_event().expect("an event at the cursor").task;
+        let err = gate.stalled(&[]);
+        assert_eq!(err.task, expected);
+        assert!(
+            err.to_string().contains(&format!(
+                "task {expected} never made this call: it is blocked"
+            )),
             "{err}"
         );
     }
