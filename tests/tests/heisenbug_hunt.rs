@@ -208,3 +208,13 @@ fn timeout_cascade_is_hunted_replayed_and_the_fix_diverges() {
 fn resp_kv_is_hunted_replayed_and_the_fix_diverges() {
     hunt_and_replay("resp-kv");
 }
+
+#[test]
+fn lost_update_is_hunted_replayed_and_the_fix_diverges() {
+    hunt_and_replay("lost-update");
+}
+
+#[test]
+fn out_of_order_is_hunted_replayed_and_the_fix_diverges() {
+    hunt_and_replay("out-of-order");
+}
