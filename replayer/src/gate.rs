@@ -970,7 +970,7 @@ mod tests {
 
     #[test]
     fn a_stall_says_when_the_expected_task_waits_outside_the_log() {
-        let mut gate = interleaved();
+        let gate = interleaved();
         let expected = gate.cursor_event().expect("an event at the cursor").task;
         let err = gate.stalled(&[]);
         assert_eq!(err.task, expected);
