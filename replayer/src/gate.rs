@@ -603,6 +603,10 @@ impl Gate {
             return Err(self.divergence(DivergenceKind::ExtraCall, task, None, call.to_string()));
         };
         match match_call(call, &self.events[index].kind) {
+            // Not reported before the cursor gets there: an earlier event
+            // may differ too, and the report names the first one. The
+            // task is woken when the cursor reaches its event.
+            Match::Conflict(_) if index != self.cursor => Ok(Gated::Wait),
             Match::Conflict(why) => Err(self.divergence(
                 DivergenceKind::Conflict(why),
                 task,
@@ -771,6 +775,27 @@ mod tests {
             event(1, 2, read(20)),
             event(2, 1, read(10)),
         ])
+    }
+
+    #[test]
+    fn a_changed_write_ahead_of_the_cursor_waits_so_the_first_change_is_reported() {
+        let write = |conn: u64, bytes: &[u8]| EventKind::TcpWrite {
+            conn: ConnId(conn),
+            result: Ok(deja_recorder::Written::of(bytes, false)),
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, write(10, b"a")),
+            event(1, 2, write(20, b"b")),
+        ]);
+        let changed = |conn: u64, bytes: &'static [u8]| Call::TcpWrite {
+            conn: ConnId(conn),
+            bytes,
+        };
+        // Task 2's write differs too, but task 1's, earlier in the log, is
+        // the first difference.
+        assert_eq!(gate.poll(TaskId(2), &changed(20, b"B")), Ok(Gated::Wait));
+        let err = gate.poll(TaskId(1), &changed(10, b"A")).unwrap_err();
+        assert_eq!((err.seq(), err.task), (Some(0), TaskId(1)));
     }
 
     #[test]
