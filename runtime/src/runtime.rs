@@ -27,6 +27,9 @@ pub const TRACE_DIR_DEFAULT: &str = "deja-runs";
 /// started itself) before it calls a replay with nothing runnable stalled.
 pub const STALL_WAIT_DEFAULT: Duration = Duration::from_secs(1);
 
+/// Most worker threads accepted from `DEJA_WORKERS`: far more than any
+/// machine's cores, few enough that a typo cannot start a million threads.
+const WORKERS_MAX: usize = 1024;
 /// Longest stall wait accepted from `DEJA_STALL_MS`.
 const STALL_WAIT_MAX: Duration = Duration::from_secs(600);
 
@@ -181,7 +184,9 @@ impl<E: std::fmt::Debug> MainResult for Result<(), E> {
 
 /// Configure a runtime; [`Builder::from_env`] reads `DEJA_MODE`,
 /// `DEJA_TRACE`, `DEJA_SERVICE`, `DEJA_RUN_ID`, `DEJA_STALL_MS`,
-/// `DEJA_KEEP_WRITES`, and for replay `DEJA_BREAK` (specs separated by
+/// `DEJA_KEEP_WRITES`, `DEJA_WORKERS` (record and live: tokio worker
+/// threads; 1 makes tasks interleave only at awaits, which services that
+/// share memory between tasks need), and for replay `DEJA_BREAK` (specs separated by
 /// `;`), `DEJA_ON_BREAK` (pause, trap, print), `DEJA_UNTIL` (a seq) and
 /// `DEJA_JSON_FD` (an open fd that receives hits and the outcome as JSON
 /// lines).
@@ -240,6 +245,18 @@ impl Builder {
                     why: "expected milliseconds, at most 600000",
                 })?;
             builder.stall_wait = wait;
+        }
+        if let Some(threads) = var("DEJA_WORKERS") {
+            let threads = threads
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=WORKERS_MAX).contains(n))
+                .ok_or(Error::BadSetting {
+                    name: "DEJA_WORKERS",
+                    value: threads,
+                    why: "expected a number of worker threads, 1 to 1024",
+                })?;
+            builder.worker_threads = Some(threads);
         }
         builder.keep_write_bytes = matches!(var("DEJA_KEEP_WRITES").as_deref(), Some("1" | "true"));
         if let Some(specs) = var("DEJA_BREAK") {

@@ -225,3 +225,20 @@ fn a_sigterm_shutdown_is_recorded_and_replayed_to_the_same_exit() {
     let (replayed, _) = replay_summary(&stderr).expect("replay summary");
     assert_eq!(replayed, events.len() as u64);
 }
+
+#[test]
+fn a_bad_worker_count_is_refused_with_the_setting_named() {
+    for bad in ["0", "many", "100000"] {
+        let output = run_bounded(
+            Command::new(workspace_bin("kv"))
+                .args(["--listen", "127.0.0.1:0", "--max-conns", "0"])
+                .env("DEJA_WORKERS", bad),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("DEJA_WORKERS=\"{bad}\"")) && stderr.contains("1 to 1024"),
+            "{stderr}"
+        );
+    }
+}
