@@ -392,3 +392,4 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 pub mod e2e;
+pub mod heisenbug;

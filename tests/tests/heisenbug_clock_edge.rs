@@ -12,6 +12,7 @@ use deja::Error;
 use deja_fixtures::clock_edge::{self, local_day, Ledger, Load, Options, Shared, SERVICE};
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::{assert_diverges_at, next_event_of, quick_stall};
 
 /// Record attempts before giving up: local midnight falls inside every
 /// attempt's load and four back-to-back clients keep a request open across
@@ -175,10 +176,7 @@ fn a_breakpoint_on_the_job_stops_before_the_subtraction_with_readings_on_two_day
         2,
         "two clock readings in the request: {walls:?}"
     );
-    let next = events
-        .iter()
-        .find(|e| e.seq > seen.seq && e.task == seen.task)
-        .expect("the task goes on after its mark");
+    let next = next_event_of(&events, seen.task, seen.seq);
     assert!(
         matches!(next.kind, EventKind::TcpWrite { .. }),
         "after the deadline mark comes the reply, got {next}"
@@ -195,20 +193,10 @@ fn the_fixed_scheduler_diverges_at_the_first_second_clock_reading() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(
-        &caught.run,
-        &fixed,
-        |b| b.stall_wait(std::time::Duration::from_millis(50)),
-        &shared,
-    )
-    .expect_err("the fixed scheduler cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    let report = assert_diverges_at(
+        replay_ledger(&caught.run, &fixed, quick_stall, &shared),
+        expected,
+    );
     assert!(
         report.contains("clock_wall"),
         "the report names the call: {report}"

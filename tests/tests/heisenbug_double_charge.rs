@@ -10,6 +10,7 @@ use deja::Error;
 use deja_fixtures::double_charge::{self, Ledger, Load, Options, Shared, SERVICE};
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::{assert_diverges_at, next_event_of, quick_stall, text};
 
 /// Record attempts before giving up: one attempt shows the bug with a
 /// probability well above 90 % (12 double-clicked orders), so ten make a
@@ -60,10 +61,6 @@ fn replay_ledger(
     heisenbug::replay(run, SERVICE, configure, |ready| {
         double_charge::checkout(options.clone(), Arc::clone(shared), ready)
     })
-}
-
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
 }
 
 #[test]
@@ -155,10 +152,7 @@ fn a_breakpoint_on_the_order_stops_before_the_second_charge_with_both_past_the_c
 
     // "Right before": the stopped task's next event is the CHARGE write.
     let events = log_events(&caught.run);
-    let next = events
-        .iter()
-        .find(|e| e.seq > second.seq && e.task == second.task)
-        .expect("the task goes on after its mark");
+    let next = next_event_of(&events, second.task, second.seq);
     assert!(
         matches!(next.kind, EventKind::TcpWrite { .. }),
         "after the charging mark comes the CHARGE write, got {next}"
@@ -175,20 +169,10 @@ fn the_fixed_checkout_diverges_where_the_second_request_would_wait() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(
-        &caught.run,
-        &fixed,
-        |b| b.stall_wait(std::time::Duration::from_millis(50)),
-        &shared,
-    )
-    .expect_err("the fixed checkout cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    let report = assert_diverges_at(
+        replay_ledger(&caught.run, &fixed, quick_stall, &shared),
+        expected,
+    );
     assert!(
         report.contains("tcp_connect"),
         "the report names the call: {report}"

@@ -12,6 +12,7 @@ use deja::Error;
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_fixtures::lost_update::{self, Ledger, Load, Options, Shared, Write, SERVICE};
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::{assert_diverges_at, next_event_of, quick_stall, text};
 
 /// Record attempts before giving up: one attempt shows the bug with a
 /// probability above 90 % (3 accounts, 6 withdrawals each within 30 ms),
@@ -69,10 +70,6 @@ fn replay_ledger(
     heisenbug::replay(run, SERVICE, configure, |ready| {
         lost_update::account(options.clone(), Arc::clone(shared), ready)
     })
-}
-
-fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
 }
 
 #[test]
@@ -215,10 +212,7 @@ fn a_breakpoint_on_the_account_stops_before_the_stale_write_with_both_reads_equa
 
     // "Right before": the stopped task's next event is the PUT write.
     let events = log_events(&caught.run);
-    let next = events
-        .iter()
-        .find(|e| e.seq > at.seq && e.task == at.task)
-        .expect("the task goes on after its mark");
+    let next = next_event_of(&events, at.task, at.seq);
     assert!(
         matches!(next.kind, EventKind::TcpWrite { .. }),
         "after the withdraw mark comes the PUT write, got {next}"
@@ -235,20 +229,10 @@ fn the_fixed_service_diverges_where_a_withdrawal_would_wait_for_the_account() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(
-        &caught.run,
-        &fixed,
-        |b| b.stall_wait(std::time::Duration::from_millis(50)),
-        &shared,
-    )
-    .expect_err("the fixed service cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    let report = assert_diverges_at(
+        replay_ledger(&caught.run, &fixed, quick_stall, &shared),
+        expected,
+    );
     assert!(
         report.contains("tcp_connect"),
         "the report names the call: {report}"

@@ -12,6 +12,7 @@ use deja::Error;
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_fixtures::out_of_order::{self, Event, Ledger, Load, Options, Shared, Status, SERVICE};
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::{assert_diverges_at, next_event_of, quick_stall};
 
 /// Record attempts before giving up: one attempt shows the bug with a
 /// probability around 90 % (12 orders, each paid 0.2 to 2 ms after its
@@ -161,10 +162,7 @@ fn a_breakpoint_on_the_order_stops_at_the_payment_that_finds_no_order() {
         .map(|(seq, _)| *seq)
         .expect("the order was read");
     assert!(*payment_read < at.seq && at.seq < created_read);
-    let next = events
-        .iter()
-        .find(|e| e.seq > at.seq && e.task == at.task)
-        .expect("the consumer goes on after its mark");
+    let next = next_event_of(&events, at.task, at.seq);
     assert!(
         matches!(next.kind, EventKind::TcpWrite { .. }),
         "after the apply mark comes the OK to the payments producer, got {next}"
@@ -181,20 +179,10 @@ fn the_fixed_consumer_diverges_where_it_defers_the_first_early_payment() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(
-        &caught.run,
-        &fixed,
-        |b| b.stall_wait(std::time::Duration::from_millis(50)),
-        &shared,
-    )
-    .expect_err("the fixed consumer cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    let report = assert_diverges_at(
+        replay_ledger(&caught.run, &fixed, quick_stall, &shared),
+        expected,
+    );
     assert!(
         report.contains("defer"),
         "the report names what the fix did instead: {report}"

@@ -12,6 +12,7 @@ use deja::Error;
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_fixtures::resp::{self, Books, ConnView, Load, Options, Shared, SERVICE};
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::assert_diverges_at;
 
 /// Record attempts before giving up: on loopback a pipelined batch of 32
 /// commands (about 1.4 KiB) never fits one 1 KiB read, so the first batch
@@ -238,15 +239,7 @@ fn the_fixed_parser_diverges_at_the_reply_to_the_first_split_command() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_books(&caught.run, &fixed, |b| b, &shared)
-        .expect_err("the fixed parser cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    assert_diverges_at(replay_books(&caught.run, &fixed, |b| b, &shared), expected);
 }
 
 /// Where keeping the partial tail first changes behaviour, from the log

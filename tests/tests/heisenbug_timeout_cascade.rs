@@ -14,6 +14,7 @@ use deja_fixtures::timeout_cascade::{
     self, Ledger, Load, Options, Outcome, Shared, IN_FLIGHT_MAX, SERVICE,
 };
 use deja_tests::e2e::log_events;
+use deja_tests::heisenbug::{assert_diverges_at, quick_stall};
 
 /// Record attempts before giving up: the backend stalls in every attempt
 /// and a stall of fifteen timeouts fills the front each time; the bound only
@@ -148,20 +149,10 @@ fn the_fixed_front_diverges_at_the_first_immediate_retry() {
         ..options
     };
     let shared = Shared::default();
-    let err = replay_ledger(
-        &caught.run,
-        &fixed,
-        |b| b.stall_wait(std::time::Duration::from_millis(50)),
-        &shared,
-    )
-    .expect_err("the fixed front cannot follow the buggy recording");
-    let Error::Diverged(divergence) = err else {
-        panic!("expected a divergence, got {err}");
-    };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
+    let report = assert_diverges_at(
+        replay_ledger(&caught.run, &fixed, quick_stall, &shared),
+        expected,
+    );
     // The fixed task waits on its backoff timer, which the log never fired.
     assert!(
         report.contains(&format!("task {} waits on timer_fired", expected.1)),
