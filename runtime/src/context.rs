@@ -13,6 +13,7 @@ use deja_recorder::TaskId;
 
 use crate::record::Recording;
 use crate::replay::Replay;
+use crate::sim::Host;
 
 /// The task id given to intercepted calls made outside any deja task
 /// (from a `tokio::spawn`ed task or a foreign thread): outside the
@@ -29,6 +30,8 @@ pub(crate) enum Ctx {
     Record(Arc<Recording>),
     /// The replay executor's thread.
     Replay(Rc<Replay>),
+    /// A simulated host's task, on the simulation's thread.
+    Sim(Rc<Host>),
 }
 
 thread_local! {

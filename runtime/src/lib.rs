@@ -73,6 +73,8 @@ pub mod __select {
 }
 mod select;
 
+pub mod sim;
+
 pub mod collections;
 pub mod debug;
 pub mod net;

@@ -44,6 +44,7 @@ pub fn rng() -> DejaRng {
         Ctx::Live => None,
         Ctx::Record(recording) => Some(*recording.root_seed()),
         Ctx::Replay(replay) => Some(replay.root_seed()),
+        Ctx::Sim(host) => Some(host.root_seed),
     });
     match root {
         None => DejaRng(ChaCha20Rng::from_seed(os_seed())),
@@ -99,6 +100,15 @@ pub fn fill_bytes(dest: &mut [u8]) {
                     }) if bytes.len() == chunk.len() => chunk.copy_from_slice(&bytes),
                     _ => chunk.fill(0),
                 }
+            }
+            Ctx::Sim(host) => {
+                // No OS entropy in a simulation: the host's seed stands in.
+                let (task, index) = context::next_rng_index();
+                let mut rng = ChaCha20Rng::from_seed(derive_seed(&host.root_seed, task, index));
+                rng.fill_bytes(chunk);
+                host.record(EventKind::Entropy {
+                    bytes: chunk.to_vec(),
+                });
             }
         });
     }

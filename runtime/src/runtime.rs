@@ -81,8 +81,8 @@ pub enum Error {
         "replay needs the run directory: set DEJA_TRACE (or use `deja replay RUN_DIR -- CMD`)"
     )]
     NoRunDir,
-    /// The mode exists in the design but not in this build.
-    #[error("mode {0:?} is not available yet")]
+    /// The mode cannot run a single service's main (sim runs many).
+    #[error("mode {0:?} cannot run one service's main: a simulation is built with deja::sim::Sim")]
     Unsupported(Mode),
     /// The tokio runtime could not start.
     #[error("cannot start the tokio runtime: {0}")]
@@ -156,6 +156,10 @@ pub trait MainResult {
     fn exit_code(&self) -> i32;
     /// Print what the process prints on exit (an error), return the code.
     fn report(self) -> i32;
+    /// The error, as text, if there was one (simulation reports use it).
+    fn error_text(&self) -> Option<String> {
+        None
+    }
 }
 
 impl MainResult for () {
@@ -179,6 +183,9 @@ impl<E: std::fmt::Debug> MainResult for Result<(), E> {
                 1
             }
         }
+    }
+    fn error_text(&self) -> Option<String> {
+        self.as_ref().err().map(|err| format!("{err:?}"))
     }
 }
 
@@ -407,6 +414,8 @@ impl Builder {
                     last_replay: Default::default(),
                 })
             }
+            // A simulation is many services in one process: it is built
+            // with `deja::sim::Sim`, not from one service's main.
             Mode::Sim => Err(Error::Unsupported(Mode::Sim)),
         }
     }
@@ -646,7 +655,15 @@ where
 /// The body of `#[deja::main]`: build from the environment, run, exit.
 #[doc(hidden)]
 pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
-    let runtime = Builder::from_env().and_then(Builder::build);
+    run_to_exit(Builder::from_env().and_then(Builder::build), main)
+}
+
+/// Run `main` on `runtime` and exit the process the way the mode says
+/// (replay: with the recorded code, or 3 on a divergence).
+pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
+    runtime: Result<Runtime, Error>,
+    main: F,
+) -> ! {
     let mut runtime = match runtime {
         Ok(runtime) => runtime,
         Err(err) => fail(&err),

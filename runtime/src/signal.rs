@@ -34,6 +34,8 @@ async fn wait_for(kinds: &[SignalKind]) -> io::Result<SignalKind> {
             recording.record(EventKind::Signal { signal });
             Ok(signal)
         }
+        // Nobody sends a simulated process a signal: it waits forever.
+        Ctx::Sim(_) => std::future::pending().await,
         Ctx::Replay(_) => {
             let event = replay_call(Call::Signal).await;
             match event.kind {

@@ -58,6 +58,28 @@ where
                 inner: Inner::Replay { state, key },
             }
         }
+        Ctx::Sim(host) => {
+            let child = host.next_task();
+            host.record(EventKind::Spawn { child, name: None });
+            let state = Arc::new(Mutex::new(JoinState::default()));
+            let task = TaskCtx::new(&host.root_seed, child);
+            let body = ReplayTask {
+                future: context::scope(task, Tracked::new(child, future)),
+                state: Arc::clone(&state),
+            };
+            match crate::sim::spawn_task(&host, Box::pin(body)) {
+                Some(key) => JoinHandle {
+                    inner: Inner::Replay { state, key },
+                },
+                // The simulation is over: the task never runs.
+                None => {
+                    lock(&state).finish(Err(JoinError::cancelled()));
+                    JoinHandle {
+                        inner: Inner::Done { state },
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -78,6 +100,10 @@ pub fn mark(name: &str, value: impl AsRef<[u8]>) {
         Ctx::Replay(replay) => {
             replay.claim(context::task_id(), &Call::Mark { name, value });
         }
+        Ctx::Sim(host) => host.record(EventKind::Mark {
+            name: name.to_string(),
+            value: value.to_vec(),
+        }),
     });
 }
 
@@ -118,6 +144,7 @@ fn record_end(task: TaskId, outcome: TaskOutcome) {
         Ctx::Replay(replay) => {
             replay.claim(task, &Call::TaskEnd { outcome });
         }
+        Ctx::Sim(host) => host.record_for(task, EventKind::TaskEnd { outcome }),
     });
 }
 
@@ -169,7 +196,10 @@ impl<F: Future> Future for ReplayTask<F> {
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(output)) => Ok(output),
-                Err(payload) => Err(JoinError::panicked(payload)),
+                Err(payload) => {
+                    crate::sim::task_panicked(crate::sim::world::panic_text(&*payload));
+                    Err(JoinError::panicked(payload))
+                }
             };
         lock(&this.state).finish(result);
         Poll::Ready(())
@@ -227,6 +257,10 @@ enum Inner<T> {
         state: Arc<Mutex<JoinState<T>>>,
         key: TaskKey,
     },
+    /// A task that never started (spawned after its simulation ended).
+    Done {
+        state: Arc<Mutex<JoinState<T>>>,
+    },
 }
 
 impl<T> fmt::Debug for JoinHandle<T> {
@@ -241,8 +275,11 @@ impl<T> JoinHandle<T> {
         match &self.inner {
             Inner::Tokio(handle) => handle.abort(),
             Inner::Replay { key, .. } => {
-                with_replay(|replay| replay.executor.abort(*key));
+                if with_replay(|replay| replay.executor.abort(*key)).is_none() {
+                    crate::sim::abort(*key);
+                }
             }
+            Inner::Done { .. } => {}
         }
     }
 
@@ -250,7 +287,7 @@ impl<T> JoinHandle<T> {
     pub fn is_finished(&self) -> bool {
         match &self.inner {
             Inner::Tokio(handle) => handle.is_finished(),
-            Inner::Replay { state, .. } => lock(state).finished,
+            Inner::Replay { state, .. } | Inner::Done { state } => lock(state).finished,
         }
     }
 }
@@ -267,7 +304,7 @@ impl<T> Future for JoinHandle<T> {
                     JoinError::cancelled()
                 }
             }),
-            Inner::Replay { state, .. } => {
+            Inner::Replay { state, .. } | Inner::Done { state } => {
                 let mut state = lock(state);
                 match state.result.take() {
                     Some(result) => Poll::Ready(result),

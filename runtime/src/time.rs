@@ -46,6 +46,7 @@ impl Instant {
                 }) => ns,
                 _ => replay.now_ns(),
             },
+            Ctx::Sim(host) => host.record_clock_mono(),
         });
         Instant { ns }
     }
@@ -158,6 +159,7 @@ impl SystemTime {
                 }) => unix_ns,
                 _ => replay.wall_ns(),
             }),
+            Ctx::Sim(host) => Some(host.record_clock_wall()),
         });
         match unix_ns {
             None => std::time::SystemTime::now(),
@@ -206,6 +208,11 @@ enum SleepInner {
     Replay {
         timer: u64,
     },
+    Sim {
+        timer: u64,
+        deadline_ns: u64,
+        key: Option<crate::sim::TimerKey>,
+    },
     Fired,
 }
 
@@ -237,6 +244,17 @@ impl Sleep {
             Ctx::Replay(_) => SleepInner::Replay {
                 timer: context::next_timer_id(),
             },
+            Ctx::Sim(host) => {
+                let now = host.mono_ns();
+                SleepInner::Sim {
+                    timer: context::next_timer_id(),
+                    deadline_ns: match target {
+                        Target::After(duration) => now.saturating_add(nanos(duration)),
+                        Target::At(at) => at.ns,
+                    },
+                    key: None,
+                }
+            }
         });
         Sleep { inner }
     }
@@ -273,6 +291,23 @@ impl Future for Sleep {
                 let call = Call::Timer { timer: *timer };
                 let ready = crate::replay::poll(cx, &call);
                 std::task::ready!(ready);
+            }
+            SleepInner::Sim {
+                timer,
+                deadline_ns,
+                key,
+            } => {
+                let (timer, deadline_ns) = (*timer, *deadline_ns);
+                let host = context::with(|ctx| match ctx {
+                    Ctx::Sim(host) => Some(std::rc::Rc::clone(host)),
+                    _ => None,
+                });
+                // Polled outside its simulation (it ended): never fires.
+                let Some(host) = host else {
+                    return Poll::Pending;
+                };
+                std::task::ready!(crate::sim::poll_timer(cx, &host, deadline_ns, key));
+                host.record(EventKind::TimerFired { timer, deadline_ns });
             }
             SleepInner::Fired => return Poll::Ready(()),
         }

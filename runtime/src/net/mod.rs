@@ -29,6 +29,8 @@ pub(crate) enum Origin {
     Live,
     Record(Arc<Recording>),
     Replay,
+    /// A simulated socket (its state lives in the simulated world).
+    Sim(crate::sim::net::SimSocket),
 }
 
 /// Records (or, in replay, claims) the close of a socket when the last
@@ -56,16 +58,33 @@ impl Drop for CloseOnDrop {
                     replay.claim(context::task_id(), &Call::TcpClose { conn: self.conn })
                 });
             }
+            Origin::Sim(socket) => {
+                context::with(|ctx| {
+                    if let Ctx::Sim(host) = ctx {
+                        host.record(event);
+                    }
+                });
+                crate::sim::net::close(*socket);
+            }
         }
     }
 }
 
-/// The current thread's origin for a new socket.
-pub(crate) fn origin() -> Origin {
+/// Where a new socket's results come from, on the current thread.
+pub(crate) enum Mode {
+    Live,
+    Record(Arc<Recording>),
+    Replay,
+    Sim,
+}
+
+/// The current thread's mode for a new socket.
+pub(crate) fn mode() -> Mode {
     match context::current() {
-        Ctx::Live => Origin::Live,
-        Ctx::Record(recording) => Origin::Record(recording),
-        Ctx::Replay(_) => Origin::Replay,
+        Ctx::Live => Mode::Live,
+        Ctx::Record(recording) => Mode::Record(recording),
+        Ctx::Replay(_) => Mode::Replay,
+        Ctx::Sim(_) => Mode::Sim,
     }
 }
 

@@ -13,8 +13,9 @@ use deja_recorder::{
 use deja_replayer::gate::Call;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{origin, replay_call, to_error, unexpected, CloseOnDrop, Origin, ToAddr};
+use super::{mode, replay_call, to_error, unexpected, CloseOnDrop, Mode, Origin, ToAddr};
 use crate::record::Recording;
+use crate::sim::net::{self as sim, SimSocket};
 
 /// Connection ids mean nothing in live mode.
 const LIVE_CONN: ConnId = ConnId(u64::MAX);
@@ -42,14 +43,17 @@ impl TcpListener {
     /// Bind to `addr` (`"127.0.0.1:0"`, a `SocketAddr`, ...).
     pub async fn bind(addr: impl ToAddr) -> io::Result<TcpListener> {
         let text = addr.to_addr_string();
-        let origin = origin();
-        match &origin {
-            Origin::Live => {
+        match mode() {
+            Mode::Live => {
                 let io = tokio::net::TcpListener::bind(text.as_str()).await?;
                 let local = io.local_addr()?;
-                Ok(TcpListener::new(LIVE_CONN, local, Some(io), origin))
+                Ok(TcpListener::new(LIVE_CONN, local, Some(io), Origin::Live))
             }
-            Origin::Record(recording) => {
+            Mode::Sim => {
+                let (listener, local, socket) = sim::tcp_bind(&text)?;
+                Ok(TcpListener::new(listener, local, None, Origin::Sim(socket)))
+            }
+            Mode::Record(recording) => {
                 let bound = bind_real(&text).await;
                 let listener = recording.next_conn();
                 recording.record(EventKind::TcpListen {
@@ -61,16 +65,21 @@ impl TcpListener {
                         .map_err(|err| err.kind().into()),
                 });
                 let (io, local) = bound?;
-                Ok(TcpListener::new(listener, local, Some(io), origin))
+                Ok(TcpListener::new(
+                    listener,
+                    local,
+                    Some(io),
+                    Origin::Record(recording),
+                ))
             }
-            Origin::Replay => {
+            Mode::Replay => {
                 let event = replay_call(Call::TcpListen { addr: &text }).await;
                 match event.kind {
                     EventKind::TcpListen {
                         listener,
                         result: Ok(local),
                         ..
-                    } => Ok(TcpListener::new(listener, local, None, origin)),
+                    } => Ok(TcpListener::new(listener, local, None, Origin::Replay)),
                     EventKind::TcpListen {
                         result: Err(kind), ..
                     } => Err(to_error(kind)),
@@ -129,6 +138,10 @@ impl TcpListener {
                     TcpStream::real(conn, local, peer, stream, Some(Arc::clone(recording)));
                 Ok((stream, peer))
             }
+            (Origin::Sim(socket), _) => {
+                let (conn, local, peer, stream) = sim::tcp_accept(self.listener, *socket).await?;
+                Ok((TcpStream::simulated(conn, local, peer, stream), peer))
+            }
             _ => {
                 let event = replay_call(Call::TcpAccept {
                     listener: self.listener,
@@ -180,6 +193,9 @@ enum StreamIo {
         recording: Option<Arc<Recording>>,
     },
     Replay(ReplayReads),
+    Sim {
+        key: u64,
+    },
 }
 
 impl fmt::Debug for TcpStream {
@@ -223,16 +239,38 @@ impl TcpStream {
         }
     }
 
+    fn simulated(
+        conn: ConnId,
+        local: SocketAddr,
+        peer: SocketAddr,
+        socket: SimSocket,
+    ) -> TcpStream {
+        let SimSocket::Stream { key } = socket else {
+            unreachable!("a simulated stream is made from a stream socket")
+        };
+        TcpStream {
+            conn,
+            local,
+            peer,
+            io: StreamIo::Sim { key },
+            close: CloseOnDrop::new(conn, Origin::Sim(socket)),
+        }
+    }
+
     /// Connect to `addr`.
     pub async fn connect(addr: impl ToAddr) -> io::Result<TcpStream> {
         let text = addr.to_addr_string();
-        match origin() {
-            Origin::Live => {
+        match mode() {
+            Mode::Sim => {
+                let (conn, local, peer, socket) = sim::tcp_connect(&text).await?;
+                Ok(TcpStream::simulated(conn, local, peer, socket))
+            }
+            Mode::Live => {
                 let io = tokio::net::TcpStream::connect(text.as_str()).await?;
                 let (local, peer) = (io.local_addr()?, io.peer_addr()?);
                 Ok(TcpStream::real(LIVE_CONN, local, peer, io, None))
             }
-            Origin::Record(recording) => {
+            Mode::Record(recording) => {
                 let connected = connect_real(&text).await;
                 let conn = recording.next_conn();
                 recording.record(EventKind::TcpConnect {
@@ -249,7 +287,7 @@ impl TcpStream {
                 let (io, local, peer) = connected?;
                 Ok(TcpStream::real(conn, local, peer, io, Some(recording)))
             }
-            Origin::Replay => {
+            Mode::Replay => {
                 let event = replay_call(Call::TcpConnect { addr: &text }).await;
                 match event.kind {
                     EventKind::TcpConnect {
@@ -280,7 +318,7 @@ impl TcpStream {
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         match &self.io {
             StreamIo::Real { io, .. } => io.set_nodelay(nodelay),
-            StreamIo::Replay(_) => Ok(()),
+            StreamIo::Replay(_) | StreamIo::Sim { .. } => Ok(()),
         }
     }
 
@@ -324,6 +362,18 @@ impl TcpStream {
                     _close: close,
                 },
             ),
+            StreamIo::Sim { key } => (
+                OwnedReadHalf {
+                    conn,
+                    io: ReadIo::Sim { key },
+                    _close: Arc::clone(&close),
+                },
+                OwnedWriteHalf {
+                    conn,
+                    io: WriteIo::Sim { key },
+                    _close: close,
+                },
+            ),
         }
     }
 }
@@ -346,6 +396,7 @@ impl AsyncRead for TcpStream {
                 poll_read_real(io, recording.as_deref(), this.conn, cx, buf)
             }
             StreamIo::Replay(reads) => reads.poll_read(this.conn, cx, buf),
+            StreamIo::Sim { key } => sim::poll_read(*key, this.conn, cx, buf),
         }
     }
 }
@@ -362,13 +413,16 @@ impl AsyncWrite for TcpStream {
                 poll_write_real(io, recording.as_deref(), this.conn, cx, buf)
             }
             StreamIo::Replay(_) => poll_write_replay(this.conn, cx, buf),
+            StreamIo::Sim { key } => {
+                sim::poll_write(*key, this.conn, cx, buf, crate::sim::keep_write_bytes())
+            }
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             StreamIo::Real { io, .. } => Pin::new(io).poll_flush(cx),
-            StreamIo::Replay(_) => Poll::Ready(Ok(())),
+            StreamIo::Replay(_) | StreamIo::Sim { .. } => Poll::Ready(Ok(())),
         }
     }
 
@@ -379,6 +433,7 @@ impl AsyncWrite for TcpStream {
                 poll_shutdown_real(io, recording.as_deref(), this.conn, cx)
             }
             StreamIo::Replay(_) => poll_shutdown_replay(this.conn, cx),
+            StreamIo::Sim { key } => Poll::Ready(sim::shutdown(*key, this.conn)),
         }
     }
 }
@@ -396,6 +451,9 @@ enum ReadIo {
         recording: Option<Arc<Recording>>,
     },
     Replay(ReplayReads),
+    Sim {
+        key: u64,
+    },
 }
 
 impl fmt::Debug for OwnedReadHalf {
@@ -418,6 +476,7 @@ impl AsyncRead for OwnedReadHalf {
                 poll_read_real(io, recording.as_deref(), this.conn, cx, buf)
             }
             ReadIo::Replay(reads) => reads.poll_read(this.conn, cx, buf),
+            ReadIo::Sim { key } => sim::poll_read(*key, this.conn, cx, buf),
         }
     }
 }
@@ -436,6 +495,18 @@ enum WriteIo {
         recording: Option<Arc<Recording>>,
     },
     Replay,
+    Sim {
+        key: u64,
+    },
+}
+
+impl Drop for OwnedWriteHalf {
+    fn drop(&mut self) {
+        // Like tokio: dropping the write half shuts the write side down.
+        if let WriteIo::Sim { key } = self.io {
+            sim::half_close(key);
+        }
+    }
 }
 
 impl fmt::Debug for OwnedWriteHalf {
@@ -458,13 +529,16 @@ impl AsyncWrite for OwnedWriteHalf {
                 poll_write_real(io, recording.as_deref(), this.conn, cx, buf)
             }
             WriteIo::Replay => poll_write_replay(this.conn, cx, buf),
+            WriteIo::Sim { key } => {
+                sim::poll_write(*key, this.conn, cx, buf, crate::sim::keep_write_bytes())
+            }
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().io {
             WriteIo::Real { io, .. } => Pin::new(io).poll_flush(cx),
-            WriteIo::Replay => Poll::Ready(Ok(())),
+            WriteIo::Replay | WriteIo::Sim { .. } => Poll::Ready(Ok(())),
         }
     }
 
@@ -475,6 +549,7 @@ impl AsyncWrite for OwnedWriteHalf {
                 poll_shutdown_real(io, recording.as_deref(), this.conn, cx)
             }
             WriteIo::Replay => poll_shutdown_replay(this.conn, cx),
+            WriteIo::Sim { key } => Poll::Ready(sim::shutdown(*key, this.conn)),
         }
     }
 }

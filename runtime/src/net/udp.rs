@@ -8,7 +8,8 @@ use std::sync::Arc;
 use deja_recorder::{ConnId, Datagram, EventKind, Written};
 use deja_replayer::gate::Call;
 
-use super::{origin, replay_call, to_error, unexpected, CloseOnDrop, Origin, ToAddr};
+use super::{mode, replay_call, to_error, unexpected, CloseOnDrop, Mode, Origin, ToAddr};
+use crate::sim::net as sim;
 
 /// A UDP socket, like `tokio::net::UdpSocket`.
 pub struct UdpSocket {
@@ -33,13 +34,16 @@ impl UdpSocket {
     /// Bind to `addr`.
     pub async fn bind(addr: impl ToAddr) -> io::Result<UdpSocket> {
         let text = addr.to_addr_string();
-        let origin = origin();
-        let (socket, local, io) = match &origin {
-            Origin::Live => {
+        let (socket, local, io, origin) = match mode() {
+            Mode::Live => {
                 let io = tokio::net::UdpSocket::bind(text.as_str()).await?;
-                (ConnId(u64::MAX), io.local_addr()?, Some(io))
+                (ConnId(u64::MAX), io.local_addr()?, Some(io), Origin::Live)
             }
-            Origin::Record(recording) => {
+            Mode::Sim => {
+                let (socket, local, sim_socket) = sim::udp_bind(&text)?;
+                (socket, local, None, Origin::Sim(sim_socket))
+            }
+            Mode::Record(recording) => {
                 let bound = bind_real(&text).await;
                 let socket = recording.next_conn();
                 recording.record(EventKind::UdpBind {
@@ -51,16 +55,16 @@ impl UdpSocket {
                         .map_err(|err| err.kind().into()),
                 });
                 let (io, local) = bound?;
-                (socket, local, Some(io))
+                (socket, local, Some(io), Origin::Record(recording))
             }
-            Origin::Replay => {
+            Mode::Replay => {
                 let event = replay_call(Call::UdpBind { addr: &text }).await;
                 match event.kind {
                     EventKind::UdpBind {
                         socket,
                         result: Ok(local),
                         ..
-                    } => (socket, local, None),
+                    } => (socket, local, None, Origin::Replay),
                     EventKind::UdpBind {
                         result: Err(kind), ..
                     } => return Err(to_error(kind)),
@@ -98,6 +102,13 @@ impl UdpSocket {
                 });
                 result
             }
+            (Origin::Sim(_), _) => sim::udp_send(
+                self.socket,
+                self.local,
+                buf,
+                target,
+                crate::sim::keep_write_bytes(),
+            ),
             _ => {
                 let event = replay_call(Call::UdpSend {
                     socket: self.socket,
@@ -138,6 +149,7 @@ impl UdpSocket {
                 });
                 result
             }
+            (Origin::Sim(socket), _) => sim::udp_recv(self.socket, *socket, buf).await,
             _ => {
                 let event = replay_call(Call::UdpRecv {
                     socket: self.socket,

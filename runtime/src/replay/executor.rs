@@ -150,7 +150,7 @@ impl Executor {
         drop(future); // outside the borrow: drops may spawn or abort
     }
 
-    fn pop_ready(&self) -> Option<TaskKey> {
+    pub(crate) fn pop_ready(&self) -> Option<TaskKey> {
         self.ready
             .queue
             .lock()
@@ -200,7 +200,7 @@ impl Executor {
         }
     }
 
-    fn poll_task(&self, key: TaskKey) {
+    pub(crate) fn poll_task(&self, key: TaskKey) {
         let (mut future, waker) = {
             let mut slots = self.slots.borrow_mut();
             let entry = &mut slots[key.slot];
@@ -234,6 +234,14 @@ impl Executor {
         } else {
             entry.future = Some(future);
         }
+    }
+
+    /// True while the task has not finished or been aborted.
+    pub(crate) fn is_live(&self, key: TaskKey) -> bool {
+        let slots = self.slots.borrow();
+        slots.get(key.slot).is_some_and(|entry| {
+            entry.generation == key.generation && (entry.future.is_some() || entry.waker.is_some())
+        })
     }
 
     /// Drop every task (after the replay stopped), drops included.

@@ -1,0 +1,206 @@
+//! One incarnation of a simulated host: its clocks, its ids and its log.
+//!
+//! A host's events are numbered and stamped exactly as a recording of the
+//! same service would be (seq from 0, monotonic time since the host
+//! started), so the log a simulation writes replays like a production one.
+
+use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
+
+use deja_recorder::{ConnId, Event, EventKind, TaskId};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::context;
+use crate::replay::executor::TaskKey;
+
+/// Most events a host incarnation keeps in memory for failure logs and
+/// the determinism check: about 100 MiB of small events. Past it the
+/// digest still covers everything; the written log is cut and says so.
+pub(crate) const CAPTURE_EVENTS_MAX: usize = 1 << 20;
+/// Most encoded event bytes kept per host incarnation (payloads can be
+/// large: 1 MiB events of 64 KiB reads would not fit in memory).
+pub(crate) const CAPTURE_BYTES_MAX: usize = 256 << 20;
+
+/// One run of a host's entry function, from its start to its crash or the
+/// end of the simulation.
+#[derive(Debug)]
+pub(crate) struct Host {
+    /// Index of the host in the simulation (its address is derived from it).
+    pub(crate) index: usize,
+    pub(crate) name: String,
+    /// 0 for the first start, then one more per restart.
+    pub(crate) incarnation: u32,
+    pub(crate) ip: IpAddr,
+    /// Virtual time (simulation ns) at which this incarnation started.
+    pub(crate) started_at: u64,
+    /// Added to the simulation's wall clock for this host's readings.
+    pub(crate) skew_ns: i64,
+    /// This host's wall clock when the incarnation started.
+    start_wall_ns: i64,
+    pub(crate) root_seed: [u8; 32],
+    next_task: Cell<u64>,
+    next_conn: Cell<u64>,
+    /// False once crashed or once the simulation ended: later events are
+    /// not part of this incarnation's run.
+    alive: Cell<bool>,
+    log: RefCell<HostLog>,
+    /// Executor keys of this incarnation's tasks (a crash aborts them).
+    pub(crate) tasks: RefCell<Vec<TaskKey>>,
+}
+
+pub(crate) struct HostLog {
+    next_seq: u64,
+    digest: Xxh3,
+    scratch: Vec<u8>,
+    pub(crate) events: Vec<Event>,
+    /// Events recorded but not kept (past [`CAPTURE_EVENTS_MAX`]).
+    pub(crate) cut: u64,
+    kept_bytes: usize,
+    capture: bool,
+}
+
+impl std::fmt::Debug for HostLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostLog")
+            .field("next_seq", &self.next_seq)
+            .field("kept", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    pub(crate) fn new(
+        index: usize,
+        name: String,
+        incarnation: u32,
+        started_at: u64,
+        skew_ns: i64,
+        start_wall_ns: i64,
+        root_seed: [u8; 32],
+        capture: bool,
+    ) -> Host {
+        Host {
+            start_wall_ns,
+            index,
+            ip: host_ip(index),
+            name,
+            incarnation,
+            started_at,
+            skew_ns,
+            root_seed,
+            next_task: Cell::new(1),
+            next_conn: Cell::new(0),
+            alive: Cell::new(true),
+            log: RefCell::new(HostLog {
+                next_seq: 0,
+                digest: Xxh3::new(),
+                scratch: Vec::new(),
+                events: Vec::new(),
+                cut: 0,
+                kept_bytes: 0,
+                capture,
+            }),
+            tasks: RefCell::default(),
+        }
+    }
+
+    /// Stop logging: the incarnation crashed or the simulation ended.
+    pub(crate) fn stop(&self) {
+        self.alive.set(false);
+    }
+
+    /// This host's wall clock when the incarnation started.
+    pub(crate) fn start_wall_ns(&self) -> i64 {
+        self.start_wall_ns
+    }
+
+    /// Monotonic nanoseconds since this incarnation started.
+    pub(crate) fn mono_ns(&self) -> u64 {
+        super::world::now_ns().saturating_sub(self.started_at)
+    }
+
+    /// This host's wall clock: the simulation's plus its skew.
+    pub(crate) fn wall_ns(&self) -> i64 {
+        super::world::wall_ns().saturating_add(self.skew_ns)
+    }
+
+    /// Record `kind` as done by the running task.
+    pub(crate) fn record(&self, kind: EventKind) {
+        self.record_for(context::task_id(), kind);
+    }
+
+    /// Record `kind` for `task`, now.
+    pub(crate) fn record_for(&self, task: TaskId, kind: EventKind) {
+        if !self.alive.get() {
+            return;
+        }
+        let mut log = self.log.borrow_mut();
+        let event = Event {
+            seq: log.next_seq,
+            task,
+            mono_ns: self.mono_ns(),
+            kind,
+        };
+        log.next_seq += 1;
+        let HostLog {
+            digest, scratch, ..
+        } = &mut *log;
+        scratch.clear();
+        deja_recorder::format::encode_event(&event, scratch);
+        digest.update(scratch);
+        let size = scratch.len();
+        if log.capture
+            && log.cut == 0
+            && log.events.len() < CAPTURE_EVENTS_MAX
+            && log.kept_bytes + size <= CAPTURE_BYTES_MAX
+        {
+            log.kept_bytes += size;
+            log.events.push(event);
+        } else {
+            log.cut += 1;
+        }
+    }
+
+    pub(crate) fn record_clock_mono(&self) -> u64 {
+        let ns = self.mono_ns();
+        self.record(EventKind::ClockMono { ns });
+        ns
+    }
+
+    pub(crate) fn record_clock_wall(&self) -> i64 {
+        let unix_ns = self.wall_ns();
+        self.record(EventKind::ClockWall { unix_ns });
+        unix_ns
+    }
+
+    pub(crate) fn next_task(&self) -> TaskId {
+        let id = self.next_task.get();
+        self.next_task.set(id + 1);
+        TaskId(id)
+    }
+
+    pub(crate) fn next_conn(&self) -> ConnId {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        ConnId(id)
+    }
+
+    /// Events recorded so far and the digest of all of them.
+    pub(crate) fn summary(&self) -> (u64, u64) {
+        let log = self.log.borrow();
+        (log.next_seq, log.digest.digest())
+    }
+
+    /// Take the kept events (for a log or a comparison).
+    pub(crate) fn take_events(&self) -> (Vec<Event>, u64) {
+        let mut log = self.log.borrow_mut();
+        (std::mem::take(&mut log.events), log.cut)
+    }
+}
+
+/// Host `index`'s address: 10.0.0.1, 10.0.0.2, ... in the order hosts
+/// were declared.
+pub(crate) fn host_ip(index: usize) -> IpAddr {
+    let n = u32::try_from(index + 1).unwrap_or(u32::MAX) & 0x00ff_ffff;
+    IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 | n))
+}

@@ -1,0 +1,644 @@
+//! The simulated world: virtual time, the agenda of things that will
+//! happen (timers, packets, faults), every host, and the loop that runs
+//! them all on one thread.
+//!
+//! The loop polls every runnable task; only when none is left does it
+//! take the next item off the agenda, move virtual time to it and fire
+//! it. Everything it does follows from the seed: the run queue is FIFO,
+//! the agenda is ordered by (time, insertion), and every random choice is
+//! drawn from one ChaCha stream.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use deja_recorder::{EventKind, TaskId};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use super::host::Host;
+use super::net::{Net, Packet};
+use super::{Control, Exited, FailureKind, HostFuture};
+use crate::context::{self, Ctx, TaskCtx};
+use crate::replay::executor::{Executor, TaskKey};
+
+/// Polls allowed at one virtual instant: more means tasks keep waking
+/// each other without time ever moving (a livelock), which would
+/// otherwise spin forever.
+pub(crate) const POLLS_PER_INSTANT_MAX: u64 = 1_000_000;
+
+thread_local! {
+    static WORLD: RefCell<Option<Rc<World>>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with this thread's simulation, if one is running.
+pub(crate) fn with_world<R>(f: impl FnOnce(&Rc<World>) -> R) -> Option<R> {
+    let world = WORLD.with(|slot| slot.borrow().clone())?;
+    Some(f(&world))
+}
+
+/// Virtual nanoseconds since the simulation started (0 outside one).
+pub(crate) fn now_ns() -> u64 {
+    with_world(|world| world.now.get()).unwrap_or(0)
+}
+
+/// The simulation's wall clock (before a host's skew).
+pub(crate) fn wall_ns() -> i64 {
+    with_world(|world| {
+        world
+            .epoch_unix_ns
+            .saturating_add(i64::try_from(world.now.get()).unwrap_or(i64::MAX))
+    })
+    .unwrap_or(0)
+}
+
+/// Makes `world` this thread's simulation until dropped.
+pub(crate) struct Installed(());
+
+impl Installed {
+    pub(crate) fn new(world: &Rc<World>) -> Installed {
+        WORLD.with(|slot| *slot.borrow_mut() = Some(Rc::clone(world)));
+        Installed(())
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let world = WORLD.with(|slot| slot.borrow_mut().take());
+        drop(world);
+    }
+}
+
+/// Something that happens at a virtual instant.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Timer(u64),
+    Packet(Packet),
+    Control(Control),
+    Start(usize),
+}
+
+#[derive(Debug)]
+struct Scheduled {
+    at: u64,
+    order: u64,
+    item: Item,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+#[derive(Debug, Default)]
+struct TimerSlot {
+    fired: bool,
+    waker: Option<Waker>,
+}
+
+/// How a host is started (again).
+pub(crate) enum Entry {
+    /// A server: started again on restart.
+    Server(Rc<dyn Fn() -> HostFuture>),
+    /// A client: runs once; the simulation ends when every client has.
+    Client(Option<HostFuture>),
+}
+
+/// A declared host and its incarnations.
+pub(crate) struct HostSlot {
+    pub(crate) name: String,
+    pub(crate) entry: Entry,
+    pub(crate) skew_ns: i64,
+    pub(crate) current: Option<Rc<Host>>,
+    /// Every incarnation so far (for the logs), the current one last.
+    pub(crate) incarnations: Vec<Rc<Host>>,
+    pub(crate) exited: Option<i32>,
+}
+
+impl HostSlot {
+    pub(crate) fn is_client(&self) -> bool {
+        matches!(self.entry, Entry::Client(_))
+    }
+}
+
+/// A simulation in progress.
+pub(crate) struct World {
+    pub(crate) seed: u64,
+    now: Cell<u64>,
+    epoch_unix_ns: i64,
+    rng: RefCell<ChaCha20Rng>,
+    agenda: RefCell<BinaryHeap<Reverse<Scheduled>>>,
+    next_order: Cell<u64>,
+    timers: RefCell<HashMap<u64, TimerSlot>>,
+    next_timer: Cell<u64>,
+    pub(crate) net: RefCell<Net>,
+    pub(crate) hosts: RefCell<Vec<HostSlot>>,
+    pub(crate) executor: Executor,
+    controls: RefCell<VecDeque<Control>>,
+    failure: RefCell<Option<FailureKind>>,
+    pub(crate) capture: bool,
+    pub(crate) fail_on_task_panic: bool,
+    pub(crate) keep_write_bytes: bool,
+    pub(crate) polls: Cell<u64>,
+    pub(crate) items: Cell<u64>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("seed", &self.seed)
+            .field("now", &self.now.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl World {
+    pub(crate) fn new(
+        seed: u64,
+        epoch_unix_ns: i64,
+        net: Net,
+        hosts: Vec<HostSlot>,
+        capture: bool,
+        fail_on_task_panic: bool,
+        keep_write_bytes: bool,
+    ) -> World {
+        World {
+            seed,
+            now: Cell::new(0),
+            epoch_unix_ns,
+            rng: RefCell::new(ChaCha20Rng::seed_from_u64(seed)),
+            agenda: RefCell::default(),
+            next_order: Cell::new(0),
+            timers: RefCell::default(),
+            next_timer: Cell::new(0),
+            net: RefCell::new(net),
+            hosts: RefCell::new(hosts),
+            // Nothing outside the simulation wakes its tasks: no wait.
+            executor: Executor::new(std::time::Duration::ZERO),
+            controls: RefCell::default(),
+            failure: RefCell::new(None),
+            capture,
+            fail_on_task_panic,
+            keep_write_bytes,
+            polls: Cell::new(0),
+            items: Cell::new(0),
+        }
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        self.now.get()
+    }
+
+    /// Run `f` with the network's random stream.
+    pub(crate) fn with_rng<R>(&self, f: impl FnOnce(&mut ChaCha20Rng) -> R) -> R {
+        f(&mut self.rng.borrow_mut())
+    }
+
+    pub(crate) fn schedule(&self, at: u64, item: Item) {
+        let order = self.next_order.get();
+        self.next_order.set(order + 1);
+        self.agenda
+            .borrow_mut()
+            .push(Reverse(Scheduled { at, order, item }));
+    }
+
+    /// Ask for a fault or a lifecycle change; it happens right after the
+    /// running task's poll, never inside it.
+    pub(crate) fn request(&self, control: Control) {
+        self.controls.borrow_mut().push_back(control);
+    }
+
+    pub(crate) fn fail(&self, kind: FailureKind) {
+        let mut failure = self.failure.borrow_mut();
+        if failure.is_none() {
+            *failure = Some(kind);
+        }
+    }
+
+    pub(crate) fn take_failure(&self) -> Option<FailureKind> {
+        self.failure.borrow_mut().take()
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        self.failure.borrow().is_some()
+    }
+
+    /// The index of the host called `name`.
+    pub(crate) fn host_index(&self, name: &str) -> Option<usize> {
+        self.hosts
+            .borrow()
+            .iter()
+            .position(|slot| slot.name == name)
+    }
+
+    // --- timers -----------------------------------------------------------
+
+    /// A timer that fires at simulation time `at`.
+    pub(crate) fn timer_start(&self, at: u64, waker: &Waker) -> u64 {
+        let key = self.next_timer.get();
+        self.next_timer.set(key + 1);
+        self.timers.borrow_mut().insert(
+            key,
+            TimerSlot {
+                fired: false,
+                waker: Some(waker.clone()),
+            },
+        );
+        self.schedule(at, Item::Timer(key));
+        key
+    }
+
+    /// True once fired; otherwise keeps `waker` for the firing.
+    pub(crate) fn timer_poll(&self, key: u64, waker: &Waker) -> bool {
+        let mut timers = self.timers.borrow_mut();
+        match timers.get_mut(&key) {
+            Some(slot) if slot.fired => true,
+            Some(slot) => {
+                if !slot.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+                    slot.waker = Some(waker.clone());
+                }
+                false
+            }
+            None => true,
+        }
+    }
+
+    pub(crate) fn timer_cancel(&self, key: u64) {
+        self.timers.borrow_mut().remove(&key);
+    }
+
+    // --- hosts ------------------------------------------------------------
+
+    /// Start host `index` (again): a new incarnation runs its entry.
+    pub(crate) fn start_host(self: &Rc<World>, index: usize) {
+        let (host, future) = {
+            let mut hosts = self.hosts.borrow_mut();
+            let slot = &mut hosts[index];
+            if slot.current.is_some() {
+                return;
+            }
+            let incarnation = u32::try_from(slot.incarnations.len()).unwrap_or(u32::MAX);
+            let root_seed = host_seed(self.seed, index, incarnation);
+            let host = Rc::new(Host::new(
+                index,
+                slot.name.clone(),
+                incarnation,
+                self.now.get(),
+                slot.skew_ns,
+                self.epoch_unix_ns
+                    .saturating_add(i64::try_from(self.now.get()).unwrap_or(i64::MAX))
+                    .saturating_add(slot.skew_ns),
+                root_seed,
+                self.capture,
+            ));
+            let future = match &mut slot.entry {
+                Entry::Server(factory) => {
+                    let factory = Rc::clone(factory);
+                    let _enter = context::enter(Ctx::Sim(Rc::clone(&host)));
+                    Some(factory())
+                }
+                Entry::Client(future) => future.take(),
+            };
+            let Some(future) = future else {
+                return; // a client runs once
+            };
+            slot.current = Some(Rc::clone(&host));
+            slot.incarnations.push(Rc::clone(&host));
+            slot.exited = None;
+            (host, future)
+        };
+        host.record_for(
+            TaskId::MAIN,
+            EventKind::RootSeed {
+                seed: host.root_seed,
+            },
+        );
+        let incarnation = host.incarnation;
+        let body = context::scope(TaskCtx::new(&host.root_seed, TaskId::MAIN), async move {
+            let exited = match CatchPanic(future).await {
+                Ok(exited) => exited,
+                Err(payload) => Exited {
+                    code: EXIT_PANIC,
+                    error: Some(format!("panicked: {}", panic_text(&*payload))),
+                },
+            };
+            crate::context::with(|ctx| {
+                if let Ctx::Sim(host) = ctx {
+                    host.record(EventKind::Exit { code: exited.code });
+                }
+            });
+            with_world(|world| world.request(Control::Exited(index, incarnation, exited)));
+        });
+        self.spawn_on(&host, Box::pin(body));
+    }
+
+    /// Run `future` as a task of `host`.
+    pub(crate) fn spawn_on(
+        &self,
+        host: &Rc<Host>,
+        future: Pin<Box<dyn Future<Output = ()>>>,
+    ) -> TaskKey {
+        let key = self.executor.spawn(Box::pin(InHost {
+            host: Rc::clone(host),
+            future: Some(future),
+        }));
+        let mut tasks = host.tasks.borrow_mut();
+        // Forget finished tasks now and then, so a host that serves a
+        // million connections does not keep a million keys.
+        if tasks.len() >= 64 && tasks.len().is_power_of_two() {
+            tasks.retain(|key| self.executor.is_live(*key));
+        }
+        tasks.push(key);
+        key
+    }
+
+    /// Stop host `index`'s current incarnation: no more events, every
+    /// task dropped. `crashed`: its connections are reset, not closed.
+    fn stop_host(&self, index: usize, crashed: bool) {
+        let host = self.hosts.borrow_mut()[index].current.take();
+        let Some(host) = host else {
+            return;
+        };
+        host.stop();
+        if crashed {
+            self.net.borrow_mut().crash_host(self, index);
+        }
+        let tasks = std::mem::take(&mut *host.tasks.borrow_mut());
+        for key in tasks {
+            self.executor.abort(key);
+        }
+        if !crashed {
+            // Sockets dropped by the tasks above closed normally; what is
+            // left (listeners in a leaked task) goes now.
+            self.net.borrow_mut().crash_host(self, index);
+        }
+    }
+
+    /// Apply the requested controls, in order.
+    fn apply_controls(self: &Rc<World>) {
+        loop {
+            let control = self.controls.borrow_mut().pop_front();
+            let Some(control) = control else {
+                return;
+            };
+            self.apply(control);
+        }
+    }
+
+    fn apply(self: &Rc<World>, control: Control) {
+        match control {
+            Control::Crash(index) => self.stop_host(index, true),
+            Control::Restart(index) => {
+                self.stop_host(index, true);
+                self.start_host(index);
+            }
+            Control::Partition(a, b) => self.net.borrow_mut().partition(self, a, b),
+            Control::Heal(a, b) => self.net.borrow_mut().heal(a, b),
+            Control::HealAll => self.net.borrow_mut().heal_all(),
+            Control::Exited(index, incarnation, exited) => {
+                let current = {
+                    let hosts = self.hosts.borrow();
+                    let slot = &hosts[index];
+                    slot.current
+                        .as_ref()
+                        .is_some_and(|host| host.incarnation == incarnation)
+                };
+                if !current {
+                    return;
+                }
+                let name = self.hosts.borrow()[index].name.clone();
+                self.hosts.borrow_mut()[index].exited = Some(exited.code);
+                self.stop_host(index, false);
+                if exited.code == EXIT_PANIC {
+                    self.fail(FailureKind::Panicked {
+                        host: name,
+                        message: exited.error.unwrap_or_default(),
+                    });
+                } else if exited.code != 0 {
+                    self.fail(FailureKind::Exited {
+                        host: name,
+                        code: exited.code,
+                        error: exited.error,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Clients that have not finished yet.
+    fn clients_running(&self) -> usize {
+        self.hosts
+            .borrow()
+            .iter()
+            .filter(|slot| slot.is_client() && slot.exited.is_none())
+            .count()
+    }
+
+    fn has_clients(&self) -> bool {
+        self.hosts.borrow().iter().any(HostSlot::is_client)
+    }
+
+    /// Run until every client finished, something failed, or time ran out.
+    pub(crate) fn run(
+        self: &Rc<World>,
+        time_limit: u64,
+        invariants: &mut [super::Invariant],
+    ) -> Option<FailureKind> {
+        let mut polls_at_instant = 0u64;
+        loop {
+            while let Some(key) = self.executor.pop_ready() {
+                self.executor.poll_task(key);
+                self.polls.set(self.polls.get() + 1);
+                polls_at_instant += 1;
+                self.apply_controls();
+                if self.failed() {
+                    return self.take_failure();
+                }
+                if polls_at_instant > POLLS_PER_INSTANT_MAX {
+                    return Some(FailureKind::Livelock {
+                        polls: polls_at_instant,
+                    });
+                }
+            }
+            for invariant in invariants.iter_mut() {
+                if let Err(message) = (invariant.check)() {
+                    return Some(FailureKind::Invariant {
+                        name: invariant.name.clone(),
+                        message,
+                    });
+                }
+            }
+            if self.has_clients() && self.clients_running() == 0 {
+                return None;
+            }
+            // Idle: move time to the next thing that happens.
+            let next = self.agenda.borrow_mut().pop();
+            let Some(Reverse(Scheduled { at, item, .. })) = next else {
+                if !self.has_clients() {
+                    return None;
+                }
+                return Some(FailureKind::Deadlock {
+                    waiting: self.running_clients(),
+                });
+            };
+            if let Item::Timer(key) = &item {
+                if !self.timers.borrow().contains_key(key) {
+                    continue; // cancelled: time does not move for it
+                }
+            }
+            if at > time_limit {
+                if !self.has_clients() {
+                    self.now.set(time_limit.max(self.now.get()));
+                    return None;
+                }
+                return Some(FailureKind::TimeLimit {
+                    limit_ns: time_limit,
+                    waiting: self.running_clients(),
+                });
+            }
+            if at > self.now.get() {
+                self.now.set(at);
+                polls_at_instant = 0;
+            }
+            self.items.set(self.items.get() + 1);
+            self.fire(item);
+            self.apply_controls();
+            if self.failed() {
+                return self.take_failure();
+            }
+        }
+    }
+
+    fn running_clients(&self) -> Vec<String> {
+        self.hosts
+            .borrow()
+            .iter()
+            .filter(|slot| slot.is_client() && slot.exited.is_none())
+            .map(|slot| slot.name.clone())
+            .collect()
+    }
+
+    fn fire(self: &Rc<World>, item: Item) {
+        match item {
+            Item::Timer(key) => {
+                let waker = {
+                    let mut timers = self.timers.borrow_mut();
+                    timers.get_mut(&key).and_then(|slot| {
+                        slot.fired = true;
+                        slot.waker.take()
+                    })
+                };
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Item::Packet(packet) => {
+                let wakers = self.net.borrow_mut().deliver(self, packet);
+                for waker in wakers {
+                    waker.wake();
+                }
+            }
+            Item::Control(control) => self.apply(control),
+            Item::Start(index) => self.start_host(index),
+        }
+    }
+
+    /// End of the simulation: stop logging everywhere, drop every task.
+    pub(crate) fn shutdown(&self) {
+        let hosts: Vec<Rc<Host>> = self
+            .hosts
+            .borrow()
+            .iter()
+            .filter_map(|slot| slot.current.clone())
+            .collect();
+        for host in &hosts {
+            host.stop();
+        }
+        self.executor.shutdown();
+        self.timers.borrow_mut().clear();
+        self.agenda.borrow_mut().clear();
+        self.controls.borrow_mut().clear();
+    }
+}
+
+/// A simulated process's exit code when its main panicked (Rust's own).
+pub(crate) const EXIT_PANIC: i32 = 101;
+
+/// The root seed of incarnation `incarnation` of host `index`.
+fn host_seed(seed: u64, index: usize, incarnation: u32) -> [u8; 32] {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    rng.set_stream(index as u64 + 1);
+    rng.set_word_pos(u128::from(incarnation) * 8);
+    let mut out = [0u8; 32];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+/// A task of one host: its polls and its drop run in the host's context.
+struct InHost {
+    host: Rc<Host>,
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Future for InHost {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+        match self.future.as_mut() {
+            Some(future) => future.as_mut().poll(cx),
+            None => Poll::Ready(()),
+        }
+    }
+}
+
+impl Drop for InHost {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+            drop(future);
+        }
+    }
+}
+
+/// Catches a panic in a host's main, so the simulation can report it.
+struct CatchPanic(HostFuture);
+
+impl Future for CatchPanic {
+    type Output = Result<Exited, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(exited)) => Poll::Ready(Ok(exited)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// A panic payload as text.
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into())
+}
