@@ -254,7 +254,9 @@ impl Sim {
     }
 
     /// A client: runs once; the simulation succeeds when every client has
-    /// returned `Ok` (or `()`), and fails when one panics or errs.
+    /// returned `Ok` (or `()`), and fails when one panics or errs. Pass an
+    /// `async` block: a shim future made out here (`sleep(d)` itself)
+    /// would belong to no simulation.
     pub fn client<Fut>(&mut self, name: &str, future: Fut) -> &mut HostOptions
     where
         Fut: Future + 'static,

@@ -596,26 +596,24 @@ pub(crate) async fn tcp_accept(
 pub(crate) async fn tcp_connect(
     text: &str,
 ) -> io::Result<(ConnId, SocketAddr, SocketAddr, SimSocket)> {
-    let host = current_host()?;
+    // Not held across the await: the future must stay `Send`.
+    let (index, ip) = {
+        let host = current_host()?;
+        (host.index, host.ip)
+    };
     let started = with_net(|world, net| {
-        let (to_host, port) = net.resolve(host.index, text)?;
+        let (to_host, port) = net.resolve(index, text)?;
         let key = net.next_key;
         net.next_key += 2;
-        let local = SocketAddr::new(host.ip, net.ephemeral_port(host.index));
+        let local = SocketAddr::new(ip, net.ephemeral_port(index));
         let peer = SocketAddr::new(host_ip(to_host), port);
         net.ends.insert(
             key,
-            new_end(
-                host.index,
-                to_host,
-                local,
-                peer,
-                Some(Connecting::Waiting(None)),
-            ),
+            new_end(index, to_host, local, peer, Some(Connecting::Waiting(None))),
         );
         let now = world.now();
-        if !net.partitioned(host.index, to_host) {
-            let at = now + net.draw_latency(world, host.index, to_host);
+        if !net.partitioned(index, to_host) {
+            let at = now + net.draw_latency(world, index, to_host);
             world.schedule(
                 at,
                 Item::Packet(Packet::Syn {
@@ -663,6 +661,7 @@ pub(crate) async fn tcp_connect(
         .map(|()| (key, local, peer)),
         Err(err) => Err(err),
     };
+    let host = current_host()?;
     let conn = host.next_conn();
     host.record(EventKind::TcpConnect {
         conn,
