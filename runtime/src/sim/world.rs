@@ -504,8 +504,8 @@ impl World {
                 }
             }
             if at > time_limit {
+                self.now.set(time_limit.max(self.now.get()));
                 if !self.has_clients() {
-                    self.now.set(time_limit.max(self.now.get()));
                     return None;
                 }
                 return Some(FailureKind::TimeLimit {
