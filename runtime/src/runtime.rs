@@ -19,6 +19,7 @@ use crate::record::Recording;
 use crate::replay::debug::{open_json_fd, Debugger};
 use crate::replay::executor::Executor;
 use crate::replay::{Replay, ReplayStats, Stop};
+use crate::task::{CatchUnwind, EXIT_PANIC};
 
 /// Where recordings go when `DEJA_TRACE` is not set.
 pub const TRACE_DIR_DEFAULT: &str = "deja-runs";
@@ -534,15 +535,17 @@ impl Runtime {
             Kind::Record(tokio, recording) => {
                 let _enter = context::enter(Ctx::Record(Arc::clone(recording)));
                 let task = TaskCtx::new(recording.root_seed(), TaskId::MAIN);
-                let output = tokio.block_on(context::scope(task, main));
-                recording.record_for(
-                    TaskId::MAIN,
-                    EventKind::Exit {
-                        code: output.exit_code(),
-                    },
-                );
+                let output = tokio.block_on(context::scope(task, CatchUnwind(main)));
+                let code = match &output {
+                    Ok(output) => output.exit_code(),
+                    Err(_) => EXIT_PANIC,
+                };
+                recording.record_for(TaskId::MAIN, EventKind::Exit { code });
                 recording.close()?;
-                Ok(output)
+                match output {
+                    Ok(output) => Ok(output),
+                    Err(payload) => std::panic::resume_unwind(payload),
+                }
             }
             Kind::Replay {
                 events,
@@ -601,7 +604,8 @@ where
     let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
     let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
     replay.set_root_seed(root_seed);
-    let output: Rc<std::cell::RefCell<Option<F::Output>>> = Rc::default();
+    #[allow(clippy::type_complexity)]
+    let output: Rc<std::cell::RefCell<Option<std::thread::Result<F::Output>>>> = Rc::default();
     {
         let output = Rc::clone(&output);
         let claim_seed = Rc::clone(&replay);
@@ -609,8 +613,11 @@ where
         let body = context::scope(task, async move {
             // The recording's first event of main is its root seed.
             claim_seed.claim(TaskId::MAIN, &Call::RootSeed);
-            let value = main.await;
-            let code = value.exit_code();
+            let value = CatchUnwind(main).await;
+            let code = match &value {
+                Ok(value) => value.exit_code(),
+                Err(_) => EXIT_PANIC,
+            };
             crate::net::replay_call(Call::Exit { code }).await;
             *output.borrow_mut() = Some(value);
         });
@@ -629,7 +636,10 @@ where
     let stats = replay.stats();
     if let Some(debugger) = &replay.debugger {
         let exit_code = match &stop {
-            Some(Stop::Exited) => output.borrow().as_ref().map_or(0, MainResult::exit_code),
+            Some(Stop::Exited) => output.borrow().as_ref().map_or(0, |value| match value {
+                Ok(value) => value.exit_code(),
+                Err(_) => EXIT_PANIC,
+            }),
             Some(Stop::Diverged(_)) => EXIT_DIVERGENCE,
             _ => 0,
         };
@@ -637,7 +647,9 @@ where
     }
     let result = match stop {
         Some(Stop::Exited) => match output.borrow_mut().take() {
-            Some(value) => Ok(value),
+            Some(Ok(value)) => Ok(value),
+            // The recorded main panicked, and so did this one: again.
+            Some(Err(payload)) => std::panic::resume_unwind(payload),
             None => Err(Error::RecordingEnded { last_seq: None }),
         },
         Some(Stop::RecordingEnded) => Err(Error::RecordingEnded {

@@ -120,6 +120,27 @@ fn floor_char_boundary(text: &str, max: usize) -> usize {
     end
 }
 
+/// Exit code of a process whose main panicked (Rust's).
+pub(crate) const EXIT_PANIC: i32 = 101;
+
+/// Polls a future, turning a panic into `Err(payload)`: a main that
+/// panics still ends its log with an `Exit`, in every mode.
+pub(crate) struct CatchUnwind<F>(pub(crate) F);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: the future is structurally pinned, never moved out.
+        let future = unsafe { self.map_unchecked_mut(|this| &mut this.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
 /// Records how a task ends: `TaskEnd` on completion, panic or drop.
 struct Tracked<F> {
     task: TaskId,

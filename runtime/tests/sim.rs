@@ -438,7 +438,7 @@ fn a_client_waiting_on_nothing_is_a_deadlock() {
     sim.client("waiter", async {
         let mut conn = TcpStream::connect("silent:1").await?;
         let mut buf = [0u8; 1];
-        conn.read(&mut buf).await?;
+        let _ = conn.read(&mut buf).await?;
         Ok::<(), io::Error>(())
     });
     sim.write_logs(false);
@@ -580,4 +580,40 @@ fn an_hour_of_heartbeats_runs_on_virtual_time() {
     let report = sim.run().expect("passes");
     assert_eq!(report.virtual_time, Duration::from_secs(3600));
     assert!(report.events > 3600);
+}
+
+#[test]
+fn a_client_that_panics_fails_the_run_and_its_log_panics_again_in_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = || async {
+        let reply = ask(&format!("mirror:{PORT}"), "abc").await.unwrap();
+        assert_eq!(reply, "abc", "the mirror reversed it");
+    };
+    let mut sim = Sim::new(8);
+    sim.host("mirror", || {
+        line_server(|line| line.chars().rev().collect())
+    });
+    sim.client("client", client());
+    sim.log_dir(dir.path());
+    let failure = sim.run().expect_err("the client panics");
+    let FailureKind::Panicked { host, message } = &failure.kind else {
+        panic!("{:?}", failure.kind);
+    };
+    assert_eq!(host, "client");
+    assert!(message.contains("the mirror reversed it"), "{message}");
+
+    let mut runtime = deja::Builder::new()
+        .mode(deja::Mode::Replay)
+        .trace_dir(&failure.logs[1])
+        .service("client")
+        .build()
+        .unwrap();
+    let replayed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(client())));
+    let payload = replayed.expect_err("the replay panics where the run did");
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("the mirror reversed it"), "{text}");
 }

@@ -56,7 +56,6 @@ pub(crate) struct HostLog {
     /// Events recorded but not kept (past [`CAPTURE_EVENTS_MAX`]).
     pub(crate) cut: u64,
     kept_bytes: usize,
-    capture: bool,
 }
 
 impl std::fmt::Debug for HostLog {
@@ -77,7 +76,6 @@ impl Host {
         skew_ns: i64,
         start_wall_ns: i64,
         root_seed: [u8; 32],
-        capture: bool,
     ) -> Host {
         Host {
             start_wall_ns,
@@ -98,7 +96,6 @@ impl Host {
                 events: Vec::new(),
                 cut: 0,
                 kept_bytes: 0,
-                capture,
             }),
             tasks: RefCell::default(),
         }
@@ -149,8 +146,7 @@ impl Host {
         deja_recorder::format::encode_event(&event, scratch);
         digest.update(scratch);
         let size = scratch.len();
-        if log.capture
-            && log.cut == 0
+        if log.cut == 0
             && log.events.len() < CAPTURE_EVENTS_MAX
             && log.kept_bytes + size <= CAPTURE_BYTES_MAX
         {

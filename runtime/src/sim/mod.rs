@@ -495,7 +495,6 @@ impl Sim {
             self.epoch_unix_ns,
             net,
             slots,
-            true,
             self.fail_on_task_panic,
             self.keep_write_bytes,
         ));

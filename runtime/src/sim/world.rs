@@ -153,7 +153,6 @@ pub(crate) struct World {
     pub(crate) executor: Executor,
     controls: RefCell<VecDeque<Control>>,
     failure: RefCell<Option<FailureKind>>,
-    pub(crate) capture: bool,
     pub(crate) fail_on_task_panic: bool,
     pub(crate) keep_write_bytes: bool,
     pub(crate) polls: Cell<u64>,
@@ -175,7 +174,6 @@ impl World {
         epoch_unix_ns: i64,
         net: Net,
         hosts: Vec<HostSlot>,
-        capture: bool,
         fail_on_task_panic: bool,
         keep_write_bytes: bool,
     ) -> World {
@@ -194,7 +192,6 @@ impl World {
             executor: Executor::new(std::time::Duration::ZERO),
             controls: RefCell::default(),
             failure: RefCell::new(None),
-            capture,
             fail_on_task_panic,
             keep_write_bytes,
             polls: Cell::new(0),
@@ -306,7 +303,6 @@ impl World {
                     .saturating_add(i64::try_from(self.now.get()).unwrap_or(i64::MAX))
                     .saturating_add(slot.skew_ns),
                 root_seed,
-                self.capture,
             ));
             let future = match &mut slot.entry {
                 Entry::Server(factory) => {
@@ -332,7 +328,7 @@ impl World {
         );
         let incarnation = host.incarnation;
         let body = context::scope(TaskCtx::new(&host.root_seed, TaskId::MAIN), async move {
-            let exited = match CatchPanic(future).await {
+            let exited = match crate::task::CatchUnwind(future).await {
                 Ok(exited) => exited,
                 Err(payload) => Exited {
                     code: EXIT_PANIC,
@@ -578,8 +574,7 @@ impl World {
     }
 }
 
-/// A simulated process's exit code when its main panicked (Rust's own).
-pub(crate) const EXIT_PANIC: i32 = 101;
+pub(crate) use crate::task::EXIT_PANIC;
 
 /// The root seed of incarnation `incarnation` of host `index`.
 fn host_seed(seed: u64, index: usize, incarnation: u32) -> [u8; 32] {
@@ -614,22 +609,6 @@ impl Drop for InHost {
         if let Some(future) = self.future.take() {
             let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
             drop(future);
-        }
-    }
-}
-
-/// Catches a panic in a host's main, so the simulation can report it.
-struct CatchPanic(HostFuture);
-
-impl Future for CatchPanic {
-    type Output = Result<Exited, Box<dyn Any + Send>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.0.as_mut();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Ready(exited)) => Poll::Ready(Ok(exited)),
-            Ok(Poll::Pending) => Poll::Pending,
-            Err(payload) => Poll::Ready(Err(payload)),
         }
     }
 }
