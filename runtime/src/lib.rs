@@ -1,12 +1,14 @@
 //! `deja`: the shim a service links instead of tokio, std time and rand.
 //!
-//! One binary, three modes today (from `DEJA_MODE`): `live` is plain
+//! One binary, four modes (from `DEJA_MODE`): `live` is plain
 //! tokio; `record` runs on tokio and logs every nondeterministic input
 //! (clock readings, timer firings, random seeds, every byte received and
 //! its chunking, accepts, connects, errors, spawns, signals, the exit
 //! status); `replay` runs the same code on a deterministic single-threaded
 //! executor with every input taken from the log, and stops with a
-//! divergence report where the code stops matching it.
+//! divergence report where the code stops matching it; [`sim`] runs
+//! several services in one process on virtual time over a seeded,
+//! fault-injecting network, and writes logs `replay` replays.
 //!
 //! Converting a tokio service is a matter of imports:
 //!

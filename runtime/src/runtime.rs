@@ -43,7 +43,8 @@ pub enum Mode {
     Record,
     /// No network, clock or entropy: everything from a log.
     Replay,
-    /// Simulated network on virtual time (not built yet).
+    /// Simulated network on virtual time: see [`crate::sim`] (a
+    /// simulation is built with `Sim`, not from one service's main).
     Sim,
 }
 
@@ -139,6 +140,9 @@ impl Error {
                 "terms: seq=N task=N kind=K mark=VALUE conn=N t>=1.5s after=N; comma is AND, `;` (or several --break) is OR",
             ),
             Error::NoRunDir => Some("deja replay RUN_DIR -- CMD sets it for you"),
+            Error::Unsupported(_) => {
+                Some("run the binary's simulation command (built with deja::sim::Sim) under `deja sim -- CMD`")
+            }
             Error::Log(err) if err.is_corruption() => Some(
                 "`deja verify RUN_DIR` shows the damage; a corrupt log cannot be replayed past it",
             ),
