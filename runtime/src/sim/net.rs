@@ -508,6 +508,35 @@ fn with_net<R>(f: impl FnOnce(&World, &mut Net) -> R) -> io::Result<R> {
         .ok_or_else(|| io::Error::other("the simulation this socket belongs to has ended"))
 }
 
+/// Wait until `poll`, run on the network with the task's waker, is ready.
+async fn net_wait<T>(
+    mut poll: impl FnMut(&mut Net, &Waker) -> Poll<io::Result<T>>,
+) -> io::Result<T> {
+    std::future::poll_fn(|cx| match with_net(|_, net| poll(net, cx.waker())) {
+        Ok(polled) => polled,
+        Err(err) => Poll::Ready(Err(err)),
+    })
+    .await
+}
+
+/// Take the first of a socket's queue, or park the task until one comes.
+/// No queue: the socket was closed under the task.
+fn pop_or_park<T>(
+    queue: Option<(&mut VecDeque<T>, &mut Option<Waker>)>,
+    waker: &Waker,
+) -> Poll<io::Result<T>> {
+    match queue {
+        Some((items, parked)) => match items.pop_front() {
+            Some(item) => Poll::Ready(Ok(item)),
+            None => {
+                *parked = Some(waker.clone());
+                Poll::Pending
+            }
+        },
+        None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+    }
+}
+
 fn kind(err: &io::Error) -> IoErrorKind {
     err.kind().into()
 }
@@ -548,21 +577,9 @@ pub(crate) async fn tcp_accept(
     let SimSocket::Listener { host: index, port } = socket else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let key = std::future::poll_fn(|cx| {
-        let polled = with_net(|_, net| match net.listeners.get_mut(&(index, port)) {
-            Some(queue) => match queue.backlog.pop_front() {
-                Some(key) => Poll::Ready(Ok(key)),
-                None => {
-                    queue.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            None => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
-        });
-        match polled {
-            Ok(poll) => poll,
-            Err(err) => Poll::Ready(Err(err)),
-        }
+    let key = net_wait(|net, waker| {
+        let listener = net.listeners.get_mut(&(index, port));
+        pop_or_park(listener.map(|l| (&mut l.backlog, &mut l.waker)), waker)
     })
     .await;
     let host = current_host()?;
@@ -631,30 +648,24 @@ pub(crate) async fn tcp_connect(
     })
     .and_then(|started| started);
     let connected = match started {
-        Ok((key, local, peer)) => std::future::poll_fn(|cx| {
-            let polled = with_net(|_, net| {
-                let Some(end) = net.ends.get_mut(&key) else {
-                    return Poll::Ready(Err(io::ErrorKind::ConnectionAborted));
-                };
-                match &mut end.connecting {
-                    Some(Connecting::Done(result)) => {
-                        let result = *result;
-                        end.connecting = None;
-                        if result.is_err() {
-                            net.ends.remove(&key);
-                        }
-                        Poll::Ready(result)
+        Ok((key, local, peer)) => net_wait(|net, parked| {
+            let Some(end) = net.ends.get_mut(&key) else {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionAborted.into()));
+            };
+            match &mut end.connecting {
+                Some(Connecting::Done(result)) => {
+                    let result = *result;
+                    end.connecting = None;
+                    if result.is_err() {
+                        net.ends.remove(&key);
                     }
-                    Some(Connecting::Waiting(waker)) => {
-                        *waker = Some(cx.waker().clone());
-                        Poll::Pending
-                    }
-                    None => Poll::Ready(Ok(())),
+                    Poll::Ready(result.map_err(io::Error::from))
                 }
-            });
-            match polled {
-                Ok(poll) => poll.map(|result| result.map_err(io::Error::from)),
-                Err(err) => Poll::Ready(Err(err)),
+                Some(Connecting::Waiting(waker)) => {
+                    *waker = Some(parked.clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(Ok(())),
             }
         })
         .await
@@ -962,21 +973,9 @@ pub(crate) async fn udp_recv(
     let SimSocket::Udp { host: index, port } = sim else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let received = std::future::poll_fn(|cx| {
-        let polled = with_net(|_, net| match net.udp.get_mut(&(index, port)) {
-            Some(queue) => match queue.datagrams.pop_front() {
-                Some(datagram) => Poll::Ready(Ok(datagram)),
-                None => {
-                    queue.waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            },
-            None => Poll::Ready(Err(io::Error::from(io::ErrorKind::NotConnected))),
-        });
-        match polled {
-            Ok(poll) => poll,
-            Err(err) => Poll::Ready(Err(err)),
-        }
+    let received = net_wait(|net, waker| {
+        let queue = net.udp.get_mut(&(index, port));
+        pop_or_park(queue.map(|q| (&mut q.datagrams, &mut q.waker)), waker)
     })
     .await;
     let host = current_host()?;
