@@ -617,3 +617,51 @@ fn a_client_that_panics_fails_the_run_and_its_log_panics_again_in_replay() {
         .unwrap_or_default();
     assert!(text.contains("the mirror reversed it"), "{text}");
 }
+
+/// The command a failure log records reruns this very test in replay
+/// mode, which is what `deja replay RUN_DIR` does.
+#[test]
+fn a_failure_log_replays_through_its_recorded_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(33);
+    sim.host("mirror", || {
+        line_server(|line| line.chars().rev().collect())
+    });
+    sim.client("client", async {
+        let reply = ask(&format!("mirror:{PORT}"), "live").await?;
+        deja::mark("reply", &reply);
+        if reply != "live" {
+            return Err(io::Error::other(format!("mirror answered {reply:?}")));
+        }
+        Ok(())
+    });
+    sim.log_dir(dir.path());
+    // Under replay, `run` replays the client and exits the process.
+    let failure = sim.run().expect_err("the client errs");
+
+    let client_log = &failure.logs[1];
+    let reader = deja::recorder::RunReader::open(client_log).unwrap();
+    let argv = reader.header().unwrap().run.argv.clone();
+    assert!(
+        argv.contains(&"a_failure_log_replays_through_its_recorded_command_line".to_string()),
+        "{argv:?}"
+    );
+    let output = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .env("DEJA_MODE", "replay")
+        .env("DEJA_TRACE", client_log)
+        .env("DEJA_BREAK", "kind=mark")
+        .env("DEJA_ON_BREAK", "print")
+        .env_remove("DEJA_SEED")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the client's exit code: {stderr}"
+    );
+    assert!(stderr.contains("evil"), "the mark and the error: {stderr}");
+    assert!(stderr.contains("deja: replay complete"), "{stderr}");
+}
