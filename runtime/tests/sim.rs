@@ -665,3 +665,52 @@ fn a_failure_log_replays_through_its_recorded_command_line() {
     assert!(stderr.contains("evil"), "the mark and the error: {stderr}");
     assert!(stderr.contains("deja: replay complete"), "{stderr}");
 }
+
+fn chaos_sim(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.host("a", || line_server(|line| format!("a:{line}")));
+    sim.host("b", || line_server(|line| format!("b:{line}")));
+    sim.chaos()
+        .partitions(Duration::from_secs(2), Duration::from_secs(1))
+        .crashes(Duration::from_secs(3), Duration::from_millis(500));
+    sim.time_limit(Duration::from_secs(120));
+    sim.client("retrier", async {
+        let mut answered = 0;
+        let mut failed = 0;
+        // Bounded: 60 rounds of a request to each server, retried.
+        for round in 0..60 {
+            for server in ["a", "b"] {
+                let asked = timeout(
+                    Duration::from_millis(200),
+                    ask(&format!("{server}:{PORT}"), &round.to_string()),
+                )
+                .await;
+                match asked {
+                    Ok(Ok(reply)) => {
+                        assert_eq!(reply, format!("{server}:{round}"));
+                        answered += 1;
+                    }
+                    _ => failed += 1,
+                }
+            }
+            sleep(Duration::from_millis(500)).await;
+        }
+        deja::mark("outcome", format!("{answered} answered, {failed} failed"));
+        assert!(answered > 60, "most requests get through: {answered}");
+        assert!(failed > 0, "chaos made some fail");
+    });
+    sim
+}
+
+#[test]
+fn chaos_draws_partitions_and_crashes_from_the_seed() {
+    let first = chaos_sim(12).run().expect("the retrier copes");
+    assert!(first.faults >= 20, "{} faults", first.faults);
+    let restarts = first.hosts.iter().filter(|h| h.incarnation > 0).count();
+    assert!(restarts >= 3, "{restarts} restarts: {:?}", first.hosts);
+    let again = chaos_sim(12).run().expect("passes again");
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(again.faults, first.faults);
+    let other = chaos_sim(13).run().expect("another seed passes");
+    assert_ne!(other.digest, first.digest);
+}

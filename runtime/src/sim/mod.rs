@@ -49,6 +49,7 @@
 //! the seed? [`check_determinism`].
 
 mod capture;
+mod chaos;
 mod check;
 pub(crate) mod host;
 pub(crate) mod net;
@@ -64,6 +65,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
 pub use policy::{Latency, LinkPolicy};
 pub use sweep::{Sweep, SweepReport};
@@ -186,6 +188,7 @@ pub struct Sim {
     links: Vec<(String, String, LinkPolicy)>,
     faults: Vec<(Duration, Fault)>,
     invariants: Vec<Invariant>,
+    chaos: Chaos,
     time_limit: Duration,
     connect_timeout: Duration,
     epoch_unix_ns: i64,
@@ -225,6 +228,7 @@ impl Sim {
             links: Vec::new(),
             faults: Vec::new(),
             invariants: Vec::new(),
+            chaos: Chaos::default(),
             time_limit: TIME_LIMIT_DEFAULT,
             connect_timeout: CONNECT_TIMEOUT_DEFAULT,
             epoch_unix_ns: EPOCH_DEFAULT_UNIX_S * 1_000_000_000,
@@ -326,6 +330,11 @@ impl Sim {
     pub fn heal_all_at(&mut self, at: Duration) -> &mut Self {
         self.faults.push((at, Fault::HealAll));
         self
+    }
+
+    /// Random faults drawn from the seed (none by default).
+    pub fn chaos(&mut self) -> &mut Chaos {
+        &mut self.chaos
     }
 
     /// Check `check` whenever the simulation is idle; an `Err` fails the
@@ -455,6 +464,17 @@ impl Sim {
                 scheduled.push((nanos(*at), control));
             }
         }
+        let servers: Vec<usize> = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, host)| matches!(host.entry, Entry::Server(_)))
+            .map(|(index, _)| index)
+            .collect();
+        scheduled.extend(
+            self.chaos
+                .schedule(seed, names.len(), &servers, nanos(self.time_limit)),
+        );
         let context = capture::RunContext::current(seed);
         if !errors.is_empty() {
             return Err(Box::new(SimFailure {
@@ -706,6 +726,8 @@ pub struct SimReport {
     pub hosts: Vec<HostReport>,
     /// UDP datagrams the network dropped.
     pub dropped_datagrams: u64,
+    /// Faults that happened (crashes, restarts, partitions, heals).
+    pub faults: u64,
 }
 
 /// One host incarnation in a [`SimReport`].
@@ -758,6 +780,7 @@ impl SimReport {
             digest: digest.digest(),
             hosts,
             dropped_datagrams: world.net.borrow().dropped_datagrams,
+            faults: world.faults.get(),
         }
     }
 }

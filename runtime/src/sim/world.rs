@@ -157,6 +157,7 @@ pub(crate) struct World {
     pub(crate) keep_write_bytes: bool,
     pub(crate) polls: Cell<u64>,
     pub(crate) items: Cell<u64>,
+    pub(crate) faults: Cell<u64>,
 }
 
 impl std::fmt::Debug for World {
@@ -196,6 +197,7 @@ impl World {
             keep_write_bytes,
             polls: Cell::new(0),
             items: Cell::new(0),
+            faults: Cell::new(0),
         }
     }
 
@@ -399,6 +401,9 @@ impl World {
     }
 
     fn apply(self: &Rc<World>, control: Control) {
+        if !matches!(control, Control::Exited(..)) {
+            self.faults.set(self.faults.get() + 1);
+        }
         match control {
             Control::Crash(index) => self.stop_host(index, true),
             Control::Restart(index) => {
