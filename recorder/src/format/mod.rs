@@ -122,4 +122,3 @@ mod tests {
         assert_eq!(parse_segment_file_name("00000003.dej"), None);
     }
 }
-
