@@ -596,17 +596,22 @@ pub(crate) async fn tcp_accept(
 pub(crate) async fn tcp_connect(
     text: &str,
 ) -> io::Result<(ConnId, SocketAddr, SocketAddr, SimSocket)> {
-    let host = current_host()?;
+    // The host is an `Rc`: not held across the await below, so that
+    // `TcpStream::connect` stays `Send` (services spawn tasks that connect).
+    let (host_index, local_ip) = {
+        let host = current_host()?;
+        (host.index, host.ip)
+    };
     let started = with_net(|world, net| {
-        let (to_host, port) = net.resolve(host.index, text)?;
+        let (to_host, port) = net.resolve(host_index, text)?;
         let key = net.next_key;
         net.next_key += 2;
-        let local = SocketAddr::new(host.ip, net.ephemeral_port(host.index));
+        let local = SocketAddr::new(local_ip, net.ephemeral_port(host_index));
         let peer = SocketAddr::new(host_ip(to_host), port);
         net.ends.insert(
             key,
             new_end(
-                host.index,
+                host_index,
                 to_host,
                 local,
                 peer,
@@ -614,8 +619,8 @@ pub(crate) async fn tcp_connect(
             ),
         );
         let now = world.now();
-        if !net.partitioned(host.index, to_host) {
-            let at = now + net.draw_latency(world, host.index, to_host);
+        if !net.partitioned(host_index, to_host) {
+            let at = now + net.draw_latency(world, host_index, to_host);
             world.schedule(
                 at,
                 Item::Packet(Packet::Syn {
@@ -663,6 +668,7 @@ pub(crate) async fn tcp_connect(
         .map(|()| (key, local, peer)),
         Err(err) => Err(err),
     };
+    let host = current_host()?;
     let conn = host.next_conn();
     host.record(EventKind::TcpConnect {
         conn,
