@@ -69,6 +69,8 @@ impl std::fmt::Debug for HostLog {
 }
 
 impl Host {
+    // One incarnation's whole identity, set once by the world.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: usize,
         name: String,
