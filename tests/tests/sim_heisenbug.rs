@@ -202,6 +202,9 @@ fn a_sweep_finds_the_double_charge_and_its_checkout_log_replays_to_it() {
     });
 }
 
+/// At a `withdraw` mark: its seq, then the account's writes and reads.
+type WithdrawHit = (u64, Vec<lost_update::Write>, Vec<u64>);
+
 #[test]
 fn a_sweep_finds_the_lost_update_and_its_account_log_replays_to_it() {
     let logs = tempfile::tempdir().unwrap();
@@ -235,7 +238,7 @@ fn a_sweep_finds_the_lost_update_and_its_account_log_replays_to_it() {
     // already wrote back reduced: the write that erases it.
     let spec = format!("mark=withdraw:{account},kind=mark");
     let shared = lost_update::Shared::default();
-    let seen: Arc<Mutex<Vec<(u64, Vec<lost_update::Write>, Vec<u64>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<WithdrawHit>>> = Arc::default();
     let (result, _) = {
         let (ledger, seen) = (Arc::clone(&shared), Arc::clone(&seen));
         replay_host(
