@@ -101,6 +101,14 @@ pub fn parse_segment_file_name(name: &str) -> Option<u32> {
     stem.parse().ok()
 }
 
+/// Append the log's encoding of `event` to `out` (as written inside a
+/// frame, before compression): a canonical byte form for digests that
+/// must cover every field, such as simulation's determinism check.
+pub fn encode_event(event: &crate::Event, out: &mut Vec<u8>) {
+    // Encoding into a Vec cannot fail for an event: every field is plain data.
+    codec::encode_into(event, out).expect("an event always encodes");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,12 +121,4 @@ mod tests {
         assert_eq!(parse_segment_file_name("0000000x.deja"), None);
         assert_eq!(parse_segment_file_name("00000003.dej"), None);
     }
-}
-
-/// Append the log's encoding of `event` to `out` (as written inside a
-/// frame, before compression): a canonical byte form for digests that
-/// must cover every field, such as simulation's determinism check.
-pub fn encode_event(event: &crate::Event, out: &mut Vec<u8>) {
-    // Encoding into a Vec cannot fail for an event: every field is plain data.
-    codec::encode_into(event, out).expect("an event always encodes");
 }
