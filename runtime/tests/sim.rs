@@ -578,6 +578,10 @@ fn an_hour_of_heartbeats_runs_on_virtual_time() {
         }
     });
     let report = sim.run().expect("passes");
+    println!(
+        "one virtual hour of heartbeats: {} events in {:?} wall",
+        report.events, report.wall_time
+    );
     assert_eq!(report.virtual_time, Duration::from_secs(3600));
     assert!(report.events > 3600);
 }
