@@ -80,6 +80,15 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Summarize a run: events by kind, tasks, duration, sizes, gaps.
     Stats(StatsArgs),
+    /// Run a simulation once per seed: `deja sim [--seeds N] -- CMD [ARGS...]`.
+    ///
+    /// CMD builds a `deja::sim::Sim` from DEJA_SEED (the fixtures' `sim`
+    /// subcommand does) and runs with DEJA_MODE=sim, DEJA_SEED and
+    /// DEJA_TRACE=DIR set, its output captured; it exits 0 when the seed
+    /// passes. Seeds run in parallel; the first failing seed's output (its
+    /// seed, `reproduce:` and `replay:` lines) is printed. deja exits 0
+    /// when every seed passed, 1 when one failed or timed out.
+    Sim(SimArgs),
 }
 
 /// `deja record`.
@@ -94,6 +103,35 @@ pub(crate) struct RecordArgs {
     #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
     pub(crate) service: Option<String>,
     /// The service to run and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub(crate) command: Vec<OsString>,
+}
+
+/// `deja sim`.
+#[derive(Debug, Args)]
+pub(crate) struct SimArgs {
+    /// How many seeds to run, from --from.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub(crate) seeds: u64,
+    /// The first seed.
+    #[arg(long, value_name = "SEED", default_value_t = 0)]
+    pub(crate) from: u64,
+    /// Run just this seed (overrides --seeds and --from).
+    #[arg(long, value_name = "SEED")]
+    pub(crate) seed: Option<u64>,
+    /// Seeds at a time [default: the number of cores].
+    #[arg(long, value_name = "J", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) jobs: Option<u16>,
+    /// Run every seed and report every failure, instead of stopping at the first.
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Where failing seeds write their per-host logs. Created if missing.
+    #[arg(long, value_name = "DIR", default_value = "deja-runs")]
+    pub(crate) out: PathBuf,
+    /// Seconds one seed may run before it is killed and counted as failed.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub(crate) timeout: u64,
+    /// The simulation to run and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,
 }

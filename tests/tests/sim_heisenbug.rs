@@ -343,3 +343,38 @@ fn double_charge_sim_fails_its_seed_as_a_process_and_deja_replay_breaks_in_check
     assert!(hits >= 2, "both charges of order {order} stop: {stderr}");
     eprintln!("deja replay {}: {hits} hits of `{spec}`", run.display());
 }
+
+#[test]
+fn deja_sim_sweeps_the_double_charge_binary_to_the_same_failing_seed() {
+    let scratch = tempfile::tempdir().unwrap();
+    let report = sweep("double-charge sim (in-process)", scratch.path(), |seed| {
+        double_charge::sim(seed, false)
+    });
+    let lowest = report.failing_seeds()[0];
+
+    let logs = tempfile::tempdir().unwrap();
+    let swept = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["sim", "--seeds", "40", "--jobs", "2", "--out"])
+            .arg(logs.path())
+            .arg("--")
+            .arg(workspace_bin("double-charge"))
+            .arg("sim"),
+    );
+    let stderr = String::from_utf8_lossy(&swept.stderr).into_owned();
+    assert_eq!(swept.status.code(), Some(1), "{stderr}");
+    // Two jobs may both fail before stopping; the lowest failing seed
+    // is the one the in-process sweep found first.
+    assert!(
+        stderr.contains(&format!("deja sim: seed {lowest} failed (exit code 1)")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("rerun: deja sim --seed {lowest} -- ")),
+        "{stderr}"
+    );
+    let checkout = logs
+        .path()
+        .join(format!("{}-seed{lowest}", double_charge::SERVICE));
+    assert!(checkout.join("00000000.deja").exists(), "{stderr}");
+}

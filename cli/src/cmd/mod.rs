@@ -3,6 +3,7 @@
 pub(crate) mod inspect;
 pub(crate) mod record;
 pub(crate) mod replay;
+pub(crate) mod sim;
 pub(crate) mod stats;
 pub(crate) mod verify;
 
