@@ -718,3 +718,55 @@ fn chaos_draws_partitions_and_crashes_from_the_seed() {
     let other = chaos_sim(13).run().expect("another seed passes");
     assert_ne!(other.digest, first.digest);
 }
+
+/// Fails when its first roll is a zero: about one seed in four.
+fn dice(seed: u64) -> Sim {
+    let mut sim = Sim::new(seed);
+    sim.client("dice", async {
+        let roll = deja::rand::rng().random_range(0..4);
+        sleep(Duration::from_millis(roll)).await;
+        if roll == 0 {
+            return Err(io::Error::other("rolled a zero"));
+        }
+        Ok(())
+    });
+    sim
+}
+
+#[test]
+fn a_sweep_reports_every_failing_seed_and_logs_the_first_few() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = deja::sim::Sweep::new(0..40)
+        .jobs(2)
+        .progress(false)
+        .collect_all()
+        .log_dir(dir.path());
+    let report = sweep.run(dice);
+    assert_eq!(report.seeds_run, 40);
+    let failing = report.failing_seeds();
+    assert!((3..=25).contains(&failing.len()), "{failing:?}");
+    assert!(
+        failing.windows(2).all(|w| w[0] < w[1]),
+        "sorted: {failing:?}"
+    );
+    let logged = report
+        .failures
+        .iter()
+        .filter(|f| !f.logs.is_empty())
+        .count();
+    assert!(
+        logged <= deja::sim::LOGGED_FAILURES_MAX + 1,
+        "{logged} logged"
+    );
+    assert!(logged >= 1);
+    assert!(
+        report.summary().contains("failing seeds:"),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(
+        sweep.run(dice).failing_seeds(),
+        failing,
+        "the same seeds fail again"
+    );
+}

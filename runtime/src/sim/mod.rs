@@ -68,7 +68,7 @@ use std::time::Duration;
 pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
 pub use policy::{Latency, LinkPolicy};
-pub use sweep::{Sweep, SweepReport};
+pub use sweep::{Sweep, SweepReport, LOGGED_FAILURES_MAX};
 
 pub(crate) use host::Host;
 

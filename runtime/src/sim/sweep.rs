@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 
 use super::{Sim, SimFailure};
 
+/// Failing seeds of one sweep that write their logs: `collect_all` over a
+/// buggy service can fail thousands of seeds, and the first few logs are
+/// the ones anybody replays (any other seed reruns with `DEJA_SEED`).
+pub const LOGGED_FAILURES_MAX: usize = 8;
+
 /// Run many seeds of a simulation across threads: one simulation per
 /// seed, each deterministic on its own thread.
 ///
@@ -114,6 +119,10 @@ impl Sweep {
                     sim.quiet(true);
                     if let Some(dir) = &self.log_dir {
                         sim.log_dir(dir);
+                    }
+                    let failed_so_far = failures.lock().unwrap_or_else(|p| p.into_inner()).len();
+                    if failed_so_far >= LOGGED_FAILURES_MAX {
+                        sim.write_logs(false);
                     }
                     let result = sim.run();
                     let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
