@@ -242,7 +242,9 @@ async fn counter() -> io::Result<()> {
 
 #[test]
 fn a_crash_resets_connections_and_a_restart_loses_memory() {
+    let dir = tempfile::tempdir().unwrap();
     let mut sim = Sim::new(9);
+    sim.always_write_logs().log_dir(dir.path());
     sim.host("counter", counter);
     sim.client("client", async {
         let addr = format!("counter:{PORT}");
@@ -275,6 +277,28 @@ fn a_crash_resets_connections_and_a_restart_loses_memory() {
         incarnations,
         [("counter", 0), ("counter", 1), ("client", 0)]
     );
+    // Each incarnation is a run of its own; both replay to their end.
+    let names: Vec<String> = report
+        .logs
+        .iter()
+        .map(|log| log.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["counter-seed9", "counter-seed9-r1", "client-seed9"]);
+    for log in &report.logs[..2] {
+        let mut runtime = deja::Builder::new()
+            .mode(deja::Mode::Replay)
+            .trace_dir(log)
+            .service("counter")
+            .build()
+            .unwrap();
+        let ended = runtime.block_on(counter());
+        assert!(
+            matches!(ended, Err(deja::Error::RecordingEnded { .. })),
+            "{ended:?}"
+        );
+        let stats = runtime.replay_stats().unwrap();
+        assert_eq!(stats.events, stats.log_events, "{}", log.display());
+    }
 }
 
 #[test]

@@ -194,6 +194,7 @@ pub struct Sim {
     epoch_unix_ns: i64,
     log_dir: Option<PathBuf>,
     write_logs: bool,
+    logs_always: bool,
     keep_write_bytes: bool,
     fail_on_task_panic: bool,
     quiet: bool,
@@ -234,6 +235,7 @@ impl Sim {
             epoch_unix_ns: EPOCH_DEFAULT_UNIX_S * 1_000_000_000,
             log_dir: None,
             write_logs: true,
+            logs_always: false,
             keep_write_bytes: true,
             fail_on_task_panic: true,
             quiet: false,
@@ -384,6 +386,13 @@ impl Sim {
         self
     }
 
+    /// Write the logs after every run, passed or failed (for debugging a
+    /// run that passes: its hosts replay like recordings).
+    pub fn always_write_logs(&mut self) -> &mut Self {
+        self.logs_always = true;
+        self
+    }
+
     /// Keep written bytes in the logs, so a divergence shows them
     /// (default true; false keeps only length and hash).
     pub fn keep_write_bytes(&mut self, keep: bool) -> &mut Self {
@@ -529,30 +538,30 @@ impl Sim {
         world.shutdown();
         let report = SimReport::of(&world, started.elapsed());
         capture::hand_over(&world);
+        let (logs, log_error) = if self.logs_always || (failure.is_some() && self.write_logs) {
+            let dir = self
+                .log_dir
+                .clone()
+                .unwrap_or_else(capture::default_log_dir);
+            match capture::write_logs(&world, &dir, &context) {
+                Ok(logs) => (logs, None),
+                Err(err) => (Vec::new(), Some(err.to_string())),
+            }
+        } else {
+            (Vec::new(), None)
+        };
+        let mut report = report;
+        report.logs.clone_from(&logs);
         let result = match failure {
             None => Ok(report),
-            Some(kind) => {
-                let (logs, log_error) = if self.write_logs {
-                    let dir = self
-                        .log_dir
-                        .clone()
-                        .unwrap_or_else(capture::default_log_dir);
-                    match capture::write_logs(&world, &dir, &context) {
-                        Ok(logs) => (logs, None),
-                        Err(err) => (Vec::new(), Some(err.to_string())),
-                    }
-                } else {
-                    (Vec::new(), None)
-                };
-                Err(Box::new(SimFailure {
-                    seed,
-                    kind,
-                    report,
-                    logs,
-                    log_error,
-                    reproduce: context.reproduce(seed),
-                }))
-            }
+            Some(kind) => Err(Box::new(SimFailure {
+                seed,
+                kind,
+                report,
+                logs,
+                log_error,
+                reproduce: context.reproduce(seed),
+            })),
         };
         // Drop the hosts (and every future they still hold) while the
         // world is installed: their drops look for it.
@@ -567,6 +576,7 @@ impl Sim {
         mut self,
     ) -> (Result<SimReport, Box<SimFailure>>, Vec<HostEvents>) {
         self.write_logs = false;
+        self.logs_always = false;
         self.quiet = true;
         let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = Rc::clone(&events);
@@ -728,6 +738,9 @@ pub struct SimReport {
     pub dropped_datagrams: u64,
     /// Faults that happened (crashes, restarts, partitions, heals).
     pub faults: u64,
+    /// The run directories written, one per host incarnation (see
+    /// [`Sim::always_write_logs`]; a failed run writes them by default).
+    pub logs: Vec<PathBuf>,
 }
 
 /// One host incarnation in a [`SimReport`].
@@ -781,6 +794,7 @@ impl SimReport {
             hosts,
             dropped_datagrams: world.net.borrow().dropped_datagrams,
             faults: world.faults.get(),
+            logs: Vec::new(),
         }
     }
 }
