@@ -794,3 +794,19 @@ fn a_sweep_reports_every_failing_seed_and_logs_the_first_few() {
         "the same seeds fail again"
     );
 }
+
+#[test]
+fn tokio_timers_inside_a_simulation_fail_with_a_hint() {
+    let mut sim = Sim::new(0);
+    sim.client("bypass", async {
+        #[allow(clippy::disallowed_methods)]
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    });
+    sim.write_logs(false);
+    let failure = sim.run().expect_err("tokio's timer has no runtime here");
+    let text = failure.to_string();
+    assert!(
+        text.contains("use deja::time, deja::spawn and deja::net"),
+        "{text}"
+    );
+}

@@ -832,6 +832,14 @@ impl fmt::Display for SimFailure {
         if let Some(error) = &self.log_error {
             writeln!(f, "  (logs not written: {error})")?;
         }
+        if let FailureKind::Panicked { message, .. } = &self.kind {
+            if message.contains("Tokio") || message.contains("reactor") {
+                writeln!(
+                    f,
+                    "hint: tokio's timers, spawn and sockets need a tokio runtime; inside a simulation use deja::time, deja::spawn and deja::net"
+                )?;
+            }
+        }
         Ok(())
     }
 }
