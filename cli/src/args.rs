@@ -89,6 +89,37 @@ pub(crate) enum Command {
     /// seed, `reproduce:` and `replay:` lines) is printed. deja exits 0
     /// when every seed passed, 1 when one failed or timed out.
     Sim(SimArgs),
+    /// Merge several services' logs into one causal timeline: `deja timeline RUN_DIR...`.
+    ///
+    /// Reads are matched to the writes that produced their bytes (TCP
+    /// streams by address pair and byte offset), datagrams by addresses
+    /// and content, connects to accepts; the merged order puts every cause
+    /// before its effect. Prints each pair of hosts' clock offset with its
+    /// bounds and every receive stamped before its send.
+    Timeline(TimelineArgs),
+}
+
+/// `deja timeline`.
+#[derive(Debug, Args)]
+pub(crate) struct TimelineArgs {
+    /// The run directories, one per service (the first one's clock is the reference).
+    #[arg(required = true, value_name = "RUN_DIR")]
+    pub(crate) runs: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) format: TimelineFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// `deja timeline --format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TimelineFormat {
+    /// One line per event, causal order, with clock offsets first.
+    Text,
+    /// JSON lines: a header (runs, clocks, anomalies), then one object per event.
+    Json,
 }
 
 /// `deja record`.

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify(args) => cmd::verify::run(&args),
         Command::Stats(args) => cmd::stats::run(&args),
         Command::Sim(args) => cmd::sim::run(&args),
+        Command::Timeline(args) => cmd::timeline::run(&args),
     }
 }
 

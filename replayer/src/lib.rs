@@ -7,6 +7,8 @@
 //! - [`watch`]: which event stops a replay (breakpoints, `step`, `next`,
 //!   `--until`) and the `pause` prompt's commands.
 //! - [`analysis`]: what `deja stats` reports.
+//! - [`timeline`]: several services' logs merged into one causal order,
+//!   with clock offsets estimated from matched messages.
 //!
 //! ```no_run
 //! let stats = deja_replayer::analysis::RunStats::compute("runs/checkout-20261123T091500Z-1a2b")?;
@@ -17,4 +19,5 @@
 pub mod analysis;
 pub mod breakpoint;
 pub mod gate;
+pub mod timeline;
 pub mod watch;

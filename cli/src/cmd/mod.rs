@@ -5,6 +5,7 @@ pub(crate) mod record;
 pub(crate) mod replay;
 pub(crate) mod sim;
 pub(crate) mod stats;
+pub(crate) mod timeline;
 pub(crate) mod verify;
 
 use std::io::{self, BufWriter, StdoutLock, Write};
