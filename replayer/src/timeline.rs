@@ -495,10 +495,12 @@ fn stream_key(
     key
 }
 
+/// Lower bound, upper bound, messages a→b, messages b→a.
+type Bounds = (Option<i64>, Option<i64>, usize, usize);
+
 fn clock_offsets(runs: &[Run], matches: &[Match]) -> Vec<ClockOffset> {
     // For pair (a, b) with a < b: offset = clock_b - clock_a.
-    let mut bounds: BTreeMap<(usize, usize), (Option<i64>, Option<i64>, usize, usize)> =
-        BTreeMap::new();
+    let mut bounds: BTreeMap<(usize, usize), Bounds> = BTreeMap::new();
     for m in matches.iter().filter(|m| m.link != Link::Connection) {
         let sent = runs[m.cause.run].wall_ns(m.cause.index);
         let received = runs[m.effect.run].wall_ns(m.effect.index);
