@@ -120,6 +120,9 @@ pub(crate) enum TimelineFormat {
     Text,
     /// JSON lines: a header (runs, clocks, anomalies), then one object per event.
     Json,
+    /// Chrome trace event JSON for ui.perfetto.dev or chrome://tracing:
+    /// a track per service and task, an arrow per matched message.
+    Perfetto,
 }
 
 /// `deja record`.

@@ -8,7 +8,8 @@
 //!   `--until`) and the `pause` prompt's commands.
 //! - [`analysis`]: what `deja stats` reports.
 //! - [`timeline`]: several services' logs merged into one causal order,
-//!   with clock offsets estimated from matched messages.
+//!   with clock offsets estimated from matched messages; [`perfetto`]
+//!   exports it for ui.perfetto.dev.
 //!
 //! ```no_run
 //! let stats = deja_replayer::analysis::RunStats::compute("runs/checkout-20261123T091500Z-1a2b")?;
@@ -19,5 +20,6 @@
 pub mod analysis;
 pub mod breakpoint;
 pub mod gate;
+pub mod perfetto;
 pub mod timeline;
 pub mod watch;

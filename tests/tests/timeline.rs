@@ -210,3 +210,71 @@ fn deja_timeline_prints_text_and_json() {
         .iter()
         .any(|e| e["cause"]["link"]["bytes"].is_object()));
 }
+
+#[test]
+fn the_perfetto_export_is_a_valid_trace_event_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(5, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let file = dir.path().join("trace.json");
+    let exported = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["timeline", "--format", "perfetto", "--out"])
+            .arg(&file)
+            .args(&runs),
+    );
+    assert_eq!(exported.status.code(), Some(0));
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).expect("one JSON document");
+    let events = trace["traceEvents"].as_array().expect("traceEvents");
+    let mut processes = Vec::new();
+    let mut flows: std::collections::HashMap<u64, (Option<f64>, Option<f64>)> = Default::default();
+    let mut slices = 0;
+    for event in events {
+        let ph = event["ph"].as_str().expect("every event has a phase");
+        assert!(event["pid"].is_u64() && event["tid"].is_u64(), "{event}");
+        match ph {
+            "M" => {
+                let name = event["args"]["name"].as_str().unwrap().to_string();
+                if event["name"] == "process_name" {
+                    processes.push(name);
+                }
+            }
+            "X" => {
+                slices += 1;
+                assert!(event["ts"].as_f64().unwrap() >= 0.0, "{event}");
+                assert!(event["dur"].as_f64().unwrap() > 0.0);
+                assert!(event["name"].is_string() && event["cat"].is_string());
+            }
+            "s" | "f" => {
+                let id = event["id"].as_u64().unwrap();
+                let ts = event["ts"].as_f64();
+                let entry = flows.entry(id).or_default();
+                if ph == "s" {
+                    entry.0 = ts;
+                } else {
+                    assert_eq!(event["bp"], "e", "flows bind to the enclosing slice");
+                    entry.1 = ts;
+                }
+            }
+            other => panic!("unexpected phase {other}"),
+        }
+    }
+    processes.sort();
+    assert_eq!(processes, ["gateway", "orders", "payments", "users"]);
+    let total: usize = runs
+        .iter()
+        .map(|run| {
+            Timeline::load(std::slice::from_ref(run))
+                .unwrap()
+                .order
+                .len()
+        })
+        .sum();
+    assert_eq!(slices, total, "one slice per event");
+    assert_eq!(flows.len(), REQUESTS * 6, "one arrow per matched read");
+    for (id, (start, finish)) in flows {
+        let (start, finish) = (start.unwrap(), finish.unwrap());
+        assert!(start <= finish, "flow {id} goes forward in time");
+    }
+}

@@ -22,6 +22,7 @@ pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
     let written = match args.format {
         TimelineFormat::Text => write_text(&timeline, &mut out),
         TimelineFormat::Json => write_json(&timeline, &mut out),
+        TimelineFormat::Perfetto => deja_replayer::perfetto::write_trace(&timeline, &mut out),
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::from(exit::SUCCESS)),
