@@ -278,3 +278,63 @@ fn the_perfetto_export_is_a_valid_trace_event_file() {
         assert!(start <= finish, "flow {id} goes forward in time");
     }
 }
+
+/// Peak resident memory of this process, KiB (Linux).
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// About a million events over three logs. Slow in a debug build: run
+/// with `cargo test --release -p deja-tests --test timeline -- --ignored`.
+#[test]
+#[ignore = "a measurement: a million events"]
+fn a_million_events_merge_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(1);
+    sim.always_write_logs().log_dir(dir.path());
+    sim.write_logs(true).keep_write_bytes(false);
+    sim.host("gateway", || {
+        serve(|line| async move { call(&format!("orders:{PORT}"), &line).await })
+    });
+    sim.host("orders", || serve(|line| async move { Ok(line) }));
+    sim.client("users", async {
+        let mut tasks = Vec::new();
+        for user in 0..16 {
+            tasks.push(deja::spawn(async move {
+                for i in 0..2_900 {
+                    call(&format!("gateway:{PORT}"), &format!("u{user} {i}")).await?;
+                }
+                Ok::<(), io::Error>(())
+            }));
+        }
+        for task in tasks {
+            task.await.expect("user")?;
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim.time_limit(Duration::from_secs(24 * 3600));
+    let report = sim.run().expect("runs");
+    let runs = logs_of(&report, &["gateway", "orders", "users"]);
+    let before = peak_rss_kib();
+    let started = std::time::Instant::now();
+    let timeline = Timeline::load(&runs).unwrap();
+    let merged = started.elapsed();
+    let events = timeline.order.len();
+    println!(
+        "timeline of {events} events in 3 logs: {:.2}s, peak RSS {} MiB (before loading: {} MiB), {} matches",
+        merged.as_secs_f64(),
+        peak_rss_kib() / 1024,
+        before / 1024,
+        timeline.matches.len()
+    );
+    assert!(events >= 1_000_000, "{events}");
+    assert_eq!(timeline.order_conflicts, 0);
+}
