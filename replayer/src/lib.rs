@@ -7,6 +7,8 @@
 //! - [`watch`]: which event stops a replay (breakpoints, `step`, `next`,
 //!   `--until`) and the `pause` prompt's commands.
 //! - [`analysis`]: what `deja stats` reports.
+//! - [`diff`]: where two runs of a service part ways, what `deja diff`
+//!   reports.
 //!
 //! ```no_run
 //! let stats = deja_replayer::analysis::RunStats::compute("runs/checkout-20261123T091500Z-1a2b")?;
@@ -16,5 +18,6 @@
 
 pub mod analysis;
 pub mod breakpoint;
+pub mod diff;
 pub mod gate;
 pub mod watch;
