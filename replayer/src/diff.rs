@@ -33,10 +33,15 @@
 //! good run, or the one being explained): everything A did before that
 //! point, in every task, B did too with the same results, so the first
 //! difference has no earlier difference in A that could have caused it,
-//! and it is what to look at first. Swap the runs for B's view. A task of
-//! A that did fewer operations than B's counts from its last event in A
-//! (where A stopped), and a task that A does not have at all sorts last
-//! (its parent's spawn normally differs earlier).
+//! and it is what to look at first. Swap the runs for B's view.
+//!
+//! One refinement: a **conflict** (both runs have an operation at the
+//! position, and they differ) comes before any **absence** (one run's task
+//! did fewer operations, or the run has no such task). An absence is often
+//! only where a log stops: a simulation that stops at a broken invariant, a
+//! recording killed or ended by `Exit` while tasks still waited for input.
+//! A conflict is a positive difference in what the service did. Absences
+//! are ordered by A's seq too; an operation A lacks sorts at the end of A.
 //!
 //! Once a task differs, its later operations are not compared (they are
 //! misaligned); [`DiffReport::differing_tasks`] counts such tasks.
@@ -81,8 +86,12 @@ pub struct DiffReport {
     /// Operations (aligned pairs of events) that matched.
     pub matched: u64,
     /// Tasks with at least one aligned operation that differs, or that
-    /// did more operations in one run than in the other.
+    /// did more operations in one run than in the other (including tasks
+    /// that exist in one run only).
     pub differing_tasks: u64,
+    /// Of those, the tasks whose only difference is that they did fewer
+    /// operations in one run (often where that run's log ends).
+    pub shorter_tasks: u64,
     /// Tasks that run A has and run B does not: how many.
     pub only_in_a: u64,
     /// Tasks that run B has and run A does not: how many.
@@ -358,8 +367,11 @@ struct Differ {
     tasks: BTreeMap<u64, Task>,
     matched: u64,
     differing_tasks: u64,
-    /// The first difference so far, with its key in A's seq order.
-    first: Option<(u64, Difference)>,
+    /// Tasks that differ only by doing fewer operations in one run.
+    shorter_tasks: u64,
+    /// The first difference so far, with its key: conflicts before
+    /// absences, then A's seq order.
+    first: Option<(Key, Difference)>,
     /// Events waiting in pending queues, from A and from B.
     waiting_a: u64,
     waiting_b: u64,
@@ -372,6 +384,7 @@ impl Differ {
             tasks: BTreeMap::new(),
             matched: 0,
             differing_tasks: 0,
+            shorter_tasks: 0,
             first: None,
             waiting_a: 0,
             waiting_b: 0,
@@ -425,7 +438,10 @@ impl Differ {
             }
             return;
         }
-        let key = a.seq;
+        let key = Key {
+            absence: false,
+            seq: a.seq,
+        };
         let why = why(&a.kind, &b.kind);
         let difference = difference(task_id, task, Some(a), Some(b), why);
         self.differ(key, difference);
@@ -441,7 +457,7 @@ impl Differ {
 
     /// Record that a task differs; keep the difference if it is the first
     /// in A's order.
-    fn differ(&mut self, key: u64, difference: Difference) {
+    fn differ(&mut self, key: Key, difference: Difference) {
         let task = self.tasks.get_mut(&difference.task).expect("a known task");
         task.differs = true;
         task.context = VecDeque::new();
@@ -450,6 +466,9 @@ impl Differ {
             *self.waiting(side) -= dropped;
         }
         self.differing_tasks += 1;
+        if key.absence {
+            self.shorter_tasks += 1;
+        }
         if self.first.as_ref().is_none_or(|(first, _)| key < *first) {
             self.first = Some((key, difference));
         }
@@ -476,8 +495,12 @@ impl Differ {
                         "B did {}, A did nothing more in this task",
                         event.kind.name()
                     );
-                    (task.last_seq_a.unwrap_or(u64::MAX), None, Some(event), why)
+                    (u64::MAX, None, Some(event), why)
                 }
+            };
+            let key = Key {
+                absence: true,
+                seq: key,
             };
             extra.push((key, difference(id, task, a, b, why)));
         }
@@ -485,6 +508,15 @@ impl Differ {
             self.differ(key, difference);
         }
     }
+}
+
+/// Where a difference sorts: every conflict (both runs have an operation
+/// there, and they differ) before every absence (one run has none), then
+/// by A's seq (an operation A lacks sorts at the end of A).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    absence: bool,
+    seq: u64,
 }
 
 /// The difference at `task`'s next aligned position.
@@ -606,6 +638,7 @@ pub fn diff_runs(
         b: stream_b.side(dir_b, tasks_b),
         matched: differ.matched,
         differing_tasks: differ.differing_tasks,
+        shorter_tasks: differ.shorter_tasks,
         only_in_a,
         only_in_b,
         tasks_only_in_a,
@@ -862,12 +895,29 @@ mod tests {
         let report = diff_runs(&b, &a, 3).unwrap();
         let first = report.first.as_ref().unwrap();
         assert_eq!(first.a_missing, Some(Missing::DidFewer { operations: 5 }));
-        assert_eq!(
-            first.task, 0,
-            "main stopped in A at seq 4, before handler 1 at seq 5"
-        );
+        assert_eq!(first.task, 0, "what A lacks sorts at its end, by task");
+        assert_eq!(report.shorter_tasks, 3);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["first"]["a_missing"]["reason"], "did_fewer");
+    }
+
+    #[test]
+    fn a_conflict_comes_before_an_earlier_absence() {
+        let out = tempfile::tempdir().unwrap();
+        // B's task 1 stops early (its log ends); task 2 differs later in A.
+        let ops_a = [
+            (1, read(1, b"a")),
+            (1, read(1, b"b")),
+            (2, read(2, b"PAID")),
+        ];
+        let ops_b = [(1, read(1, b"a")), (2, read(2, b"UNPAID"))];
+        let a = run(out.path(), "a", &ops_a, 0, 1);
+        let b = run(out.path(), "b", &ops_b, 0, 1);
+        let report = diff_runs(&a, &b, 3).unwrap();
+        let first = report.first.as_ref().unwrap();
+        assert_eq!((first.task, first.index), (2, 0));
+        assert_eq!(first.why, "same operation (tcp_read), read other bytes");
+        assert_eq!((report.differing_tasks, report.shorter_tasks), (2, 1));
     }
 
     #[test]

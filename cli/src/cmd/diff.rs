@@ -83,8 +83,8 @@ fn text(report: &DiffReport) -> String {
     }
     let _ = writeln!(
         out,
-        "{} tasks differ; {} operations matched",
-        report.differing_tasks, report.matched
+        "{} tasks differ ({} only by doing fewer operations in one run); {} operations matched",
+        report.differing_tasks, report.shorter_tasks, report.matched
     );
     out
 }
