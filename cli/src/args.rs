@@ -80,6 +80,16 @@ pub(crate) enum Command {
     Verify(VerifyArgs),
     /// Summarize a run: events by kind, tasks, duration, sizes, gaps.
     Stats(StatsArgs),
+    /// Compare two runs of a service: the first operation where they differ.
+    ///
+    /// Events are aligned by task and by operation index within the task;
+    /// times, seqs, clock readings, root seeds, connection ids and the
+    /// ports in results are ignored (they differ between two good runs).
+    /// The first difference is the earliest in RUN_A's seq order; it is
+    /// shown with the task's operations just before it, in both runs.
+    /// Exit codes, like diff(1) but with deja's 1 for errors: 0 when the
+    /// runs match, 5 when they differ, 1 for an unreadable log, 2 usage.
+    Diff(DiffArgs),
     /// Run a simulation once per seed: `deja sim [--seeds N] -- CMD [ARGS...]`.
     ///
     /// CMD builds a `deja::sim::Sim` from DEJA_SEED (the fixtures' `sim`
@@ -271,6 +281,22 @@ pub(crate) struct StatsArgs {
     /// The run directory (it contains 00000000.deja).
     pub(crate) run_dir: PathBuf,
     /// One JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `deja diff`.
+#[derive(Debug, Args)]
+pub(crate) struct DiffArgs {
+    /// The reference run directory (the good run): the first difference
+    /// is the earliest in its order.
+    pub(crate) run_a: PathBuf,
+    /// The run directory to compare with it.
+    pub(crate) run_b: PathBuf,
+    /// How many of the task's operations before the difference to show.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub(crate) context: u16,
+    /// One JSON object instead of text.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -17,7 +17,7 @@ use deja_recorder::ReadError;
 
 use args::{Cli, Command};
 
-/// Exit codes, as the design fixes them.
+/// Exit codes, as the design fixes them (plus `DIFFERENT`, see ARCHITECTURE.md).
 pub(crate) mod exit {
     /// Success (also for a torn tail or unclean shutdown, with a warning).
     pub(crate) const SUCCESS: u8 = 0;
@@ -34,6 +34,9 @@ pub(crate) mod exit {
     pub(crate) const DIVERGENCE: u8 = 3;
     /// `deja verify` found corruption.
     pub(crate) const CORRUPTION: u8 = 4;
+    /// `deja diff`: the runs differ. Not in the design's table: diff(1)
+    /// uses 1 for this, which deja already uses for errors.
+    pub(crate) const DIFFERENT: u8 = 5;
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => cmd::inspect::run(&args),
         Command::Verify(args) => cmd::verify::run(&args),
         Command::Stats(args) => cmd::stats::run(&args),
+        Command::Diff(args) => cmd::diff::run(&args),
         Command::Sim(args) => cmd::sim::run(&args),
         Command::Timeline(args) => cmd::timeline::run(&args),
     }

@@ -17,13 +17,14 @@ fn help_and_version_exit_0() {
         &["inspect", "--help"],
         &["verify", "--help"],
         &["stats", "--help"],
+        &["diff", "--help"],
     ] {
         let run = deja(args);
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
         assert!(!run.stdout.is_empty(), "{args:?}");
     }
     let run = deja(["--help"]);
-    for command in ["record", "replay", "inspect", "verify", "stats"] {
+    for command in ["record", "replay", "inspect", "verify", "stats", "diff"] {
         assert!(run.stdout.contains(command), "{}", run.stdout);
     }
 }
@@ -39,6 +40,8 @@ fn bad_usage_exits_2() {
         &["inspect", "dir", "--task"],
         &["stats", "dir", "extra"],
         &["verify", "dir", "--json"],
+        &["diff", "a"],
+        &["diff", "a", "b", "--context", "-1"],
     ] {
         let run = deja(args);
         assert_eq!(run.code, 2, "{args:?}: {run:?}");

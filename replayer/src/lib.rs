@@ -10,6 +10,8 @@
 //! - [`timeline`]: several services' logs merged into one causal order,
 //!   with clock offsets estimated from matched messages; [`perfetto`]
 //!   exports it for ui.perfetto.dev.
+//! - [`diff`]: where two runs of a service part ways, what `deja diff`
+//!   reports.
 //!
 //! ```no_run
 //! let stats = deja_replayer::analysis::RunStats::compute("runs/checkout-20261123T091500Z-1a2b")?;
@@ -19,6 +21,7 @@
 
 pub mod analysis;
 pub mod breakpoint;
+pub mod diff;
 pub mod gate;
 pub mod perfetto;
 pub mod timeline;

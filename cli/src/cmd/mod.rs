@@ -1,5 +1,6 @@
 //! One module per subcommand, and what they share: writing to stdout.
 
+pub(crate) mod diff;
 pub(crate) mod inspect;
 pub(crate) mod record;
 pub(crate) mod replay;
