@@ -136,6 +136,26 @@ fn truncate_utf8(text: &mut String, max: usize) {
     }
 }
 
+/// A command line as one line to paste into a POSIX shell: words made of
+/// `[A-Za-z0-9-_./=:,+@%]` stay as they are, every other word is single-quoted.
+pub fn shell_line<S: AsRef<str>>(words: &[S]) -> String {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|word| {
+            let word = word.as_ref();
+            let plain = word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain && !word.is_empty() {
+                word.to_string()
+            } else {
+                format!("'{}'", word.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
+
 /// Keep names safe for a directory name: `[A-Za-z0-9._-]`, others become `_`.
 fn sanitize(name: &str) -> String {
     name.chars()
@@ -207,6 +227,18 @@ impl RunMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shell_lines_quote_only_what_needs_it() {
+        assert_eq!(
+            shell_line(&["bin/sim", "test_name", "--exact", "a=b:c"]),
+            "bin/sim test_name --exact a=b:c"
+        );
+        assert_eq!(
+            shell_line(&["say", "it's", "", "a b"]),
+            r"say 'it'\''s' '' 'a b'"
+        );
+    }
 
     #[test]
     fn utc_stamps_match_known_dates() {

@@ -7,7 +7,6 @@
 //! `DEJA_MODE=sim`, `DEJA_SEED` and `DEJA_TRACE` (where a failing seed
 //! writes its per-host logs).
 
-use std::ffi::OsString;
 use std::io::Read;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -222,7 +221,12 @@ fn report(args: &SimArgs, outcomes: &[Outcome], elapsed: Duration) -> ExitCode {
         .collect();
     let seeds = outcomes.len();
     let rate = seeds as f64 / elapsed.as_secs_f64().max(1e-9);
-    let command = shell_line(&args.command);
+    let words: Vec<String> = args
+        .command
+        .iter()
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect();
+    let command = deja_recorder::meta::shell_line(&words);
     if let Some(first) = failing.first() {
         let output = first.output.trim_end();
         if !output.is_empty() {
@@ -254,23 +258,4 @@ fn report(args: &SimArgs, outcomes: &[Outcome], elapsed: Duration) -> ExitCode {
     } else {
         ExitCode::from(exit::ERROR)
     }
-}
-
-fn shell_line(words: &[OsString]) -> String {
-    words
-        .iter()
-        .map(|word| {
-            let word = word.to_string_lossy();
-            if !word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-            {
-                word.into_owned()
-            } else {
-                format!("'{}'", word.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -50,7 +50,7 @@ pub(crate) struct RunContext {
 }
 
 impl RunContext {
-    pub(crate) fn current(_seed: u64) -> RunContext {
+    pub(crate) fn current() -> RunContext {
         let test = test_name();
         let mut args = std::env::args();
         let exe = args.next().unwrap_or_else(|| "SERVICE".into());
@@ -64,8 +64,10 @@ impl RunContext {
 
     /// `DEJA_SEED=N <argv>`: one line to paste into a shell.
     pub(crate) fn reproduce(&self, seed: u64) -> String {
-        let words: Vec<String> = self.argv.iter().map(|arg| shell_word(arg)).collect();
-        format!("{ENV_SEED}={seed} {}", words.join(" "))
+        format!(
+            "{ENV_SEED}={seed} {}",
+            deja_recorder::meta::shell_line(&self.argv)
+        )
     }
 }
 
@@ -75,17 +77,6 @@ fn test_name() -> Option<String> {
     let thread = std::thread::current();
     let name = thread.name()?;
     (name != "main").then(|| name.to_string())
-}
-
-fn shell_word(word: &str) -> String {
-    let plain = word
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
-    if plain && !word.is_empty() {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
 }
 
 /// `DEJA_TRACE`, else `deja-runs` (where `deja record` writes too).

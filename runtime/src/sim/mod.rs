@@ -484,7 +484,7 @@ impl Sim {
             self.chaos
                 .schedule(seed, names.len(), &servers, nanos(self.time_limit)),
         );
-        let context = capture::RunContext::current(seed);
+        let context = capture::RunContext::current();
         if !errors.is_empty() {
             return Err(Box::new(SimFailure {
                 seed,

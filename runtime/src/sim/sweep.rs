@@ -90,8 +90,7 @@ impl Sweep {
     {
         if let Some(target) = super::capture::replay_target() {
             let seed = target.seed.unwrap_or(self.seeds.start);
-            let result = make(seed).run();
-            return SweepReport::single(seed, result);
+            return SweepReport::single(make(seed).run());
         }
         let started = Instant::now();
         let total = self.seeds.end.saturating_sub(self.seeds.start);
@@ -204,7 +203,7 @@ pub struct SweepReport {
 }
 
 impl SweepReport {
-    fn single(seed: u64, result: Result<super::SimReport, Box<SimFailure>>) -> SweepReport {
+    fn single(result: Result<super::SimReport, Box<SimFailure>>) -> SweepReport {
         let (events, virtual_time, failures) = match result {
             Ok(report) => (report.events, report.virtual_time, Vec::new()),
             Err(failure) => (
@@ -213,7 +212,6 @@ impl SweepReport {
                 vec![*failure],
             ),
         };
-        let _ = seed;
         SweepReport {
             seeds_run: 1,
             failures,
