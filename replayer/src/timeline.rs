@@ -319,17 +319,26 @@ struct Writes {
 }
 
 fn match_events(runs: &[Run]) -> Vec<Match> {
-    // Writes by stream, from every log: key (writer local, writer peer, n).
+    // One pass over every log collects both sides; the matching needs
+    // every log's sends before any receive can be paired.
+    // Writes by stream: key (writer local, writer peer, n).
     let mut writes: HashMap<StreamKey, (usize, Writes)> = HashMap::new();
-    // Connects by address pair and use: (local, peer, n) -> event.
+    // Connects by their direction's key.
     let mut connects: HashMap<StreamKey, At> = HashMap::new();
+    // Datagrams sent: (sender, receiver port, hash, length), in order.
     let mut datagrams: HashMap<(SocketAddr, u16, u64, u32), VecDeque<At>> = HashMap::new();
+    let mut accepts: Vec<(At, StreamKey)> = Vec::new();
+    // Reads: the event, its direction's key, and its stream offsets.
+    let mut reads: Vec<(At, StreamKey, u64, u64)> = Vec::new();
+    let mut received: Vec<(At, (SocketAddr, u16, u64, u32))> = Vec::new();
     for (run, log) in runs.iter().enumerate() {
         let mut conns: HashMap<u64, StreamKey> = HashMap::new();
         let mut uses: HashMap<(SocketAddr, SocketAddr), u32> = HashMap::new();
-        let mut written: HashMap<u64, u64> = HashMap::new();
+        // Bytes written and read so far, per connection.
+        let mut offsets: HashMap<u64, (u64, u64)> = HashMap::new();
         let mut udp_local: HashMap<u64, SocketAddr> = HashMap::new();
         for (index, event) in log.events.iter().enumerate() {
+            let here = At { run, index };
             match &event.kind {
                 EventKind::TcpConnect {
                     conn,
@@ -338,25 +347,37 @@ fn match_events(runs: &[Run]) -> Vec<Match> {
                 } => {
                     let key = stream_key(&mut uses, c.local, c.peer);
                     conns.insert(conn.0, key);
-                    connects.insert(key, At { run, index });
+                    connects.insert(key, here);
                 }
                 EventKind::TcpAccept { result: Ok(a), .. } => {
                     let key = stream_key(&mut uses, a.local, a.peer);
                     conns.insert(a.conn.0, key);
+                    accepts.push((here, key));
                 }
                 EventKind::TcpWrite {
                     conn,
                     result: Ok(w),
                 } => {
                     if let Some(key) = conns.get(&conn.0) {
-                        let offset = written.entry(conn.0).or_default();
-                        *offset += u64::from(w.len);
+                        let written = &mut offsets.entry(conn.0).or_default().0;
+                        *written += u64::from(w.len);
                         writes
                             .entry(*key)
                             .or_insert_with(|| (run, Writes::default()))
                             .1
                             .spans
-                            .push((*offset, run, index));
+                            .push((*written, run, index));
+                    }
+                }
+                EventKind::TcpRead {
+                    conn,
+                    result: ReadOutcome::Data(bytes),
+                } => {
+                    if let Some(key) = conns.get(&conn.0) {
+                        let read = &mut offsets.entry(conn.0).or_default().1;
+                        let from = *read;
+                        *read += bytes.len() as u64;
+                        reads.push((here, *key, from, *read));
                     }
                 }
                 EventKind::UdpBind {
@@ -375,7 +396,22 @@ fn match_events(runs: &[Run]) -> Vec<Match> {
                         datagrams
                             .entry((*local, peer.port(), w.hash, w.len))
                             .or_default()
-                            .push_back(At { run, index });
+                            .push_back(here);
+                    }
+                }
+                EventKind::UdpRecv {
+                    socket,
+                    result: Ok(datagram),
+                } => {
+                    if let Some(local) = udp_local.get(&socket.0) {
+                        let len = u32::try_from(datagram.bytes.len()).unwrap_or(u32::MAX);
+                        let key = (
+                            datagram.peer,
+                            local.port(),
+                            content_hash(&datagram.bytes),
+                            len,
+                        );
+                        received.push((here, key));
                     }
                 }
                 _ => {}
@@ -384,99 +420,44 @@ fn match_events(runs: &[Run]) -> Vec<Match> {
     }
 
     let mut matches = Vec::new();
-    for (run, log) in runs.iter().enumerate() {
-        let mut conns: HashMap<u64, StreamKey> = HashMap::new();
-        let mut uses: HashMap<(SocketAddr, SocketAddr), u32> = HashMap::new();
-        let mut read: HashMap<u64, u64> = HashMap::new();
-        let mut udp_local: HashMap<u64, SocketAddr> = HashMap::new();
-        for (index, event) in log.events.iter().enumerate() {
-            let here = At { run, index };
-            match &event.kind {
-                EventKind::TcpConnect {
-                    conn,
-                    result: Ok(c),
-                    ..
-                } => {
-                    conns.insert(conn.0, stream_key(&mut uses, c.local, c.peer));
-                }
-                EventKind::TcpAccept { result: Ok(a), .. } => {
-                    let key = stream_key(&mut uses, a.local, a.peer);
-                    conns.insert(a.conn.0, key);
-                    // The connect on the other side uses the mirrored pair.
-                    if let Some(connect) = connects.get(&(key.1, key.0, key.2)) {
-                        if connect.run != run {
-                            matches.push(Match {
-                                cause: *connect,
-                                effect: here,
-                                link: Link::Connection,
-                            });
-                        }
-                    }
-                }
-                EventKind::TcpRead {
-                    conn,
-                    result: ReadOutcome::Data(bytes),
-                } => {
-                    let Some(&(local, peer, n)) = conns.get(&conn.0) else {
-                        continue;
-                    };
-                    let offset = read.entry(conn.0).or_default();
-                    let from = *offset;
-                    *offset += bytes.len() as u64;
-                    let to = *offset;
-                    // Bytes flow from the peer: its writes on (peer, local).
-                    let Some((writer, spans)) = writes.get(&(peer, local, n)) else {
-                        continue;
-                    };
-                    if *writer == run {
-                        continue; // a connection to itself
-                    }
-                    // The write holding byte `to - 1`: the first span
-                    // ending past it.
-                    let i = spans.spans.partition_point(|(end, _, _)| *end < to);
-                    if let Some(&(_, wrun, windex)) = spans.spans.get(i) {
-                        matches.push(Match {
-                            cause: At {
-                                run: wrun,
-                                index: windex,
-                            },
-                            effect: here,
-                            link: Link::Bytes { from, to },
-                        });
-                    }
-                }
-                EventKind::UdpBind {
-                    socket,
-                    result: Ok(local),
-                    ..
-                } => {
-                    udp_local.insert(socket.0, *local);
-                }
-                EventKind::UdpRecv {
-                    socket,
-                    result: Ok(datagram),
-                } => {
-                    let Some(local) = udp_local.get(&socket.0) else {
-                        continue;
-                    };
-                    let len = u32::try_from(datagram.bytes.len()).unwrap_or(u32::MAX);
-                    let key = (
-                        datagram.peer,
-                        local.port(),
-                        content_hash(&datagram.bytes),
-                        len,
-                    );
-                    if let Some(sent) = datagrams.get_mut(&key).and_then(VecDeque::pop_front) {
-                        if sent.run != run {
-                            matches.push(Match {
-                                cause: sent,
-                                effect: here,
-                                link: Link::Datagram,
-                            });
-                        }
-                    }
-                }
-                _ => {}
+    for (here, (local, peer, n)) in accepts {
+        // The connect on the other side uses the mirrored pair.
+        if let Some(connect) = connects.get(&(peer, local, n)) {
+            if connect.run != here.run {
+                matches.push(Match {
+                    cause: *connect,
+                    effect: here,
+                    link: Link::Connection,
+                });
+            }
+        }
+    }
+    for (here, (local, peer, n), from, to) in reads {
+        // Bytes flow from the peer: its writes on (peer, local).
+        let Some((writer, spans)) = writes.get(&(peer, local, n)) else {
+            continue;
+        };
+        if *writer == here.run {
+            continue; // a connection to itself
+        }
+        // The write holding byte `to - 1`: the first span ending past it.
+        let i = spans.spans.partition_point(|(end, _, _)| *end < to);
+        if let Some(&(_, run, index)) = spans.spans.get(i) {
+            matches.push(Match {
+                cause: At { run, index },
+                effect: here,
+                link: Link::Bytes { from, to },
+            });
+        }
+    }
+    for (here, key) in received {
+        if let Some(sent) = datagrams.get_mut(&key).and_then(VecDeque::pop_front) {
+            if sent.run != here.run {
+                matches.push(Match {
+                    cause: sent,
+                    effect: here,
+                    link: Link::Datagram,
+                });
             }
         }
     }
