@@ -8,7 +8,7 @@
 //! | `seq=1234` | with that seq |
 //! | `task=7` | of logical task 7 |
 //! | `kind=recv` | of that class or fine kind; `kind=recv\|send` is either |
-//! | `mark=order-42` | of a task with a mark of that value in scope (`mark=NAME:VALUE` names it too) |
+//! | `mark=order-42` | of a task with a mark of that value in scope (`mark=NAME:VALUE` names it too, `mark=NAME:*` any value of it) |
 //! | `conn=3` | on socket 3 (including the accept or connect that made it) |
 //! | `t>=1.5s` | at or after that virtual time since the start (`t<=` too) |
 //! | `after=1000` | with seq > 1000 |
@@ -126,15 +126,15 @@ impl KindFilter {
 }
 
 /// What a mark term looks for: a value, or (text with a colon) also a
-/// name and a value.
+/// name and a value; `NAME:*` is any value of that name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct MarkPattern {
+pub(crate) struct MarkPattern {
     text: String,
     named: Option<(String, String)>,
 }
 
 impl MarkPattern {
-    fn new(text: &str) -> MarkPattern {
+    pub(crate) fn new(text: &str) -> MarkPattern {
         MarkPattern {
             text: text.to_string(),
             named: text
@@ -149,10 +149,10 @@ impl MarkPattern {
             .any(|(name, value)| self.matches_one(name, value))
     }
 
-    fn matches_one(&self, name: &str, value: &[u8]) -> bool {
+    pub(crate) fn matches_one(&self, name: &str, value: &[u8]) -> bool {
         value == self.text.as_bytes()
             || self.named.as_ref().is_some_and(|(want_name, want_value)| {
-                name == want_name && value == want_value.as_bytes()
+                name == want_name && (want_value == "*" || value == want_value.as_bytes())
             })
     }
 }

@@ -10,6 +10,9 @@
 //! - [`timeline`]: several services' logs merged into one causal order,
 //!   with clock offsets estimated from matched messages; [`perfetto`]
 //!   exports it for ui.perfetto.dev.
+//! - [`request`]: one request across services, found from a mark: its
+//!   events, critical path and where the time went; [`otlp`] exports
+//!   requests as OpenTelemetry traces (Jaeger imports them).
 //! - [`diff`]: where two runs of a service part ways, what `deja diff`
 //!   reports.
 //!
@@ -23,6 +26,8 @@ pub mod analysis;
 pub mod breakpoint;
 pub mod diff;
 pub mod gate;
+pub mod otlp;
 pub mod perfetto;
+pub mod request;
 pub mod timeline;
 pub mod watch;

@@ -10,7 +10,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use crate::timeline::{Link, Timeline};
+use crate::timeline::{At, Link, Timeline};
 
 /// Width of an event's slice, µs: flows attach to slices, and a slice
 /// needs a width to be seen.
@@ -19,9 +19,20 @@ const SLICE_US: f64 = 1.0;
 /// Write `timeline` as a trace event JSON object (`{"traceEvents": [...]}`),
 /// one trace event per line.
 pub fn write_trace(timeline: &Timeline, out: &mut dyn Write) -> io::Result<()> {
+    write_trace_of(timeline, &|_| true, out)
+}
+
+/// Write the events of `timeline` that `keep` selects (a request view,
+/// say), and the messages between them.
+pub fn write_trace_of(
+    timeline: &Timeline,
+    keep: &dyn Fn(At) -> bool,
+    out: &mut dyn Write,
+) -> io::Result<()> {
     let origin = timeline
         .order
-        .first()
+        .iter()
+        .find(|at| keep(**at))
         .map_or(0, |at| timeline.corrected_wall_ns(*at));
     let mut first = true;
     let mut emit = |out: &mut dyn Write, value: serde_json::Value| -> io::Result<()> {
@@ -35,12 +46,21 @@ pub fn write_trace(timeline: &Timeline, out: &mut dyn Write) -> io::Result<()> {
         Ok(())
     };
     for (run, log) in timeline.runs.iter().enumerate() {
+        let mut tasks: Vec<u64> = log
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| keep(At { run, index: *index }))
+            .map(|(_, e)| e.task.0)
+            .collect();
+        if tasks.is_empty() {
+            continue;
+        }
         emit(
             out,
             json!({"ph": "M", "name": "process_name", "pid": run + 1, "tid": 0,
                    "args": {"name": log.service}}),
         )?;
-        let mut tasks: Vec<u64> = log.events.iter().map(|e| e.task.0).collect();
         tasks.sort_unstable();
         tasks.dedup();
         for task in tasks {
@@ -52,7 +72,7 @@ pub fn write_trace(timeline: &Timeline, out: &mut dyn Write) -> io::Result<()> {
         }
     }
     let ts = |at| (timeline.corrected_wall_ns(at) - origin) as f64 / 1e3;
-    for &at in &timeline.order {
+    for &at in timeline.order.iter().filter(|at| keep(**at)) {
         let event = timeline.event(at);
         emit(
             out,
@@ -69,7 +89,7 @@ pub fn write_trace(timeline: &Timeline, out: &mut dyn Write) -> io::Result<()> {
         )?;
     }
     for (id, m) in timeline.matches.iter().enumerate() {
-        if m.link == Link::Connection {
+        if m.link == Link::Connection || !keep(m.cause) || !keep(m.effect) {
             continue;
         }
         let (cause, effect) = (timeline.event(m.cause), timeline.event(m.effect));

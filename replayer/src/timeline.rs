@@ -164,6 +164,8 @@ pub struct Timeline {
     effect_of: HashMap<At, usize>,
     /// Matches by their cause.
     causes_of: HashMap<At, Vec<usize>>,
+    /// Connection matches by their accept.
+    connect_of: HashMap<At, usize>,
 }
 
 /// One direction of a TCP connection in one log: its n-th use of the
@@ -185,8 +187,11 @@ impl Timeline {
         let matches = match_events(&runs);
         let mut effect_of = HashMap::new();
         let mut causes_of: HashMap<At, Vec<usize>> = HashMap::new();
+        let mut connect_of = HashMap::new();
         for (i, m) in matches.iter().enumerate() {
-            if m.link != Link::Connection {
+            if m.link == Link::Connection {
+                connect_of.insert(m.effect, i);
+            } else {
                 effect_of.insert(m.effect, i);
             }
             causes_of.entry(m.cause).or_default().push(i);
@@ -226,6 +231,7 @@ impl Timeline {
             order_conflicts: 0,
             effect_of,
             causes_of,
+            connect_of,
         };
         timeline.merge();
         timeline
@@ -246,6 +252,11 @@ impl Timeline {
     /// The match whose effect is `at` (its cause in another log).
     pub fn cause_of(&self, at: At) -> Option<&Match> {
         self.effect_of.get(&at).map(|&i| &self.matches[i])
+    }
+
+    /// The connect matched to the accept at `at`.
+    pub fn connect_of(&self, at: At) -> Option<&Match> {
+        self.connect_of.get(&at).map(|&i| &self.matches[i])
     }
 
     /// The matches whose cause is `at`.
