@@ -118,6 +118,11 @@ pub(crate) struct TimelineArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) format: TimelineFormat,
+    /// Only the request around a mark: `VALUE`, `NAME:VALUE` or `NAME:*`
+    /// (every request with such a mark). Shows its events across services,
+    /// its critical path and where the time went.
+    #[arg(long, value_name = "MARK")]
+    pub(crate) request: Option<String>,
     /// Write to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
@@ -133,6 +138,9 @@ pub(crate) enum TimelineFormat {
     /// Chrome trace event JSON for ui.perfetto.dev or chrome://tracing:
     /// a track per service and task, an arrow per matched message.
     Perfetto,
+    /// OTLP JSON traces (Jaeger imports them): one trace per request, for
+    /// every mark or those `--request` picks; a span per task.
+    Otlp,
 }
 
 /// `deja record`.

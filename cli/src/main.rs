@@ -98,9 +98,31 @@ fn one_line(err: &anyhow::Error) -> String {
 
 /// What to try next, for the errors we can say something useful about.
 fn hint(err: &anyhow::Error) -> Option<String> {
+    if let Some(hinted) = err.chain().find_map(|cause| cause.downcast_ref::<Hinted>()) {
+        return Some(hinted.hint.clone());
+    }
     err.chain()
         .find_map(|cause| cause.downcast_ref::<ReadError>())
         .and_then(read_error_hint)
+}
+
+/// An error a command knows what to suggest for: `main` prints `message`
+/// as the error, then `hint`.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Hinted {
+    pub(crate) message: String,
+    pub(crate) hint: String,
+}
+
+impl Hinted {
+    pub(crate) fn error(message: impl Into<String>, hint: impl Into<String>) -> anyhow::Error {
+        Hinted {
+            message: message.into(),
+            hint: hint.into(),
+        }
+        .into()
+    }
 }
 
 /// A hint for an error reading a run.

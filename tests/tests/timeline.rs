@@ -1,85 +1,27 @@
-//! `deja timeline`: three services (gateway, orders, payments) logged by a
-//! simulation with payments' clock 250 ms ahead. The merged order puts
-//! every cause first; the offset estimate's bounds hold the true offset.
+//! `deja timeline`: the shop fixture's three services (gateway, orders,
+//! payments) and its users, logged by a simulation with payments' clock
+//! 250 ms ahead. The merged order puts every cause first; the offset
+//! estimate's bounds hold the true offset; a request view finds the slow
+//! order's fraud check; Perfetto and OTLP exports pass their schemas.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use deja::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use deja::net::{TcpListener, TcpStream};
-use deja::sim::{Latency, Sim};
+use deja::sim::Sim;
 use deja::time::Duration;
+use deja_fixtures::shop::{self, call, serve, PORT};
+use deja_replayer::request::{Place, Requests};
 use deja_replayer::timeline::{Link, Timeline};
 use deja_tests::e2e::{run_bounded, workspace_bin};
 
 /// Payments' wall clock runs this far ahead.
-const SKEW: Duration = Duration::from_millis(250);
-const PORT: u16 = 8000;
+const SKEW: Duration = shop::PAYMENTS_CLOCK_AHEAD;
 const REQUESTS: usize = 12;
 
-/// Send one line to `addr`, read one line back.
-async fn call(addr: &str, line: &str) -> io::Result<String> {
-    let stream = TcpStream::connect(addr).await?;
-    let (read, mut write) = stream.into_split();
-    write.write_all(format!("{line}\n").as_bytes()).await?;
-    BufReader::new(read)
-        .lines()
-        .next_line()
-        .await?
-        .ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
-}
-
-/// Serve lines, answering each with `handle(line)`, which may call on.
-async fn serve<F, Fut>(handle: F) -> io::Result<()>
-where
-    F: Fn(String) -> Fut + Send + Sync + Copy + 'static,
-    Fut: std::future::Future<Output = io::Result<String>> + Send,
-{
-    let listener = TcpListener::bind(("0.0.0.0", PORT)).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        deja::spawn(async move {
-            let (read, mut write) = stream.into_split();
-            let mut lines = BufReader::new(read).lines();
-            while let Some(line) = lines.next_line().await? {
-                let reply = handle(line).await?;
-                write.write_all(format!("{reply}\n").as_bytes()).await?;
-            }
-            Ok::<(), io::Error>(())
-        });
-    }
-}
-
 fn shop(seed: u64, logs: &Path) -> Sim {
-    let mut sim = Sim::new(seed);
-    sim.always_write_logs().log_dir(logs);
-    sim.net().latency(Latency::Uniform(
-        Duration::from_micros(200),
-        Duration::from_millis(3),
-    ));
-    sim.host("gateway", || {
-        serve(|line| async move { call(&format!("orders:{PORT}"), &line).await })
-    });
-    sim.host("orders", || {
-        serve(|line| async move {
-            deja::mark("order", &line);
-            let paid = call(&format!("payments:{PORT}"), &format!("PAY {line}")).await?;
-            Ok(format!("ORDERED {line} {paid}"))
-        })
-    });
-    sim.host("payments", || {
-        serve(|line| async move { Ok(line.replace("PAY", "PAID")) })
-    })
-    .clock_ahead(SKEW);
-    sim.client("users", async {
-        for i in 0..REQUESTS {
-            let reply = call(&format!("gateway:{PORT}"), &format!("o{i}")).await?;
-            assert_eq!(reply, format!("ORDERED o{i} PAID o{i}"));
-        }
-        Ok::<(), io::Error>(())
-    });
-    sim
+    shop::sim(seed, REQUESTS, logs)
 }
 
 fn logs_of(report: &deja::sim::SimReport, hosts: &[&str]) -> Vec<PathBuf> {
@@ -337,4 +279,340 @@ fn a_million_events_merge_in_bounded_memory() {
     );
     assert!(events >= 1_000_000, "{events}");
     assert_eq!(timeline.order_conflicts, 0);
+}
+
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("schemas")
+        .join(name);
+    let schema: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("the schema is JSON");
+    jsonschema::validator_for(&schema).expect("a valid schema")
+}
+
+fn assert_valid(validator: &jsonschema::Validator, document: &serde_json::Value, what: &str) {
+    let errors: Vec<String> = validator
+        .iter_errors(document)
+        .take(5)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{what} fails its schema: {errors:#?}");
+}
+
+/// Every data-carrying read and write in `events` mentions `order` (and no
+/// other order): the view holds that request and nothing else.
+fn payloads_name_only(timeline: &Timeline, events: &[deja_replayer::timeline::At], order: &str) {
+    for &at in events {
+        let text = timeline.event(at).to_string();
+        if let Some(quoted) = text.split('"').nth(1) {
+            let ids: Vec<&str> = quoted
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| w.starts_with('o') && w[1..].parse::<u32>().is_ok())
+                .collect();
+            assert!(
+                ids.iter().all(|id| *id == order),
+                "{order}'s request holds {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_request_view_of_the_slow_order_charges_its_time_to_the_fraud_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(3, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let timeline = Timeline::load(&runs).unwrap();
+    let requests = Requests::new(&timeline);
+
+    let marks = requests.marks(&format!("order:{}", shop::SLOW_ORDER));
+    assert_eq!(marks.len(), 1);
+    let view = requests.view(marks[0]);
+    // It starts and ends at the user: the connect, and the read of the answer.
+    assert_eq!((view.origin.run, view.end.run), (3, 3));
+    assert!(timeline
+        .event(view.origin)
+        .to_string()
+        .contains("tcp_connect"));
+    assert!(timeline
+        .event(view.end)
+        .to_string()
+        .contains("ORDERED o7 PAID o7"));
+    let services: HashSet<usize> = view.events.iter().map(|at| at.run).collect();
+    assert_eq!(services.len(), 4, "all four services take part");
+    payloads_name_only(&timeline, &view.events, shop::SLOW_ORDER);
+
+    // The critical path runs from the origin to the end without a break,
+    // and its steps add up to the request's length.
+    let path = &view.critical_path;
+    assert_eq!(path.first().unwrap().from, view.origin);
+    assert_eq!(path.last().unwrap().to, view.end);
+    for pair in path.windows(2) {
+        assert_eq!(pair[0].to, pair[1].from);
+    }
+    let sum: i64 = path.iter().map(|step| step.ns).sum();
+    assert!(
+        (sum - view.total_ns).abs() < 10_000,
+        "{sum} vs {}",
+        view.total_ns
+    );
+    // Where the time went: the fraud check first, then the rest.
+    let places = view.time_by_place();
+    let fraud_check = shop::FRAUD_CHECK.as_nanos() as i64;
+    assert_eq!(
+        places[0],
+        (Place::Timer { run: 2 }, fraud_check),
+        "{places:?}"
+    );
+    assert!(places.contains(&(Place::Timer { run: 1 }, shop::ORDER_WRITE.as_nanos() as i64)));
+    let network: i64 = places
+        .iter()
+        .filter(|(place, _)| matches!(place, Place::Network { .. }))
+        .map(|(_, ns)| ns)
+        .sum();
+    // Six one-way trips, each within the link's delay (clock-corrected,
+    // so within the offset estimate's error too).
+    assert!(
+        network > 6 * 150_000 && network < 6 * 4_000_000,
+        "{network}"
+    );
+
+    // A fast order's request holds no fraud check.
+    let fast = requests.view(requests.marks("order:o3")[0]);
+    assert!(fast.total_ns < view.total_ns - fraud_check / 2);
+    assert!(!fast
+        .time_by_place()
+        .iter()
+        .any(|(place, ns)| *place == Place::Timer { run: 2 } && *ns > 0));
+}
+
+#[test]
+fn every_order_is_a_request_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(6, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let timeline = Timeline::load(&runs).unwrap();
+    let requests = Requests::new(&timeline);
+    let views = requests.views(&requests.marks("order:*"));
+    assert_eq!(views.len(), REQUESTS);
+    let mut seen = HashSet::new();
+    for (i, view) in views.iter().enumerate() {
+        payloads_name_only(&timeline, &view.events, &format!("o{i}"));
+        for at in &view.events {
+            assert!(seen.insert(*at), "{at:?} is in two requests");
+        }
+        // Causes inside the view come before their effects.
+        let position: HashMap<_, _> = view
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, at)| (*at, i))
+            .collect();
+        for at in &view.events {
+            if let Some(m) = timeline.cause_of(*at) {
+                if let Some(cause) = position.get(&m.cause) {
+                    assert!(*cause < position[at]);
+                }
+            }
+        }
+    }
+    // The same logs give the same views.
+    let again = Timeline::load(&runs).unwrap();
+    let again = Requests::new(&again);
+    assert_eq!(again.views(&again.marks("order:*")), views);
+}
+
+#[test]
+fn deja_timeline_request_prints_where_the_time_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(3, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let out = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["timeline", "--request", "order:o7"])
+            .args(&runs),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let first = lines.next().unwrap();
+    assert!(first.starts_with("request order:o7 (orders#"), "{first}");
+    assert!(
+        first.contains("in 4 services (gateway, orders, payments, users)"),
+        "{first}"
+    );
+    assert_eq!(lines.next(), Some("where the time went (critical path):"));
+    let top = lines.next().unwrap();
+    assert!(
+        top.contains("40.000 ms") && top.ends_with("payments waiting on a timer"),
+        "{top}"
+    );
+    assert!(
+        stdout.contains("\n*"),
+        "critical events are starred: {stdout}"
+    );
+
+    let json = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["timeline", "--format", "json", "--request", "o7"])
+            .args(&runs),
+    );
+    assert_eq!(json.status.code(), Some(0));
+    let view: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON line");
+    assert_eq!(view["mark"], "order:o7");
+    assert_eq!(
+        view["time_by_place"][0]["place"],
+        "payments waiting on a timer"
+    );
+    assert_eq!(view["time_by_place"][0]["ns"], 40_000_000);
+
+    let missing = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["timeline", "--request", "order:o99"])
+            .args(&runs),
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.starts_with("deja: error: no mark matches \"order:o99\" in these 4 logs\nhint: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_otlp_export_has_a_trace_per_request_with_valid_ids_and_parent_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(5, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let file = dir.path().join("traces.json");
+    let export = || {
+        let out = run_bounded(
+            Command::new(workspace_bin("deja"))
+                .args(["timeline", "--format", "otlp", "--out"])
+                .arg(&file)
+                .args(&runs),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::read(&file).unwrap()
+    };
+    let bytes = export();
+    assert_eq!(export(), bytes, "the same logs export the same ids");
+    let document: serde_json::Value = serde_json::from_slice(&bytes).expect("one JSON document");
+    assert_valid(
+        &schema("otlp-trace.schema.json"),
+        &document,
+        "the OTLP export",
+    );
+
+    // Spans by trace, with their service.
+    let mut traces: HashMap<String, Vec<(String, serde_json::Value)>> = HashMap::new();
+    for resource in document["resourceSpans"].as_array().unwrap() {
+        let service = resource["resource"]["attributes"][0]["value"]["stringValue"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for span in resource["scopeSpans"][0]["spans"].as_array().unwrap() {
+            traces
+                .entry(span["traceId"].as_str().unwrap().to_string())
+                .or_default()
+                .push((service.clone(), span.clone()));
+        }
+    }
+    assert_eq!(traces.len(), REQUESTS, "one trace per order");
+    let mut span_ids = HashSet::new();
+    for spans in traces.values() {
+        let ids: HashMap<&str, &serde_json::Value> = spans
+            .iter()
+            .map(|(_, span)| (span["spanId"].as_str().unwrap(), span))
+            .collect();
+        assert_eq!(ids.len(), spans.len(), "span ids are unique in a trace");
+        let roots: Vec<_> = spans
+            .iter()
+            .filter(|(_, span)| span.get("parentSpanId").is_none())
+            .collect();
+        assert_eq!(roots.len(), 1, "one root span");
+        assert_eq!(roots[0].0, "users", "the request starts at the user");
+        let services: HashSet<&str> = spans.iter().map(|(service, _)| service.as_str()).collect();
+        assert_eq!(services.len(), 4);
+        for (_, span) in spans {
+            assert!(span_ids.insert(span["spanId"].as_str().unwrap().to_string()));
+            let start: u64 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            let end: u64 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            assert!(start <= end);
+            // The parent chain is in this trace and reaches the root.
+            let mut at: &serde_json::Value = span;
+            for _ in 0..=spans.len() {
+                match at.get("parentSpanId") {
+                    None => break,
+                    Some(parent) => {
+                        at = ids
+                            .get(parent.as_str().unwrap())
+                            .copied()
+                            .unwrap_or_else(|| panic!("parent of {span} is in its trace"))
+                    }
+                }
+            }
+            assert!(at.get("parentSpanId").is_none(), "no parent cycle: {span}");
+        }
+        // orders' span for the order is a child of gateway's.
+        let orders = spans
+            .iter()
+            .find(|(_, span)| {
+                span["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("orders: order o")
+            })
+            .expect("a span named after the mark");
+        let parent = ids[orders.1["parentSpanId"].as_str().unwrap()];
+        assert!(parent["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("gateway: task"));
+    }
+}
+
+#[test]
+fn perfetto_exports_pass_the_trace_event_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = shop(7, dir.path()).run().expect("the shop works");
+    let runs = logs_of(&report, &["gateway", "orders", "payments", "users"]);
+    let validator = schema("trace-event.schema.json");
+    for request in [None, Some("order:o7")] {
+        let file = dir.path().join("trace.json");
+        let mut cmd = Command::new(workspace_bin("deja"));
+        cmd.args(["timeline", "--format", "perfetto", "--out"])
+            .arg(&file);
+        if let Some(request) = request {
+            cmd.args(["--request", request]);
+        }
+        let out = run_bounded(cmd.args(&runs));
+        assert_eq!(out.status.code(), Some(0));
+        let trace: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+        assert_valid(&validator, &trace, "the Perfetto export");
+        let slices = trace["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .count();
+        match request {
+            None => assert!(slices > 400, "{slices}"),
+            Some(_) => assert!((20..40).contains(&slices), "one request: {slices}"),
+        }
+    }
+    // The schema rejects what the viewers cannot read.
+    let broken = serde_json::json!({"traceEvents": [{"ph": "X", "name": "read", "pid": 1, "tid": 0, "ts": 1.0}]});
+    assert!(!validator.is_valid(&broken), "a slice without a duration");
 }

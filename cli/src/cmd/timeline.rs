@@ -3,15 +3,43 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::collections::HashSet;
+
 use anyhow::Context;
+use deja_replayer::request::{Place, RequestView, Requests};
 use deja_replayer::timeline::{At, Link, Timeline};
 
 use crate::args::{TimelineArgs, TimelineFormat};
 use crate::cmd::{stdout, write_failed};
-use crate::exit;
+use crate::{exit, Hinted};
 
 pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
     let timeline = Timeline::load(&args.runs)?;
+    // Request views: for --request, and for OTLP (a trace per request).
+    let requests = Requests::new(&timeline);
+    let views = match (&args.request, args.format) {
+        (Some(pattern), _) => {
+            let marks = requests.marks(pattern);
+            if marks.is_empty() {
+                return Err(Hinted::error(
+                    format!("no mark matches {pattern:?} in these {} logs", timeline.runs.len()),
+                    "list the marks with `deja inspect RUN_DIR --kind mark`; match one by VALUE, NAME:VALUE or NAME:*",
+                ));
+            }
+            Some(requests.views(&marks))
+        }
+        (None, TimelineFormat::Otlp) => {
+            let marks = requests.all_marks();
+            if marks.is_empty() {
+                return Err(Hinted::error(
+                    format!("no marks in these {} logs", timeline.runs.len()),
+                    "OTLP traces are built per request, found from its marks: call deja::mark(\"request\", id) where the service handles one",
+                ));
+            }
+            Some(requests.views(&marks))
+        }
+        (None, _) => None,
+    };
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path)
@@ -19,10 +47,28 @@ pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
         )),
         None => Box::new(stdout()),
     };
-    let written = match args.format {
-        TimelineFormat::Text => write_text(&timeline, &mut out),
-        TimelineFormat::Json => write_json(&timeline, &mut out),
-        TimelineFormat::Perfetto => deja_replayer::perfetto::write_trace(&timeline, &mut out),
+    let written = match (args.format, &views) {
+        (TimelineFormat::Text, None) => write_text(&timeline, &mut out),
+        (TimelineFormat::Json, None) => write_json(&timeline, &mut out),
+        (TimelineFormat::Perfetto, None) => {
+            deja_replayer::perfetto::write_trace(&timeline, &mut out)
+        }
+        (TimelineFormat::Text, Some(views)) => views
+            .iter()
+            .try_for_each(|view| write_request_text(&timeline, view, &mut out)),
+        (TimelineFormat::Json, Some(views)) => views
+            .iter()
+            .try_for_each(|view| write_request_json(&timeline, view, &mut out)),
+        (TimelineFormat::Perfetto, Some(views)) => {
+            let keep: HashSet<At> = views
+                .iter()
+                .flat_map(|v| v.events.iter().copied())
+                .collect();
+            deja_replayer::perfetto::write_trace_of(&timeline, &|at| keep.contains(&at), &mut out)
+        }
+        (TimelineFormat::Otlp, views) => {
+            deja_replayer::otlp::write_traces(&requests, views.as_deref().unwrap_or(&[]), &mut out)
+        }
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::from(exit::SUCCESS)),
@@ -202,4 +248,152 @@ fn write_json(timeline: &Timeline, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out)?;
     }
     Ok(())
+}
+
+fn place_name(timeline: &Timeline, place: Place) -> String {
+    let service = |run: usize| timeline.runs[run].service.as_str();
+    match place {
+        Place::Running { run } => format!("{} running", service(run)),
+        Place::Timer { run } => format!("{} waiting on a timer", service(run)),
+        Place::Waiting { run } => format!("{} waiting for input", service(run)),
+        Place::Connecting { run } => format!("{} connecting", service(run)),
+        Place::Spawn { run } => format!("{} starting a task", service(run)),
+        Place::Network { from, to } => format!("network {} → {}", service(from), service(to)),
+    }
+}
+
+fn mark_text(timeline: &Timeline, at: At) -> String {
+    match &timeline.event(at).kind {
+        deja_recorder::EventKind::Mark { name, value } => {
+            format!("{name}:{}", String::from_utf8_lossy(value))
+        }
+        _ => name(timeline, at),
+    }
+}
+
+fn write_request_text(
+    timeline: &Timeline,
+    view: &RequestView,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut services: Vec<&str> = view
+        .events
+        .iter()
+        .map(|at| timeline.runs[at.run].service.as_str())
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    writeln!(
+        out,
+        "request {} ({}): {} events in {} services ({}), {:.3} ms from {} to {}",
+        mark_text(timeline, view.mark),
+        name(timeline, view.mark),
+        view.events.len(),
+        services.len(),
+        services.join(", "),
+        view.total_ns as f64 / 1e6,
+        name(timeline, view.origin),
+        name(timeline, view.end),
+    )?;
+    writeln!(out, "where the time went (critical path):")?;
+    let total = view.total_ns.max(1) as f64;
+    for (place, ns) in view.time_by_place().into_iter().filter(|(_, ns)| *ns > 0) {
+        writeln!(
+            out,
+            "  {:>10.3} ms {:>5.1}%  {}",
+            ns as f64 / 1e6,
+            ns as f64 * 100.0 / total,
+            place_name(timeline, place)
+        )?;
+    }
+    writeln!(out, "critical path:")?;
+    for step in &view.critical_path {
+        writeln!(
+            out,
+            "  {:>10.3} ms  {} -> {}  {}",
+            step.ns as f64 / 1e6,
+            name(timeline, step.from),
+            name(timeline, step.to),
+            place_name(timeline, step.place)
+        )?;
+    }
+    writeln!(out, "events (causal order; * on the critical path):")?;
+    let width = timeline
+        .runs
+        .iter()
+        .map(|run| run.service.len())
+        .max()
+        .unwrap_or(0);
+    let origin = timeline.corrected_wall_ns(view.origin);
+    for &at in &view.events {
+        write!(
+            out,
+            "{} {:>12} {:<width$} {}",
+            if view.is_critical(at) { '*' } else { ' ' },
+            seconds(timeline.corrected_wall_ns(at) - origin),
+            timeline.runs[at.run].service,
+            timeline.event(at)
+        )?;
+        if let Some(cause) = timeline.cause_of(at) {
+            write!(out, "  <- {}", name(timeline, cause.cause))?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out)
+}
+
+fn write_request_json(
+    timeline: &Timeline,
+    view: &RequestView,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let at_json = |at: At| {
+        serde_json::json!({
+            "run": at.run,
+            "service": timeline.runs[at.run].service,
+            "seq": timeline.event(at).seq,
+        })
+    };
+    let events: Vec<serde_json::Value> = view
+        .events
+        .iter()
+        .map(|&at| {
+            serde_json::json!({
+                "run": at.run,
+                "service": timeline.runs[at.run].service,
+                "corrected_wall_ns": timeline.corrected_wall_ns(at),
+                "critical": view.is_critical(at),
+                "event": timeline.event(at),
+            })
+        })
+        .collect();
+    let steps: Vec<serde_json::Value> = view
+        .critical_path
+        .iter()
+        .map(|step| {
+            serde_json::json!({
+                "from": at_json(step.from),
+                "to": at_json(step.to),
+                "ns": step.ns,
+                "place": place_name(timeline, step.place),
+            })
+        })
+        .collect();
+    let places: Vec<serde_json::Value> = view
+        .time_by_place()
+        .into_iter()
+        .map(|(place, ns)| serde_json::json!({"place": place_name(timeline, place), "ns": ns}))
+        .collect();
+    let line = serde_json::json!({
+        "mark": mark_text(timeline, view.mark),
+        "mark_at": at_json(view.mark),
+        "origin": at_json(view.origin),
+        "end": at_json(view.end),
+        "total_ns": view.total_ns,
+        "time_by_place": places,
+        "critical_path": steps,
+        "events": events,
+    });
+    serde_json::to_writer(&mut *out, &line)?;
+    writeln!(out)
 }
