@@ -747,6 +747,19 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_pattern_matches_a_value_a_named_value_or_any_value_of_a_name() {
+        let matches = |pattern: &str, name: &str, value: &str| {
+            MarkPattern::new(pattern).matches_one(name, value.as_bytes())
+        };
+        assert!(matches("42", "order", "42"));
+        assert!(matches("order:42", "order", "42"));
+        assert!(!matches("order:42", "user", "42"));
+        assert!(matches("order:*", "order", "7"));
+        assert!(!matches("order:*", "user", "7"));
+        assert!(!matches("43", "order", "42"));
+    }
+
+    #[test]
     fn marks_are_in_scope_for_their_task_and_its_children_until_replaced() {
         let events = run();
         // Task 1 marks order-42 at 4; task 2, spawned at 5, inherits it;

@@ -279,6 +279,21 @@ fn a_million_events_merge_in_bounded_memory() {
     );
     assert!(events >= 1_000_000, "{events}");
     assert_eq!(timeline.order_conflicts, 0);
+    let started = std::time::Instant::now();
+    let requests = Requests::new(&timeline);
+    let indexed = started.elapsed();
+    // One user's call in the middle: its request view.
+    let middle = timeline.order[events / 2];
+    let started = std::time::Instant::now();
+    let view = requests.view(middle);
+    println!(
+        "request index: {:.2}s, peak RSS {} MiB; one request view: {} events in {:.1} ms",
+        indexed.as_secs_f64(),
+        peak_rss_kib() / 1024,
+        view.events.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert!(view.events.len() < 100, "a request, not the run");
 }
 
 fn schema(name: &str) -> jsonschema::Validator {
