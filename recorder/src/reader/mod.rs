@@ -222,8 +222,12 @@ impl RunReader {
     }
 
     fn open_next_segment(&mut self) -> Result<(), ReadError> {
-        let index = self.next_segment;
-        let path = self.segments[index].clone();
+        let path = self.segments[self.next_segment].clone();
+        let index = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(parse_segment_file_name)
+            .expect("listed segments have segment names") as usize;
         self.next_segment += 1;
         let segment = SegmentReader::open(path, self.header.as_ref().map(|h| &h.run))?;
         self.stats.segments += 1;
@@ -403,7 +407,14 @@ fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
         });
     }
     indices.sort_unstable();
+    // A kept flight-recorder window starts wherever the ring was.
+    let first = if dir.join(crate::writer::flight::FLIGHT_FILE_NAME).is_file() {
+        indices[0]
+    } else {
+        0
+    };
     for (position, &index) in indices.iter().enumerate() {
+        let position = first as usize + position;
         if index as usize != position {
             return Err(ReadError::MissingSegment {
                 dir: dir.to_path_buf(),

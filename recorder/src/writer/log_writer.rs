@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::flight::{
+    FlightWindow, FLIGHT_FILE_NAME, FLIGHT_SEGMENTS, FLIGHT_SEGMENT_BYTES_MIN, KEPT_WINDOWS_MAX,
+};
 use super::{WriteError, WriterConfig};
 use crate::event::Event;
 use crate::format::layout::{FrameHeader, SegmentHeader};
 use crate::format::{
-    codec, segment_file_name, Footer, FRAME_EVENTS_MAX, FRAME_HEADER_BYTES,
+    codec, segment_file_name, Footer, FOOTER_BYTES, FRAME_EVENTS_MAX, FRAME_HEADER_BYTES,
     FRAME_PAYLOAD_BYTES_MAX, FRAME_RAW_BYTES_MAX, FRAME_RAW_BYTES_TARGET,
 };
 use crate::meta::RunMeta;
@@ -32,6 +35,19 @@ pub struct LogWriter {
     finished_segments: Vec<SegmentSummary>,
     frame: FrameBuilder,
     totals: WriterTotals,
+    ring: Option<Ring>,
+}
+
+/// Flight mode: the ring's budget and what it has let go.
+#[derive(Debug)]
+struct Ring {
+    budget: u64,
+    /// Where kept windows go (the ring directory's parent).
+    out_dir: PathBuf,
+    /// Events in deleted segments.
+    dropped_events: u64,
+    /// Windows kept so far.
+    kept: u32,
 }
 
 /// Running totals of what a writer has put on disk.
@@ -101,11 +117,32 @@ struct Index<'a> {
 }
 
 impl LogWriter {
-    /// Create `<out_dir>/<service>-<run_id>/` (mode 0700) and its first segment.
-    pub fn create(out_dir: &Path, meta: RunMeta, config: WriterConfig) -> Result<Self, WriteError> {
-        let dir = out_dir.join(meta.dir_name());
+    /// Create `<out_dir>/<service>-<run_id>/` (mode 0700) and its first
+    /// segment; in flight mode (`config.flight_bytes`) the ring
+    /// `<out_dir>/<service>-<run_id>.flight/` instead.
+    pub fn create(
+        out_dir: &Path,
+        meta: RunMeta,
+        mut config: WriterConfig,
+    ) -> Result<Self, WriteError> {
+        let Some(budget) = config.flight_bytes else {
+            let dir = out_dir.join(meta.dir_name());
+            create_run_dir(out_dir, &dir)?;
+            return Self::create_in(dir, meta, config);
+        };
+        let dir = out_dir.join(format!("{}.flight", meta.dir_name()));
         create_run_dir(out_dir, &dir)?;
-        Self::create_in(dir, meta, config)
+        config.segment_bytes_max = (budget / FLIGHT_SEGMENTS)
+            .max(FLIGHT_SEGMENT_BYTES_MIN)
+            .min(config.segment_bytes_max);
+        let mut writer = Self::create_in(dir, meta, config)?;
+        writer.ring = Some(Ring {
+            budget,
+            out_dir: out_dir.to_path_buf(),
+            dropped_events: 0,
+            kept: 0,
+        });
+        Ok(writer)
     }
 
     /// Write into `dir`, which must exist and hold no segments yet.
@@ -140,6 +177,7 @@ impl LogWriter {
                 compressor,
             },
             totals,
+            ring: None,
         })
     }
 
@@ -239,7 +277,108 @@ impl LogWriter {
         let segment = OpenSegment::create(&self.dir, next, &self.meta, &mut self.totals)?;
         let done = std::mem::replace(&mut self.segment, segment);
         self.finished_segments.push(done.summary(true));
+        self.trim_ring();
         self.write_index()
+    }
+
+    /// Flight mode: delete the oldest closed segments while the ring is
+    /// over its budget. A segment that cannot be deleted stays (and is
+    /// retried at the next rotation): the ring is best effort on disk, and
+    /// never a reason to stop recording.
+    fn trim_ring(&mut self) {
+        let Some(ring) = &mut self.ring else { return };
+        let mut held: u64 =
+            self.finished_segments.iter().map(|s| s.bytes).sum::<u64>() + self.segment.bytes;
+        while held > ring.budget && !self.finished_segments.is_empty() {
+            let oldest = &self.finished_segments[0];
+            if fs::remove_file(self.dir.join(&oldest.file)).is_err() {
+                break;
+            }
+            held -= oldest.bytes;
+            ring.dropped_events += oldest.events;
+            self.finished_segments.remove(0);
+        }
+    }
+
+    /// Flight mode: freeze the ring into `<service>-<run id>-kept<N>/`
+    /// next to it and return that directory. Everything handed to
+    /// [`LogWriter::write`] so far is in the window; the ring goes on.
+    pub fn keep(&mut self, reason: &str) -> Result<PathBuf, WriteError> {
+        let Some(ring) = &self.ring else {
+            return Err(WriteError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("not a flight recording: nothing to keep"),
+            });
+        };
+        if ring.kept >= KEPT_WINDOWS_MAX {
+            return Err(WriteError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other(format!(
+                    "already kept {KEPT_WINDOWS_MAX} windows of this run"
+                )),
+            });
+        }
+        let kept_dir = ring
+            .out_dir
+            .join(format!("{}-kept{}", self.meta.dir_name(), ring.kept + 1));
+        let (dropped_events, budget) = (ring.dropped_events, ring.budget);
+        let out_dir = ring.out_dir.clone();
+        self.flush_frame()?;
+        create_run_dir(&out_dir, &kept_dir)?;
+        let io_error = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| WriteError::Io { path, source }
+        };
+        for segment in &self.finished_segments {
+            let (from, to) = (self.dir.join(&segment.file), kept_dir.join(&segment.file));
+            // Closed segments never change again: a hard link is a copy.
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).map_err(io_error(&to))?;
+            }
+        }
+        // The open segment: its bytes so far, closed with a final footer.
+        let open = &self.segment;
+        let to = kept_dir.join(segment_file_name(open.index));
+        {
+            use io::Read as _;
+            let mut bytes = Vec::with_capacity(open.bytes as usize + FOOTER_BYTES);
+            File::open(&open.path)
+                .and_then(|file| file.take(open.bytes).read_to_end(&mut bytes))
+                .map_err(io_error(&open.path))?;
+            let footer = Footer {
+                frames: open.frames,
+                events: open.events,
+                last_seq: open.last_seq,
+                frames_crc: open.frames_crc,
+                continues: false,
+            };
+            bytes.extend_from_slice(&footer.encode());
+            create_private_file(&to)
+                .and_then(|mut file| file.write_all(&bytes).and_then(|()| file.sync_all()))
+                .map_err(io_error(&to))?;
+        }
+        let mut segments: Vec<&SegmentSummary> = self.finished_segments.iter().collect();
+        let mut last = open.summary(true);
+        last.bytes += FOOTER_BYTES as u64;
+        segments.push(&last);
+        let first_seq = segments
+            .iter()
+            .find_map(|s| s.first_seq)
+            .unwrap_or(dropped_events);
+        let window = FlightWindow {
+            first_seq,
+            last_seq: segments.iter().rev().find_map(|s| s.last_seq),
+            events_before: dropped_events,
+            ring_bytes: budget,
+            reason: reason.to_string(),
+        };
+        write_json(&kept_dir, INDEX_FILE_NAME, &self.index(segments))?;
+        write_json(&kept_dir, FLIGHT_FILE_NAME, &window)?;
+        sync_dir(&kept_dir);
+        if let Some(ring) = &mut self.ring {
+            ring.kept += 1;
+        }
+        Ok(kept_dir)
     }
 
     /// Footer, fsync, and (for the last segment) the directory entry.
@@ -263,15 +402,30 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Write what is pending, the footer, fsync, and the index.
+    /// Write what is pending, the footer, fsync, and the index. In flight
+    /// mode the ring is then deleted: only kept windows outlive the run.
     pub fn finish(mut self) -> Result<WriterTotals, WriteError> {
         self.flush_frame()?;
         self.close_segment(false)?;
         let last = self.segment.summary(true);
         self.finished_segments.push(last);
+        if self.ring.is_some() {
+            // Best effort: a ring left behind is still a readable run.
+            let _ = fs::remove_dir_all(&self.dir);
+            return Ok(self.totals);
+        }
         self.write_index()?;
         sync_dir(&self.dir);
         Ok(self.totals)
+    }
+
+    fn index<'a>(&'a self, segments: Vec<&'a SegmentSummary>) -> Index<'a> {
+        Index {
+            format_version: crate::format::FORMAT_VERSION,
+            service: &self.meta.service,
+            run_id: &self.meta.run_id,
+            segments,
+        }
     }
 
     fn write_index(&self) -> Result<(), WriteError> {
@@ -280,23 +434,23 @@ impl LogWriter {
         if self.finished_segments.last().map(|s| &s.file) != Some(&open.file) {
             segments.push(&open);
         }
-        let index = Index {
-            format_version: crate::format::FORMAT_VERSION,
-            service: &self.meta.service,
-            run_id: &self.meta.run_id,
-            segments,
-        };
-        let tmp = self.dir.join(format!("{INDEX_FILE_NAME}.tmp"));
-        let json = serde_json::to_vec_pretty(&index).expect("the index always serializes");
-        let io_error = |source| WriteError::Io {
-            path: tmp.clone(),
-            source,
-        };
-        create_private_file(&tmp)
-            .and_then(|mut file| file.write_all(&json))
-            .map_err(io_error)?;
-        fs::rename(&tmp, self.dir.join(INDEX_FILE_NAME)).map_err(io_error)
+        write_json(&self.dir, INDEX_FILE_NAME, &self.index(segments))
     }
+}
+
+/// Write `value` as `dir/name`, through a temporary file and a rename so a
+/// reader never sees half of it.
+fn write_json(dir: &Path, name: &str, value: &impl Serialize) -> Result<(), WriteError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let json = serde_json::to_vec_pretty(value).expect("plain data always serializes");
+    let io_error = |source| WriteError::Io {
+        path: tmp.clone(),
+        source,
+    };
+    create_private_file(&tmp)
+        .and_then(|mut file| file.write_all(&json))
+        .map_err(io_error)?;
+    fs::rename(&tmp, dir.join(name)).map_err(io_error)
 }
 
 impl OpenSegment {

@@ -7,6 +7,7 @@
 //! the defaults that is under 64 MiB in the worst case and a few MiB in
 //! the common one.
 
+pub mod flight;
 mod log_writer;
 mod queue;
 
@@ -40,6 +41,11 @@ pub const FLUSH_INTERVAL_MS: u64 = 10;
 /// Upper bound on a configured flush interval.
 pub const FLUSH_INTERVAL_MS_MAX: u64 = 100;
 
+/// How long [`Recorder::keep`] waits for the writer to freeze the ring:
+/// the writer wakes every flush interval, and copying the open segment
+/// is a few MiB at most; past this the disk is the problem.
+pub const KEEP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How a run is written.
 #[derive(Clone, Debug)]
 pub struct WriterConfig {
@@ -53,6 +59,10 @@ pub struct WriterConfig {
     pub queue_events_max: usize,
     /// Queue capacity in payload bytes.
     pub queue_payload_bytes_max: usize,
+    /// Flight mode: keep only the most recent this many bytes of log, in
+    /// a ring (at least [`flight::FLIGHT_BYTES_MIN`]); windows are kept on
+    /// request ([`Recorder::keep`]).
+    pub flight_bytes: Option<u64>,
 }
 
 impl Default for WriterConfig {
@@ -63,6 +73,7 @@ impl Default for WriterConfig {
             flush_interval: Duration::from_millis(FLUSH_INTERVAL_MS),
             queue_events_max: QUEUE_EVENTS_MAX,
             queue_payload_bytes_max: QUEUE_PAYLOAD_BYTES_MAX,
+            flight_bytes: None,
         }
     }
 }
@@ -80,6 +91,11 @@ impl WriterConfig {
         assert!(
             self.segment_bytes_max > 0,
             "segment_bytes_max must be positive"
+        );
+        assert!(
+            self.flight_bytes
+                .is_none_or(|bytes| bytes >= flight::FLIGHT_BYTES_MIN),
+            "a flight ring needs at least FLIGHT_BYTES_MIN bytes"
         );
     }
 }
@@ -144,6 +160,8 @@ pub struct Recorder {
 struct WriterProgress {
     totals: WriterTotals,
     error: Option<String>,
+    /// A pending [`Recorder::keep`]: its reason and where to answer.
+    keep: Option<(String, std::sync::mpsc::Sender<Result<PathBuf, String>>)>,
 }
 
 type WriterOutcome = Result<WriterTotals, WriteError>;
@@ -207,6 +225,31 @@ impl Recorder {
     /// The instant the run's monotonic clock counts from.
     pub fn origin(&self) -> std::time::Instant {
         self.queue.origin()
+    }
+
+    /// Flight mode: freeze the ring (every event recorded before this
+    /// call included) into a kept run directory and return it. Waits for
+    /// the writer thread, at most [`KEEP_TIMEOUT`]; callable from any
+    /// thread, a panic hook included.
+    pub fn keep(&self, reason: &str) -> Result<PathBuf, WriteError> {
+        let failed = |message: String| WriteError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::other(message),
+        };
+        if lock(&self.writer).is_none() {
+            return Err(failed("the recording is closed".into()));
+        }
+        let (answer, wait) = std::sync::mpsc::channel();
+        lock(&self.shared).keep = Some((reason.to_string(), answer));
+        match wait.recv_timeout(KEEP_TIMEOUT) {
+            Ok(result) => result.map_err(failed),
+            Err(_) => {
+                lock(&self.shared).keep = None;
+                Err(failed(format!(
+                    "the writer did not freeze the ring within {KEEP_TIMEOUT:?}"
+                )))
+            }
+        }
     }
 
     /// Counters so far.
@@ -287,6 +330,14 @@ fn writer_loop(
         }
         if failed.is_some() {
             queue.count_lost(batch.len() as u64);
+        }
+        let keep = lock(shared).keep.take();
+        if let Some((reason, answer)) = keep {
+            let result = match &failed {
+                Some(err) => Err(format!("the recorder stopped writing: {err}")),
+                None => writer.keep(&reason).map_err(|err| err.to_string()),
+            };
+            let _ = answer.send(result);
         }
         lock(shared).totals = writer.totals();
         // Dropping the events here frees their payloads off the service's threads.
