@@ -142,6 +142,7 @@ impl LogWriter {
             dropped_events: 0,
             kept: 0,
         });
+        writer.describe_ring()?;
         Ok(writer)
     }
 
@@ -298,6 +299,30 @@ impl LogWriter {
             ring.dropped_events += oldest.events;
             self.finished_segments.remove(0);
         }
+        // Best effort, like the deletion: the ring's description only
+        // matters if the process dies and leaves the ring behind.
+        let _ = self.describe_ring();
+    }
+
+    /// Flight mode: the ring's own `flight.json`, so a ring left behind by
+    /// a crash reads as a window too.
+    fn describe_ring(&self) -> Result<(), WriteError> {
+        let Some(ring) = &self.ring else {
+            return Ok(());
+        };
+        let window = FlightWindow {
+            first_seq: self
+                .finished_segments
+                .iter()
+                .find_map(|s| s.first_seq)
+                .or(self.segment.first_seq)
+                .unwrap_or(ring.dropped_events),
+            last_seq: None,
+            events_before: ring.dropped_events,
+            ring_bytes: ring.budget,
+            reason: "ring".into(),
+        };
+        write_json(&self.dir, FLIGHT_FILE_NAME, &window)
     }
 
     /// Flight mode: freeze the ring into `<service>-<run id>-kept<N>/`
