@@ -154,6 +154,11 @@ pub(crate) struct RecordArgs {
     /// [default: CMD's file name].
     #[arg(long, value_name = "NAME", value_parser = NonEmptyStringValueParser::new())]
     pub(crate) service: Option<String>,
+    /// Flight recorder: keep only the last MiB of log in a ring, and keep
+    /// a window (`DIR/<service>-<run id>-keptN`) on SIGUSR2, on a panic,
+    /// or when the service calls `deja::flight::keep()`.
+    #[arg(long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub(crate) flight: Option<u64>,
     /// The service to run and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,

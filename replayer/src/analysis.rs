@@ -284,3 +284,88 @@ mod tests {
         assert_eq!(stats.duration_ns, 0);
     }
 }
+
+/// Most references listed by name in [`WindowReferences`]'s text; the
+/// rest are counted.
+const WINDOW_REFERENCES_LISTED: usize = 5;
+
+/// What a log that starts mid-run (a flight-recorder window) refers to
+/// from before its start: tasks that act in it but were spawned earlier,
+/// and sockets used in it but opened earlier. Each comes with the seq
+/// where the window first refers to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WindowReferences {
+    /// The window's first seq.
+    pub first_seq: Option<u64>,
+    /// Tasks spawned before the window: (task, first seq in the window).
+    pub tasks: Vec<(u64, u64)>,
+    /// Sockets opened before the window: (socket id, first seq in it).
+    pub sockets: Vec<(u64, u64)>,
+}
+
+impl WindowReferences {
+    /// Find the references of `events` (a window, in seq order) to what
+    /// came before them.
+    pub fn of(events: &[Event]) -> WindowReferences {
+        let mut known_tasks = BTreeSet::new();
+        let mut known_sockets = BTreeSet::new();
+        let mut refs = WindowReferences {
+            first_seq: events.first().map(|e| e.seq),
+            ..WindowReferences::default()
+        };
+        for event in events {
+            if let EventKind::Spawn { child, .. } = &event.kind {
+                known_tasks.insert(child.0);
+            }
+            if known_tasks.insert(event.task.0) {
+                refs.tasks.push((event.task.0, event.seq));
+            }
+            let opened = match &event.kind {
+                EventKind::TcpListen { listener, .. } => Some(listener.0),
+                EventKind::TcpConnect { conn, .. } => Some(conn.0),
+                EventKind::UdpBind { socket, .. } => Some(socket.0),
+                _ => None,
+            };
+            if let EventKind::TcpAccept { result: Ok(a), .. } = &event.kind {
+                known_sockets.insert(a.conn.0);
+            }
+            if let Some(socket) = opened {
+                known_sockets.insert(socket);
+            } else if let Some(socket) = event.kind.conn() {
+                if known_sockets.insert(socket.0) {
+                    refs.sockets.push((socket.0, event.seq));
+                }
+            }
+        }
+        refs
+    }
+}
+
+impl std::fmt::Display for WindowReferences {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |items: &[(u64, u64)], what: &str| {
+            let mut text: Vec<String> = items
+                .iter()
+                .take(WINDOW_REFERENCES_LISTED)
+                .map(|(id, seq)| format!("{what} {id} at seq {seq}"))
+                .collect();
+            if items.len() > WINDOW_REFERENCES_LISTED {
+                text.push(format!("{} more", items.len() - WINDOW_REFERENCES_LISTED));
+            }
+            text.join(", ")
+        };
+        write!(
+            f,
+            "the window refers to {} tasks and {} sockets that began before it",
+            self.tasks.len(),
+            self.sockets.len()
+        )?;
+        if !self.tasks.is_empty() {
+            write!(f, " ({})", list(&self.tasks, "task"))?;
+        }
+        if !self.sockets.is_empty() {
+            write!(f, " ({})", list(&self.sockets, "conn"))?;
+        }
+        Ok(())
+    }
+}

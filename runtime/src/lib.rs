@@ -79,6 +79,7 @@ pub mod sim;
 
 pub mod collections;
 pub mod debug;
+pub mod flight;
 pub mod net;
 pub mod rand;
 pub mod signal;

@@ -74,6 +74,11 @@ impl Recording {
         self.keep_write_bytes
     }
 
+    /// Flight mode: freeze the ring into a kept run directory.
+    pub(crate) fn keep(&self, reason: &str) -> Result<std::path::PathBuf, WriteError> {
+        self.recorder.keep(reason)
+    }
+
     pub(crate) fn close(&self) -> Result<RecorderStats, WriteError> {
         self.recorder.close()
     }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use deja_recorder::writer::flight::FlightWindow;
 use deja_recorder::{
     Event, EventKind, ReadError, Recorder, RunMeta, RunReader, TaskId, WriteError, WriterConfig,
 };
@@ -33,6 +34,9 @@ pub const STALL_WAIT_DEFAULT: Duration = Duration::from_secs(1);
 const WORKERS_MAX: usize = 1024;
 /// Longest stall wait accepted from `DEJA_STALL_MS`.
 const STALL_WAIT_MAX: Duration = Duration::from_secs(600);
+
+/// Largest flight ring, MiB (a TiB: beyond that, record normally).
+const FLIGHT_MIB_MAX: u64 = 1 << 20;
 
 /// How the service runs (see the design's "One API, four modes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,6 +110,17 @@ pub enum Error {
         recorded_cmd: String,
         /// This service.
         this: String,
+    },
+    /// The run is a flight-recorder window that starts after the run did:
+    /// replay re-executes the service from its start, which it lacks.
+    #[error("{} is a flight-recorder window that starts at seq {first_seq}: replay runs the service from its start, which the ring had already dropped; {before}. `deja inspect`, `stats`, `timeline` and `diff` read the window; a ring that still holds the start replays", dir.display())]
+    FlightWindow {
+        /// The run directory.
+        dir: PathBuf,
+        /// The window's first seq.
+        first_seq: u64,
+        /// What the window refers to from before it.
+        before: String,
     },
     /// Replay stopped: the code no longer does what the log says.
     #[error("{0}")]
@@ -271,6 +286,18 @@ impl Builder {
             builder.worker_threads = Some(threads);
         }
         builder.keep_write_bytes = matches!(var("DEJA_KEEP_WRITES").as_deref(), Some("1" | "true"));
+        if let Some(mib) = var("DEJA_FLIGHT_MIB") {
+            let mib = mib
+                .parse::<u64>()
+                .ok()
+                .filter(|mib| (1..=FLIGHT_MIB_MAX).contains(mib))
+                .ok_or(Error::BadSetting {
+                    name: "DEJA_FLIGHT_MIB",
+                    value: mib,
+                    why: "expected the flight recorder's size in MiB, 1 to 1048576",
+                })?;
+            builder = builder.flight(mib);
+        }
         if let Some(specs) = var("DEJA_BREAK") {
             builder.debug.breakpoints = Breakpoints::parse_env(&specs)?;
         }
@@ -315,6 +342,18 @@ impl Builder {
     /// The service's name (default: the executable's file name).
     pub fn service(mut self, name: impl Into<String>) -> Builder {
         self.service = Some(name.into());
+        self
+    }
+
+    /// Flight recorder: keep only the last `mib` MiB of log in a ring,
+    /// and keep a window on SIGUSR2, on a panic, or on
+    /// [`crate::flight::keep`] (see [`crate::flight`]). 1 to 1 Mi.
+    pub fn flight(mut self, mib: u64) -> Builder {
+        assert!(
+            (1..=FLIGHT_MIB_MAX).contains(&mib),
+            "a flight ring of 1 to {FLIGHT_MIB_MAX} MiB"
+        );
+        self.writer.flight_bytes = Some(mib << 20);
         self
     }
 
@@ -398,8 +437,12 @@ impl Builder {
                 let recording =
                     Arc::new(Recording::new(recorder, root_seed, self.keep_write_bytes));
                 recording.record_for(TaskId::MAIN, EventKind::RootSeed { seed: root_seed });
+                let tokio = self.tokio(Some(Arc::clone(&recording)))?;
+                if self.writer.flight_bytes.is_some() {
+                    crate::flight::activate(&recording, &tokio);
+                }
                 Ok(Runtime {
-                    kind: Kind::Record(self.tokio(Some(Arc::clone(&recording)))?, recording),
+                    kind: Kind::Record(tokio, recording),
                     last_replay: Default::default(),
                 })
             }
@@ -456,6 +499,18 @@ fn load_run(dir: &Path) -> Result<(Vec<Event>, RunMeta), Error> {
     let mut events = Vec::new();
     for event in reader.by_ref() {
         events.push(event?);
+    }
+    let window = FlightWindow::read(dir).map_err(|why| Error::FlightWindow {
+        dir: dir.to_path_buf(),
+        first_seq: 0,
+        before: why,
+    })?;
+    if let Some(window) = window.filter(|window| !window.holds_the_start()) {
+        return Err(Error::FlightWindow {
+            dir: dir.to_path_buf(),
+            first_seq: window.first_seq,
+            before: deja_replayer::analysis::WindowReferences::of(&events).to_string(),
+        });
     }
     let meta = reader
         .header()
@@ -545,6 +600,7 @@ impl Runtime {
                     Err(_) => EXIT_PANIC,
                 };
                 recording.record_for(TaskId::MAIN, EventKind::Exit { code });
+                crate::flight::deactivate();
                 recording.close()?;
                 match output {
                     Ok(output) => Ok(output),

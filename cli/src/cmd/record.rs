@@ -38,9 +38,14 @@ pub(crate) fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         .env("DEJA_TRACE", &args.out)
         .env("DEJA_SERVICE", &service)
         .env("DEJA_RUN_ID", &meta.run_id);
+    if let Some(mib) = args.flight {
+        command.env("DEJA_FLIGHT_MIB", mib.to_string());
+    }
     let status = child::run(command)?;
 
-    if run_dir.is_dir() {
+    if args.flight.is_some() {
+        report_kept(&args.out, &meta);
+    } else if run_dir.is_dir() {
         report(&run_dir);
     } else {
         print_warning(&format!(
@@ -74,6 +79,36 @@ fn fresh_run(out: &Path, service: &str) -> RunMeta {
         meta = RunMeta::current(service);
     }
     meta
+}
+
+/// Flight mode: the kept windows (the ring itself is gone after a clean
+/// exit, and left behind, readable, after a crash).
+fn report_kept(out: &Path, meta: &RunMeta) {
+    let prefix = format!("{}-kept", meta.dir_name());
+    let mut kept: Vec<_> = fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with(&prefix))
+        })
+        .collect();
+    kept.sort();
+    for dir in &kept {
+        report(dir);
+    }
+    let ring = out.join(format!("{}.flight", meta.dir_name()));
+    if ring.is_dir() {
+        print_warning(&format!(
+            "the flight ring {} was left behind (the service did not exit cleanly); it reads like a run",
+            ring.display()
+        ));
+    } else if kept.is_empty() {
+        print_note("flight recorder: no window was kept (send SIGUSR2, or call deja::flight::keep(), to keep one)");
+    }
 }
 
 /// `deja: recorded DIR (N events, SIZE)`, and a warning if the log does not
