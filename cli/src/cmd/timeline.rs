@@ -92,6 +92,16 @@ fn name(timeline: &Timeline, at: At) -> String {
     )
 }
 
+/// Width of the widest service name, for aligned columns.
+fn service_width(timeline: &Timeline) -> usize {
+    timeline
+        .runs
+        .iter()
+        .map(|run| run.service.len())
+        .max()
+        .unwrap_or(0)
+}
+
 fn write_text(timeline: &Timeline, out: &mut dyn Write) -> std::io::Result<()> {
     let events = timeline.order.len();
     let bytes = timeline
@@ -111,12 +121,7 @@ fn write_text(timeline: &Timeline, out: &mut dyn Write) -> std::io::Result<()> {
         timeline.runs.len(),
         timeline.unmatched_receives
     )?;
-    let width = timeline
-        .runs
-        .iter()
-        .map(|run| run.service.len())
-        .max()
-        .unwrap_or(0);
+    let width = service_width(timeline);
     for (i, run) in timeline.runs.iter().enumerate() {
         writeln!(
             out,
@@ -318,12 +323,7 @@ fn write_request_text(
         )?;
     }
     writeln!(out, "events (causal order; * on the critical path):")?;
-    let width = timeline
-        .runs
-        .iter()
-        .map(|run| run.service.len())
-        .max()
-        .unwrap_or(0);
+    let width = service_width(timeline);
     let origin = timeline.corrected_wall_ns(view.origin);
     for &at in &view.events {
         write!(
