@@ -81,6 +81,7 @@ pub mod collections;
 pub mod debug;
 pub mod net;
 pub mod rand;
+pub mod redact;
 pub mod signal;
 pub mod task;
 pub mod time;
