@@ -1027,6 +1027,71 @@ mod tests {
     }
 
     #[test]
+    fn a_redacted_marker_displays_its_target_and_ranges() {
+        let kind = EventKind::Redacted {
+            seq_of: 12,
+            ranges: vec![(30, 42), (50, 52)],
+        };
+        assert_eq!(
+            kind.to_string(),
+            "redacted     of=#12 bytes=14 at=30..42,50..52"
+        );
+        assert_eq!(kind.payload_len(), 16);
+        assert_eq!(kind.class(), KindClass::Redacted);
+        // Hostile ranges neither panic nor count negative bytes.
+        assert_eq!(
+            redacted_bytes(&[(9, 3), (0, u32::MAX)]),
+            u64::from(u32::MAX)
+        );
+    }
+
+    /// The variant index is part of the format: `Redacted` was appended,
+    /// so every v1 kind keeps its index and old logs keep decoding.
+    #[test]
+    fn redacted_is_appended_after_every_v1_kind() {
+        let gap = EventKind::Gap {
+            first_lost_seq: 0,
+            lost: 1,
+            reason: GapReason::QueueFull,
+        };
+        let mut bytes = Vec::new();
+        crate::format::codec::encode_into(&gap, &mut bytes).unwrap();
+        let mut marker = Vec::new();
+        let kind = EventKind::Redacted {
+            seq_of: 1,
+            ranges: vec![],
+        };
+        crate::format::codec::encode_into(&kind, &mut marker).unwrap();
+        assert_eq!((gap.index(), kind.index()), (20, 21));
+        assert_eq!((bytes[0], marker[0]), (20, 21), "bincode's variant tag");
+    }
+
+    proptest::proptest! {
+        /// Any marker survives the log codec unchanged.
+        #[test]
+        fn redacted_markers_round_trip_through_the_codec(
+            seq in proptest::prelude::any::<u64>(),
+            seq_of in proptest::prelude::any::<u64>(),
+            ranges in proptest::collection::vec(
+                (proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>()),
+                0..REDACTED_RANGES_MAX,
+            ),
+        ) {
+            let event = Event {
+                seq,
+                task: TaskId(3),
+                mono_ns: 7,
+                kind: EventKind::Redacted { seq_of, ranges },
+            };
+            let mut bytes = Vec::new();
+            crate::format::codec::encode_into(&event, &mut bytes).unwrap();
+            let (decoded, used): (Event, usize) = crate::format::codec::decode_from(&bytes).unwrap();
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(decoded, event);
+        }
+    }
+
+    #[test]
     fn content_hash_is_the_stable_xxh3() {
         // Pinned: the log format depends on this exact function.
         assert_eq!(content_hash(b""), 0x2d06800538d394c2);

@@ -1174,6 +1174,100 @@ mod tests {
         assert_eq!(err.seq(), Some(3));
     }
 
+    /// Task 1 reads a redacted request (seq 0, marker seq 1), task 2 reads
+    /// a plain one, then task 1 writes.
+    fn redacted_log() -> Gate {
+        Gate::new(vec![
+            event(0, 1, read(10)),
+            event(
+                1,
+                1,
+                EventKind::Redacted {
+                    seq_of: 0,
+                    ranges: vec![(0, 1)],
+                },
+            ),
+            event(2, 2, read(20)),
+            event(
+                3,
+                1,
+                EventKind::TcpWrite {
+                    conn: ConnId(10),
+                    result: Ok(Written::of(b"200", false)),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn redacted_markers_are_not_calls_and_their_reads_are_counted() {
+        let mut gate = redacted_log();
+        assert_eq!((gate.len(), gate.redacted_events()), (3, 1));
+        assert_eq!(gate.redaction(0), Some(&[(0, 1)][..]));
+        assert_eq!(gate.redaction(2), None);
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
+        let used = gate.last_redacted_use().expect("noted").clone();
+        assert_eq!(
+            (used.seq, used.task, used.conn),
+            (0, TaskId(1), Some(ConnId(10)))
+        );
+        assert_eq!(
+            used.to_string(),
+            "seq 0 (task 1, conn 10): 1 redacted bytes consumed at offsets 0..1; \
+             the service saw masks, not the recorded data"
+        );
+        // The marker is not task 1's next event: its write is.
+        assert_eq!(gate.next_event_of(TaskId(1)).map(|e| e.seq), Some(3));
+        let t2 = Call::TcpRead { conn: ConnId(20) };
+        assert!(matches!(gate.poll(TaskId(2), &t2), Ok(Gated::Ready(e)) if e.seq == 2));
+        assert_eq!(gate.redacted_uses(), 1);
+        let write = Call::TcpWrite {
+            conn: ConnId(10),
+            bytes: b"200",
+        };
+        assert!(matches!(gate.poll(TaskId(1), &write), Ok(Gated::Ready(e)) if e.seq == 3));
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_divergence_after_a_redacted_read_says_so() {
+        let mut gate = redacted_log();
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(gate.poll(TaskId(1), &t1).is_ok());
+        let t2 = Call::TcpRead { conn: ConnId(20) };
+        assert!(gate.poll(TaskId(2), &t2).is_ok());
+        let err = gate
+            .poll(
+                TaskId(1),
+                &Call::TcpWrite {
+                    conn: ConnId(10),
+                    bytes: b"401",
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.seq(), Some(3));
+        assert_eq!(err.after_redacted.as_ref().map(|used| used.seq), Some(0));
+        assert!(
+            err.to_string()
+                .contains("note: this divergence follows consumption of redacted data at seq 0"),
+            "{err}"
+        );
+        // Without a redacted read there is no note.
+        let mut plain = interleaved();
+        let err = plain
+            .poll(
+                TaskId(1),
+                &Call::TcpWrite {
+                    conn: ConnId(10),
+                    bytes: b"x",
+                },
+            )
+            .map(|_| ())
+            .err();
+        assert!(err.is_none_or(|err| err.after_redacted.is_none()));
+    }
+
     #[test]
     fn marks_with_another_value_diverge() {
         let mut gate = Gate::new(vec![event(
