@@ -718,6 +718,32 @@ pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
     run_to_exit(Builder::from_env().and_then(Builder::build), main)
 }
 
+/// `#[deja::main]` with a say in the builder: settings from the
+/// environment, then `configure` (redactors, worker threads, ...), then
+/// run `main` and exit the way the mode says. A service that redacts
+/// writes its `main` this way, so record and replay get the same redactors:
+///
+/// ```no_run
+/// fn main() {
+///     deja::run_main_with(
+///         |builder| builder.redact(deja::redact::http_header("authorization")),
+///         async {
+///             // the service, as under #[deja::main]
+///             Ok::<(), std::io::Error>(())
+///         },
+///     )
+/// }
+/// ```
+pub fn run_main_with<T: MainResult, F: Future<Output = T>>(
+    configure: impl FnOnce(Builder) -> Builder,
+    main: F,
+) -> ! {
+    run_to_exit(
+        Builder::from_env().map(configure).and_then(Builder::build),
+        main,
+    )
+}
+
 /// Run `main` on `runtime` and exit the process the way the mode says
 /// (replay: with the recorded code, or 3 on a divergence).
 pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
