@@ -724,15 +724,14 @@ pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
 /// writes its `main` this way, so record and replay get the same redactors:
 ///
 /// ```no_run
-/// fn main() {
-///     deja::run_main_with(
-///         |builder| builder.redact(deja::redact::http_header("authorization")),
-///         async {
-///             // the service, as under #[deja::main]
-///             Ok::<(), std::io::Error>(())
-///         },
-///     )
-/// }
+/// // In `fn main()`:
+/// deja::run_main_with(
+///     |builder| builder.redact(deja::redact::http_header("authorization")),
+///     async {
+///         // the service, as under #[deja::main]
+///         Ok::<(), std::io::Error>(())
+///     },
+/// )
 /// ```
 pub fn run_main_with<T: MainResult, F: Future<Output = T>>(
     configure: impl FnOnce(Builder) -> Builder,
