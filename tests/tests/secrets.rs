@@ -54,7 +54,14 @@ async fn service(
         let mut request = Vec::new();
         conn.read_to_end(&mut request).await?;
         let response = match logic {
-            Logic::Echo => [b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), &request].concat(),
+            // The reply carries a secret of the service's own, which replay
+            // writes in the clear again: it must mask it to compare.
+            Logic::Echo => [
+                format!("HTTP/1.1 200 OK\r\nAuthorization: Bearer {TOKEN}-reply\r\n\r\n")
+                    .as_bytes(),
+                &request,
+            ]
+            .concat(),
             Logic::CheckToken => {
                 let wanted = format!("\r\nAuthorization: Bearer {TOKEN}\r\n");
                 let authorized = request
@@ -375,4 +382,73 @@ fn a_service_that_checks_the_secret_diverges_naming_the_redacted_read() {
     );
     assert!(report.contains("the service saw masks"), "{report}");
     assert!(stats.redacted_consumed >= 1);
+}
+
+/// A UDP service: echoes `datagrams` datagrams back to their senders.
+async fn udp_echo(addr: Option<mpsc::Sender<SocketAddr>>, datagrams: usize) -> std::io::Result<()> {
+    let socket = deja::net::UdpSocket::bind("127.0.0.1:0").await?;
+    if let Some(addr) = addr {
+        let _ = addr.send(socket.local_addr()?);
+    }
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..datagrams {
+        let (n, peer) = socket.recv_from(&mut buf).await?;
+        socket.send_to(&buf[..n], peer).await?;
+    }
+    Ok(())
+}
+
+#[test]
+fn udp_datagrams_and_sends_are_redacted_and_replay() {
+    let out = tempfile::tempdir().unwrap();
+    let datagrams = 2;
+    let mut runtime = builder()
+        .mode(Mode::Record)
+        .trace_dir(out.path())
+        .keep_write_bytes(true)
+        .build()
+        .expect("record runtime");
+    let dir = runtime.run_dir().expect("run dir").to_path_buf();
+    let (tx, rx) = mpsc::channel();
+    let client = std::thread::spawn(move || {
+        let addr = rx
+            .recv_timeout(CLIENT_TIMEOUT)
+            .expect("the service's address");
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+        let mut echoes = Vec::new();
+        for i in 0..datagrams {
+            let message = format!("PING {i}\r\nAuthorization: Bearer {TOKEN}\r\ncard={CARD}\n");
+            socket.send_to(message.as_bytes(), addr).unwrap();
+            let mut buf = [0u8; 2048];
+            let (n, _) = socket.recv_from(&mut buf).expect("echo");
+            echoes.push(buf[..n].to_vec());
+        }
+        echoes
+    });
+    runtime
+        .block_on(udp_echo(Some(tx), datagrams))
+        .expect("recorded run")
+        .expect("service ok");
+    drop(runtime);
+    for echo in client.join().expect("client") {
+        assert!(contains(&echo, TOKEN.as_bytes()), "the service saw a mask");
+    }
+    let all: Vec<u8> = decompressed_frames(&dir).concat();
+    assert_no_secret("a decompressed frame", &all);
+    assert!(contains(&all, b"Authorization: *"));
+
+    let mut replay = builder()
+        .mode(Mode::Replay)
+        .trace_dir(&dir)
+        .stall_wait(Duration::from_millis(500))
+        .build()
+        .expect("replay runtime");
+    let result = replay.block_on(udp_echo(None, datagrams));
+    if let Err(err) = result {
+        panic!("replay of the redacted UDP run failed: {err}");
+    }
+    let stats = replay.replay_stats().expect("stats");
+    assert_eq!(stats.redacted_consumed, datagrams as u64, "{stats:?}");
+    assert_eq!(stats.redacted_events, 2 * datagrams as u64, "{stats:?}");
 }
