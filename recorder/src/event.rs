@@ -208,7 +208,25 @@ pub enum EventKind {
         /// Why they were lost.
         reason: GapReason,
     },
+    /// The payload of event `seq_of` (a read, a datagram received, or a
+    /// write's kept bytes and hash) went through the service's redaction
+    /// hook before it was logged: the bytes in `ranges` are masks, not
+    /// what the service saw or sent. Recorded by the same task right after
+    /// the event it describes; replay does not match it against a call.
+    Redacted {
+        /// The seq of the redacted event.
+        seq_of: u64,
+        /// Masked byte ranges `[start, end)` of that event's payload, in
+        /// order and disjoint (at most [`REDACTED_RANGES_MAX`]).
+        ranges: Vec<(u32, u32)>,
+    },
 }
+
+/// Most ranges one [`EventKind::Redacted`] lists. A payload masked in more
+/// places is described by fewer, wider ranges (the last one runs to the
+/// last masked byte), which keeps the marker small whatever the redactor
+/// does to a 1 MiB read.
+pub const REDACTED_RANGES_MAX: usize = 64;
 
 /// A connection returned by `accept`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,11 +468,13 @@ pub enum KindClass {
     Exit,
     /// Lost events.
     Gap,
+    /// Redaction markers.
+    Redacted,
 }
 
 impl KindClass {
     /// Every class, in display order.
-    pub const ALL: [KindClass; 15] = [
+    pub const ALL: [KindClass; 16] = [
         KindClass::Time,
         KindClass::Timer,
         KindClass::Rand,
@@ -470,6 +490,7 @@ impl KindClass {
         KindClass::Signal,
         KindClass::Exit,
         KindClass::Gap,
+        KindClass::Redacted,
     ];
 
     /// The class's name as users type it.
@@ -490,6 +511,7 @@ impl KindClass {
             KindClass::Signal => "signal",
             KindClass::Exit => "exit",
             KindClass::Gap => "gap",
+            KindClass::Redacted => "redacted",
         }
     }
 
@@ -509,7 +531,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 21] = [
+    pub const NAMES: [&'static str; 22] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -531,10 +553,11 @@ impl EventKind {
         "signal",
         "exit",
         "gap",
+        "redacted",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 21] = [
+    pub const CLASSES: [KindClass; 22] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -556,6 +579,7 @@ impl EventKind {
         KindClass::Signal,
         KindClass::Exit,
         KindClass::Gap,
+        KindClass::Redacted,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -588,6 +612,7 @@ impl EventKind {
             EventKind::Signal { .. } => 18,
             EventKind::Exit { .. } => 19,
             EventKind::Gap { .. } => 20,
+            EventKind::Redacted { .. } => 21,
         }
     }
 
@@ -609,6 +634,7 @@ impl EventKind {
             EventKind::Signal { .. } => KindClass::Signal,
             EventKind::Exit { .. } => KindClass::Exit,
             EventKind::Gap { .. } => KindClass::Gap,
+            EventKind::Redacted { .. } => KindClass::Redacted,
         }
     }
 
@@ -657,10 +683,14 @@ impl EventKind {
             } => datagram.bytes.len(),
             EventKind::Spawn { name, .. } => name.as_ref().map_or(0, String::len),
             EventKind::Mark { name, value } => name.len() + value.len(),
+            EventKind::Redacted { ranges, .. } => ranges.len() * REDACTED_RANGE_BYTES,
             _ => 0,
         }
     }
 }
+
+/// Bytes one redacted range takes in the log (two `u32`s), for payload accounting.
+const REDACTED_RANGE_BYTES: usize = 8;
 
 /// Bytes shown before `inspect` elides a payload.
 const PREVIEW_BYTES_MAX: usize = 48;
@@ -784,10 +814,33 @@ impl fmt::Display for EventKind {
             } => write!(
                 f,
                 " lost={lost} seqs={first_lost_seq}..{} reason={reason}",
-                first_lost_seq + lost
+                first_lost_seq.saturating_add(*lost)
             ),
+            EventKind::Redacted { seq_of, ranges } => {
+                write!(f, " of=#{seq_of} bytes={} at=", redacted_bytes(ranges))?;
+                write_ranges(f, ranges)
+            }
         }
     }
+}
+
+/// Masked bytes in `ranges` (ranges with `end < start` count as empty).
+pub fn redacted_bytes(ranges: &[(u32, u32)]) -> u64 {
+    ranges
+        .iter()
+        .map(|&(start, end)| u64::from(end.saturating_sub(start)))
+        .sum()
+}
+
+/// Writes ranges as `30..42,50..60`.
+pub fn write_ranges(f: &mut impl fmt::Write, ranges: &[(u32, u32)]) -> fmt::Result {
+    for (i, (start, end)) in ranges.iter().enumerate() {
+        if i > 0 {
+            f.write_char(',')?;
+        }
+        write!(f, "{start}..{end}")?;
+    }
+    Ok(())
 }
 
 fn write_written(f: &mut fmt::Formatter<'_>, written: &Written) -> fmt::Result {
@@ -891,6 +944,10 @@ mod tests {
                 lost: 1,
                 reason: GapReason::QueueFull,
             },
+            EventKind::Redacted {
+                seq_of: 0,
+                ranges: vec![(1, 2)],
+            },
         ];
         for kind in &kinds {
             match kind {
@@ -914,7 +971,8 @@ mod tests {
                 | EventKind::Mark { .. }
                 | EventKind::Signal { .. }
                 | EventKind::Exit { .. }
-                | EventKind::Gap { .. } => {}
+                | EventKind::Gap { .. }
+                | EventKind::Redacted { .. } => {}
             }
         }
         kinds
@@ -966,6 +1024,71 @@ mod tests {
         assert!(line.contains("+1.500000000s"), "{line}");
         assert!(line.contains("160B \"GET / HTTP/1.1\\r\\n"), "{line}");
         assert!(line.ends_with("..."), "{line}");
+    }
+
+    #[test]
+    fn a_redacted_marker_displays_its_target_and_ranges() {
+        let kind = EventKind::Redacted {
+            seq_of: 12,
+            ranges: vec![(30, 42), (50, 52)],
+        };
+        assert_eq!(
+            kind.to_string(),
+            "redacted     of=#12 bytes=14 at=30..42,50..52"
+        );
+        assert_eq!(kind.payload_len(), 16);
+        assert_eq!(kind.class(), KindClass::Redacted);
+        // Hostile ranges neither panic nor count negative bytes.
+        assert_eq!(
+            redacted_bytes(&[(9, 3), (0, u32::MAX)]),
+            u64::from(u32::MAX)
+        );
+    }
+
+    /// The variant index is part of the format: `Redacted` was appended,
+    /// so every v1 kind keeps its index and old logs keep decoding.
+    #[test]
+    fn redacted_is_appended_after_every_v1_kind() {
+        let gap = EventKind::Gap {
+            first_lost_seq: 0,
+            lost: 1,
+            reason: GapReason::QueueFull,
+        };
+        let mut bytes = Vec::new();
+        crate::format::codec::encode_into(&gap, &mut bytes).unwrap();
+        let mut marker = Vec::new();
+        let kind = EventKind::Redacted {
+            seq_of: 1,
+            ranges: vec![],
+        };
+        crate::format::codec::encode_into(&kind, &mut marker).unwrap();
+        assert_eq!((gap.index(), kind.index()), (20, 21));
+        assert_eq!((bytes[0], marker[0]), (20, 21), "bincode's variant tag");
+    }
+
+    proptest::proptest! {
+        /// Any marker survives the log codec unchanged.
+        #[test]
+        fn redacted_markers_round_trip_through_the_codec(
+            seq in proptest::prelude::any::<u64>(),
+            seq_of in proptest::prelude::any::<u64>(),
+            ranges in proptest::collection::vec(
+                (proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>()),
+                0..REDACTED_RANGES_MAX,
+            ),
+        ) {
+            let event = Event {
+                seq,
+                task: TaskId(3),
+                mono_ns: 7,
+                kind: EventKind::Redacted { seq_of, ranges },
+            };
+            let mut bytes = Vec::new();
+            crate::format::codec::encode_into(&event, &mut bytes).unwrap();
+            let (decoded, used): (Event, usize) = crate::format::codec::decode_from(&bytes).unwrap();
+            proptest::prop_assert_eq!(used, bytes.len());
+            proptest::prop_assert_eq!(decoded, event);
+        }
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 
-use deja_recorder::{content_hash, ConnId, Event, EventKind, TaskId, TaskOutcome};
+use deja_recorder::event::{redacted_bytes, write_ranges};
+use deja_recorder::{content_hash, ConnId, Event, EventKind, ReadOutcome, TaskId, TaskOutcome};
 
 /// Events shown before the divergence point in a report.
 pub const REPORT_CONTEXT_EVENTS: usize = 8;
@@ -369,6 +370,42 @@ pub struct Divergence {
     pub actual: String,
     /// The last events released before the divergence, oldest first.
     pub recent: Vec<Event>,
+    /// The last redacted read or datagram replay handed to the service
+    /// before the divergence (the diverging task's own, else any task's):
+    /// the service saw masks there, which may be why it went another way.
+    pub after_redacted: Option<RedactedUse>,
+}
+
+/// A redacted read or datagram that replay handed to the service: the
+/// service saw the masks the recording logged, not the bytes it received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedactedUse {
+    /// The seq of the read or datagram.
+    pub seq: u64,
+    /// The task that consumed it.
+    pub task: TaskId,
+    /// The stream or socket it came from.
+    pub conn: Option<ConnId>,
+    /// The masked byte ranges `[start, end)` within its payload.
+    pub ranges: Vec<(u32, u32)>,
+}
+
+impl fmt::Display for RedactedUse {
+    /// `seq 12 (task 1, conn 3): 12 redacted bytes consumed at offsets 30..42;
+    /// the service saw masks, not the recorded data`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "seq {} (task {}", self.seq, self.task)?;
+        if let Some(conn) = self.conn {
+            write!(f, ", conn {conn}")?;
+        }
+        write!(
+            f,
+            "): {} redacted bytes consumed at offsets ",
+            redacted_bytes(&self.ranges)
+        )?;
+        write_ranges(f, &self.ranges)?;
+        f.write_str("; the service saw masks, not the recorded data")
+    }
 }
 
 impl Divergence {
@@ -405,6 +442,12 @@ impl fmt::Display for Divergence {
             for event in &self.recent {
                 writeln!(f, "    {event}")?;
             }
+        }
+        if let Some(used) = &self.after_redacted {
+            writeln!(
+                f,
+                "  note: this divergence follows consumption of redacted data at {used}"
+            )?;
         }
         Ok(())
     }
@@ -457,13 +500,32 @@ pub struct Gate {
     tasks: BTreeMap<TaskId, TaskTrack>,
     tail: LogTail,
     beyond_log: u64,
+    /// `Redacted` markers, by the seq of the event they describe. They are
+    /// not matched against calls: no call makes them.
+    redacted: BTreeMap<u64, Vec<(u32, u32)>>,
+    /// The last redacted read each task consumed.
+    redacted_used: BTreeMap<TaskId, RedactedUse>,
+    /// The last redacted read any task consumed.
+    last_redacted_use: Option<RedactedUse>,
+    /// Redacted reads consumed so far.
+    redacted_uses: u64,
 }
 
 impl Gate {
     /// A gate over a run's events (in seq order, as the reader returns them).
     /// Events after the first `Gap` are unusable (the lost events' tasks
-    /// are unknown) and are dropped: replay stops at the gap.
+    /// are unknown) and are dropped: replay stops at the gap. `Redacted`
+    /// markers are taken out of the order (no call makes them) and kept
+    /// by the seq of the event they describe.
     pub fn new(mut events: Vec<Event>) -> Gate {
+        let mut redacted = BTreeMap::new();
+        events.retain(|event| match &event.kind {
+            EventKind::Redacted { seq_of, ranges } => {
+                redacted.insert(*seq_of, ranges.clone());
+                false
+            }
+            _ => true,
+        });
         let tail = match events
             .iter()
             .position(|event| matches!(event.kind, EventKind::Gap { .. }))
@@ -492,7 +554,65 @@ impl Gate {
             tasks,
             tail,
             beyond_log: 0,
+            redacted,
+            redacted_used: BTreeMap::new(),
+            last_redacted_use: None,
+            redacted_uses: 0,
         }
+    }
+
+    /// The masked ranges of the event with this seq, if the recording
+    /// redacted it.
+    pub fn redaction(&self, seq: u64) -> Option<&[(u32, u32)]> {
+        self.redacted.get(&seq).map(Vec::as_slice)
+    }
+
+    /// Events the recording redacted (reads, datagrams and writes).
+    pub fn redacted_events(&self) -> usize {
+        self.redacted.len()
+    }
+
+    /// Redacted reads and datagrams handed to the service so far.
+    pub fn redacted_uses(&self) -> u64 {
+        self.redacted_uses
+    }
+
+    /// The last redacted read or datagram handed to the service.
+    pub fn last_redacted_use(&self) -> Option<&RedactedUse> {
+        self.last_redacted_use.as_ref()
+    }
+
+    /// Task `task`'s next recorded event (not yet released or claimed):
+    /// what its next call must match.
+    pub fn next_event_of(&self, task: TaskId) -> Option<&Event> {
+        self.next_index(task).map(|index| &self.events[index])
+    }
+
+    /// Note a released read or datagram that the recording redacted.
+    fn note_consumed(&mut self, index: usize) {
+        let event = &self.events[index];
+        let Some(ranges) = self.redacted.get(&event.seq) else {
+            return;
+        };
+        let consumed = matches!(
+            event.kind,
+            EventKind::TcpRead {
+                result: ReadOutcome::Data(_),
+                ..
+            } | EventKind::UdpRecv { result: Ok(_), .. }
+        );
+        if !consumed {
+            return;
+        }
+        let used = RedactedUse {
+            seq: event.seq,
+            task: event.task,
+            conn: event.kind.conn(),
+            ranges: ranges.clone(),
+        };
+        self.redacted_uses += 1;
+        self.redacted_used.insert(event.task, used.clone());
+        self.last_redacted_use = Some(used);
     }
 
     /// How the recording ends.
@@ -618,6 +738,7 @@ impl Gate {
             Match::Same => {
                 debug_assert_eq!(self.events[index].task, task);
                 self.take_next(task);
+                self.note_consumed(index);
                 self.cursor += 1;
                 self.skip_claimed();
                 Ok(Gated::Ready(&self.events[index]))
@@ -743,6 +864,11 @@ impl Gate {
             expected: expected.map(|index| self.events[index].clone()),
             actual,
             recent: self.events[recent_from..context_end].to_vec(),
+            after_redacted: self
+                .redacted_used
+                .get(&task)
+                .or(self.last_redacted_use.as_ref())
+                .cloned(),
         })
     }
 }
@@ -1046,6 +1172,100 @@ mod tests {
         let err = gate.stalled(&[]);
         assert_eq!(err.kind, DivergenceKind::LogIncomplete);
         assert_eq!(err.seq(), Some(3));
+    }
+
+    /// Task 1 reads a redacted request (seq 0, marker seq 1), task 2 reads
+    /// a plain one, then task 1 writes.
+    fn redacted_log() -> Gate {
+        Gate::new(vec![
+            event(0, 1, read(10)),
+            event(
+                1,
+                1,
+                EventKind::Redacted {
+                    seq_of: 0,
+                    ranges: vec![(0, 1)],
+                },
+            ),
+            event(2, 2, read(20)),
+            event(
+                3,
+                1,
+                EventKind::TcpWrite {
+                    conn: ConnId(10),
+                    result: Ok(Written::of(b"200", false)),
+                },
+            ),
+        ])
+    }
+
+    #[test]
+    fn redacted_markers_are_not_calls_and_their_reads_are_counted() {
+        let mut gate = redacted_log();
+        assert_eq!((gate.len(), gate.redacted_events()), (3, 1));
+        assert_eq!(gate.redaction(0), Some(&[(0, 1)][..]));
+        assert_eq!(gate.redaction(2), None);
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
+        let used = gate.last_redacted_use().expect("noted").clone();
+        assert_eq!(
+            (used.seq, used.task, used.conn),
+            (0, TaskId(1), Some(ConnId(10)))
+        );
+        assert_eq!(
+            used.to_string(),
+            "seq 0 (task 1, conn 10): 1 redacted bytes consumed at offsets 0..1; \
+             the service saw masks, not the recorded data"
+        );
+        // The marker is not task 1's next event: its write is.
+        assert_eq!(gate.next_event_of(TaskId(1)).map(|e| e.seq), Some(3));
+        let t2 = Call::TcpRead { conn: ConnId(20) };
+        assert!(matches!(gate.poll(TaskId(2), &t2), Ok(Gated::Ready(e)) if e.seq == 2));
+        assert_eq!(gate.redacted_uses(), 1);
+        let write = Call::TcpWrite {
+            conn: ConnId(10),
+            bytes: b"200",
+        };
+        assert!(matches!(gate.poll(TaskId(1), &write), Ok(Gated::Ready(e)) if e.seq == 3));
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_divergence_after_a_redacted_read_says_so() {
+        let mut gate = redacted_log();
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(gate.poll(TaskId(1), &t1).is_ok());
+        let t2 = Call::TcpRead { conn: ConnId(20) };
+        assert!(gate.poll(TaskId(2), &t2).is_ok());
+        let err = gate
+            .poll(
+                TaskId(1),
+                &Call::TcpWrite {
+                    conn: ConnId(10),
+                    bytes: b"401",
+                },
+            )
+            .unwrap_err();
+        assert_eq!(err.seq(), Some(3));
+        assert_eq!(err.after_redacted.as_ref().map(|used| used.seq), Some(0));
+        assert!(
+            err.to_string()
+                .contains("note: this divergence follows consumption of redacted data at seq 0"),
+            "{err}"
+        );
+        // Without a redacted read there is no note.
+        let mut plain = interleaved();
+        let err = plain
+            .poll(
+                TaskId(1),
+                &Call::TcpWrite {
+                    conn: ConnId(10),
+                    bytes: b"x",
+                },
+            )
+            .map(|_| ())
+            .err();
+        assert!(err.is_none_or(|err| err.after_redacted.is_none()));
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub mod debug;
 pub mod flight;
 pub mod net;
 pub mod rand;
+pub mod redact;
 pub mod signal;
 pub mod task;
 pub mod time;
@@ -95,8 +96,8 @@ pub use deja_macros::main;
 pub use deja_recorder as recorder;
 pub use replay::ReplayStats;
 pub use runtime::{
-    run_main, Builder, Error, MainResult, Mode, Runtime, EXIT_DIVERGENCE, STALL_WAIT_DEFAULT,
-    TRACE_DIR_DEFAULT,
+    run_main, run_main_with, Builder, Error, MainResult, Mode, Runtime, EXIT_DIVERGENCE,
+    STALL_WAIT_DEFAULT, TRACE_DIR_DEFAULT,
 };
 pub use select::SELECT_BRANCHES_MAX;
 pub use task::{mark, spawn, JoinHandle};

@@ -17,6 +17,7 @@ use crate::debug::{
     BreakHit, Breakpoint, Breakpoints, DebugConfig, Halt, OnBreak, Resume, SpecError,
 };
 use crate::record::Recording;
+use crate::redact::{Redact, Redaction, Redactors};
 use crate::replay::debug::{open_json_fd, Debugger};
 use crate::replay::executor::Executor;
 use crate::replay::{Replay, ReplayStats, Stop};
@@ -228,6 +229,7 @@ pub struct Builder {
     keep_write_bytes: bool,
     writer: WriterConfig,
     debug: DebugConfig,
+    redactors: Redactors,
 }
 
 impl Default for Builder {
@@ -249,6 +251,7 @@ impl Builder {
             keep_write_bytes: false,
             writer: WriterConfig::default(),
             debug: DebugConfig::default(),
+            redactors: Redactors::default(),
         }
     }
 
@@ -407,6 +410,26 @@ impl Builder {
         self
     }
 
+    /// Mask secrets in what the recording logs: `redactor` sees a copy of
+    /// every TCP read, UDP datagram received and write (TCP and UDP), and
+    /// masks bytes in place (same length); the service always gets the
+    /// real bytes. Several calls add redactors, which run in order.
+    /// Redacted events are marked in the log, write hashes are taken
+    /// after masking, and replay applies the same redactors to the
+    /// service's writes, so keep the builder the same for record and
+    /// replay. See [`crate::redact`] for ready-made ones:
+    ///
+    /// ```
+    /// let builder = deja::Builder::new()
+    ///     .redact(deja::redact::http_header("authorization"))
+    ///     .redact(deja::redact::digits_run(13..=19).luhn());
+    /// # drop(builder);
+    /// ```
+    pub fn redact(mut self, redactor: impl Redact) -> Builder {
+        self.redactors.push(redactor);
+        self
+    }
+
     fn service_name(&self) -> String {
         self.service.clone().unwrap_or_else(exe_name)
     }
@@ -434,8 +457,12 @@ impl Builder {
                     source,
                 })?;
                 let recorder = Recorder::create(&out, meta, self.writer.clone())?;
-                let recording =
-                    Arc::new(Recording::new(recorder, root_seed, self.keep_write_bytes));
+                let recording = Arc::new(Recording::new(
+                    recorder,
+                    root_seed,
+                    self.keep_write_bytes,
+                    Redaction::new(self.redactors.clone()),
+                ));
                 recording.record_for(TaskId::MAIN, EventKind::RootSeed { seed: root_seed });
                 let tokio = self.tokio(Some(Arc::clone(&recording)))?;
                 if self.writer.flight_bytes.is_some() {
@@ -458,6 +485,7 @@ impl Builder {
                         start_wall_ns: meta.start_wall_unix_ns,
                         stall_wait: self.stall_wait,
                         debug: Box::new((self.debug.clone(), json)),
+                        redactors: self.redactors.clone(),
                     },
                     last_replay: Default::default(),
                 })
@@ -554,6 +582,7 @@ enum Kind {
         start_wall_ns: i64,
         stall_wait: Duration,
         debug: Box<(DebugConfig, Option<std::fs::File>)>,
+        redactors: Redactors,
     },
 }
 
@@ -612,11 +641,18 @@ impl Runtime {
                 start_wall_ns,
                 stall_wait,
                 debug,
+                redactors,
             } => {
                 let events = events.take().expect("a runtime runs one main");
                 let (config, json) = std::mem::take(&mut **debug);
                 let debugger = Debugger::new(config, json);
-                let (output, stats) = replay(events, *start_wall_ns, *stall_wait, debugger, main);
+                let setup = ReplaySetup {
+                    start_wall_ns: *start_wall_ns,
+                    stall_wait: *stall_wait,
+                    debugger,
+                    redaction: Redaction::new(std::mem::take(redactors)),
+                };
+                let (output, stats) = replay(events, setup, main);
                 *self.last_replay.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
                 output
             }
@@ -635,6 +671,7 @@ impl Drop for Runtime {
                 start_wall_ns: 0,
                 stall_wait: Duration::ZERO,
                 debug: Box::default(),
+                redactors: Redactors::default(),
             },
         );
         match kind {
@@ -644,11 +681,17 @@ impl Drop for Runtime {
     }
 }
 
-fn replay<F>(
-    events: Vec<Event>,
+/// How a replay runs, besides its events.
+struct ReplaySetup {
     start_wall_ns: i64,
     stall_wait: Duration,
     debugger: Option<Debugger>,
+    redaction: Option<Redaction>,
+}
+
+fn replay<F>(
+    events: Vec<Event>,
+    setup: ReplaySetup,
     main: F,
 ) -> (Result<F::Output, Error>, ReplayStats)
 where
@@ -657,9 +700,10 @@ where
 {
     let replay = Rc::new(Replay::new(
         Gate::new(events),
-        start_wall_ns,
-        Executor::new(stall_wait),
-        debugger,
+        setup.start_wall_ns,
+        Executor::new(setup.stall_wait),
+        setup.debugger,
+        setup.redaction,
     ));
     let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
     let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
@@ -728,6 +772,31 @@ where
 #[doc(hidden)]
 pub fn run_main<T: MainResult, F: Future<Output = T>>(main: F) -> ! {
     run_to_exit(Builder::from_env().and_then(Builder::build), main)
+}
+
+/// `#[deja::main]` with a say in the builder: settings from the
+/// environment, then `configure` (redactors, worker threads, ...), then
+/// run `main` and exit the way the mode says. A service that redacts
+/// writes its `main` this way, so record and replay get the same redactors:
+///
+/// ```no_run
+/// // In `fn main()`:
+/// deja::run_main_with(
+///     |builder| builder.redact(deja::redact::http_header("authorization")),
+///     async {
+///         // the service, as under #[deja::main]
+///         Ok::<(), std::io::Error>(())
+///     },
+/// )
+/// ```
+pub fn run_main_with<T: MainResult, F: Future<Output = T>>(
+    configure: impl FnOnce(Builder) -> Builder,
+    main: F,
+) -> ! {
+    run_to_exit(
+        Builder::from_env().map(configure).and_then(Builder::build),
+        main,
+    )
 }
 
 /// Run `main` on `runtime` and exit the process the way the mode says

@@ -228,6 +228,11 @@ pub fn arb_event_kind() -> impl Strategy<Value = EventKind> {
         ]
         .prop_map(|signal| EventKind::Signal { signal }),
         any::<i32>().prop_map(|code| EventKind::Exit { code }),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u32>(), any::<u32>()), 0..8)
+        )
+            .prop_map(|(seq_of, ranges)| EventKind::Redacted { seq_of, ranges }),
     ]
 }
 

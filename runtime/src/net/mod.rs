@@ -52,9 +52,13 @@ impl Drop for CloseOnDrop {
         let event = EventKind::TcpClose { conn: self.conn };
         match &self.origin {
             Origin::Live => {}
-            Origin::Record(recording) => recording.record(event),
+            Origin::Record(recording) => {
+                recording.record(event);
+                recording.forget_conn(self.conn);
+            }
             Origin::Replay => {
                 with_replay(|replay| {
+                    replay.forget_conn(self.conn);
                     replay.claim(context::task_id(), &Call::TcpClose { conn: self.conn })
                 });
             }

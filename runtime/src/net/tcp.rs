@@ -7,14 +7,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use deja_recorder::{
-    Accepted, ConnId, Connected, EventKind, ReadOutcome, Written, EVENT_PAYLOAD_BYTES_MAX,
-};
+use deja_recorder::{Accepted, ConnId, Connected, EventKind, ReadOutcome, EVENT_PAYLOAD_BYTES_MAX};
 use deja_replayer::gate::Call;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{mode, replay_call, to_error, unexpected, CloseOnDrop, Mode, Origin, ToAddr};
 use crate::record::Recording;
+use crate::redact::Direction;
 use crate::sim::net::{self as sim, SimSocket};
 
 /// Connection ids mean nothing in live mode.
@@ -326,7 +325,11 @@ impl TcpStream {
     /// closes (one `TcpClose` event) when both halves are dropped.
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         let TcpStream {
-            conn, io, close, ..
+            conn,
+            peer,
+            io,
+            close,
+            ..
         } = self;
         match io {
             StreamIo::Real { io, recording } => {
@@ -334,6 +337,7 @@ impl TcpStream {
                 (
                     OwnedReadHalf {
                         conn,
+                        peer,
                         io: ReadIo::Real {
                             io: read,
                             recording: recording.clone(),
@@ -342,6 +346,7 @@ impl TcpStream {
                     },
                     OwnedWriteHalf {
                         conn,
+                        peer,
                         io: WriteIo::Real {
                             io: write,
                             recording,
@@ -353,11 +358,13 @@ impl TcpStream {
             StreamIo::Replay(reads) => (
                 OwnedReadHalf {
                     conn,
+                    peer,
                     io: ReadIo::Replay(reads),
                     _close: Arc::clone(&close),
                 },
                 OwnedWriteHalf {
                     conn,
+                    peer,
                     io: WriteIo::Replay,
                     _close: close,
                 },
@@ -365,11 +372,13 @@ impl TcpStream {
             StreamIo::Sim { key } => (
                 OwnedReadHalf {
                     conn,
+                    peer,
                     io: ReadIo::Sim { key },
                     _close: Arc::clone(&close),
                 },
                 OwnedWriteHalf {
                     conn,
+                    peer,
                     io: WriteIo::Sim { key },
                     _close: close,
                 },
@@ -393,7 +402,7 @@ impl AsyncRead for TcpStream {
         let this = self.get_mut();
         match &mut this.io {
             StreamIo::Real { io, recording } => {
-                poll_read_real(io, recording.as_deref(), this.conn, cx, buf)
+                poll_read_real(io, recording.as_deref(), (this.conn, this.peer), cx, buf)
             }
             StreamIo::Replay(reads) => reads.poll_read(this.conn, cx, buf),
             StreamIo::Sim { key } => sim::poll_read(*key, this.conn, cx, buf),
@@ -410,9 +419,9 @@ impl AsyncWrite for TcpStream {
         let this = self.get_mut();
         match &mut this.io {
             StreamIo::Real { io, recording } => {
-                poll_write_real(io, recording.as_deref(), this.conn, cx, buf)
+                poll_write_real(io, recording.as_deref(), (this.conn, this.peer), cx, buf)
             }
-            StreamIo::Replay(_) => poll_write_replay(this.conn, cx, buf),
+            StreamIo::Replay(_) => poll_write_replay((this.conn, this.peer), cx, buf),
             StreamIo::Sim { key } => {
                 sim::poll_write(*key, this.conn, cx, buf, crate::sim::keep_write_bytes())
             }
@@ -441,6 +450,7 @@ impl AsyncWrite for TcpStream {
 /// The read half of [`TcpStream::into_split`].
 pub struct OwnedReadHalf {
     conn: ConnId,
+    peer: SocketAddr,
     io: ReadIo,
     _close: Arc<CloseOnDrop>,
 }
@@ -473,7 +483,7 @@ impl AsyncRead for OwnedReadHalf {
         let this = self.get_mut();
         match &mut this.io {
             ReadIo::Real { io, recording } => {
-                poll_read_real(io, recording.as_deref(), this.conn, cx, buf)
+                poll_read_real(io, recording.as_deref(), (this.conn, this.peer), cx, buf)
             }
             ReadIo::Replay(reads) => reads.poll_read(this.conn, cx, buf),
             ReadIo::Sim { key } => sim::poll_read(*key, this.conn, cx, buf),
@@ -485,6 +495,7 @@ impl AsyncRead for OwnedReadHalf {
 /// write side down, as with tokio.
 pub struct OwnedWriteHalf {
     conn: ConnId,
+    peer: SocketAddr,
     io: WriteIo,
     _close: Arc<CloseOnDrop>,
 }
@@ -526,9 +537,9 @@ impl AsyncWrite for OwnedWriteHalf {
         let this = self.get_mut();
         match &mut this.io {
             WriteIo::Real { io, recording } => {
-                poll_write_real(io, recording.as_deref(), this.conn, cx, buf)
+                poll_write_real(io, recording.as_deref(), (this.conn, this.peer), cx, buf)
             }
-            WriteIo::Replay => poll_write_replay(this.conn, cx, buf),
+            WriteIo::Replay => poll_write_replay((this.conn, this.peer), cx, buf),
             WriteIo::Sim { key } => {
                 sim::poll_write(*key, this.conn, cx, buf, crate::sim::keep_write_bytes())
             }
@@ -559,7 +570,7 @@ impl AsyncWrite for OwnedWriteHalf {
 fn poll_read_real<R: AsyncRead + Unpin>(
     io: &mut R,
     recording: Option<&Recording>,
-    conn: ConnId,
+    (conn, peer): (ConnId, SocketAddr),
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
@@ -575,18 +586,18 @@ fn poll_read_real<R: AsyncRead + Unpin>(
     match result {
         Ok(()) => {
             let n = limited.filled().len();
-            let outcome = if n == 0 {
-                ReadOutcome::Eof
+            if n == 0 {
+                recording.record(EventKind::TcpRead {
+                    conn,
+                    result: ReadOutcome::Eof,
+                });
             } else {
-                ReadOutcome::Data(limited.filled().to_vec())
-            };
+                // The service gets the real bytes; the log gets them masked.
+                recording.record_read(conn, peer, limited.filled());
+            }
             // SAFETY: the inner read initialized and filled these n bytes.
             unsafe { buf.assume_init(n) };
             buf.advance(n);
-            recording.record(EventKind::TcpRead {
-                conn,
-                result: outcome,
-            });
             Poll::Ready(Ok(()))
         }
         Err(err) => {
@@ -602,7 +613,7 @@ fn poll_read_real<R: AsyncRead + Unpin>(
 fn poll_write_real<W: AsyncWrite + Unpin>(
     io: &mut W,
     recording: Option<&Recording>,
-    conn: ConnId,
+    (conn, peer): (ConnId, SocketAddr),
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<io::Result<usize>> {
@@ -613,13 +624,22 @@ fn poll_write_real<W: AsyncWrite + Unpin>(
         return Poll::Ready(Ok(0));
     }
     let result = ready!(Pin::new(io).poll_write(cx, buf));
-    recording.record(EventKind::TcpWrite {
-        conn,
-        result: match &result {
-            Ok(n) => Ok(Written::of(&buf[..*n], recording.keep_write_bytes())),
-            Err(err) => Err(err.kind().into()),
-        },
-    });
+    match &result {
+        Ok(n) => recording.record_write(
+            Direction::TcpWrite,
+            conn,
+            peer,
+            &buf[..(*n).min(buf.len())],
+            |written| EventKind::TcpWrite {
+                conn,
+                result: Ok(written),
+            },
+        ),
+        Err(err) => recording.record(EventKind::TcpWrite {
+            conn,
+            result: Err(err.kind().into()),
+        }),
+    }
     Poll::Ready(result)
 }
 
@@ -697,17 +717,30 @@ impl ReplayReads {
     }
 }
 
-fn poll_write_replay(conn: ConnId, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+fn poll_write_replay(
+    (conn, peer): (ConnId, SocketAddr),
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<io::Result<usize>> {
     if buf.is_empty() {
         return Poll::Ready(Ok(0));
     }
-    let call = Call::TcpWrite { conn, bytes: buf };
+    // Compared as the recording logged it: masked by the same redactors.
+    let masked = crate::replay::redact_write(Direction::TcpWrite, conn, peer, buf);
+    let call = Call::TcpWrite {
+        conn,
+        bytes: masked.as_deref().unwrap_or(buf),
+    };
     let event = ready!(crate::replay::poll(cx, &call));
     Poll::Ready(match event.kind {
         EventKind::TcpWrite {
             result: Ok(written),
             ..
-        } => Ok((written.len as usize).min(buf.len())),
+        } => {
+            let n = (written.len as usize).min(buf.len());
+            crate::replay::wrote(Direction::TcpWrite, conn, &buf[..n]);
+            Ok(n)
+        }
         EventKind::TcpWrite {
             result: Err(kind), ..
         } => Err(to_error(kind)),

@@ -5,10 +5,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use deja_recorder::{ConnId, Datagram, EventKind, Written};
+use deja_recorder::{ConnId, EventKind};
 use deja_replayer::gate::Call;
 
 use super::{mode, replay_call, to_error, unexpected, CloseOnDrop, Mode, Origin, ToAddr};
+use crate::redact::Direction;
 use crate::sim::net as sim;
 
 /// A UDP socket, like `tokio::net::UdpSocket`.
@@ -92,14 +93,25 @@ impl UdpSocket {
             (Origin::Live, Some(io)) => io.send_to(buf, target).await,
             (Origin::Record(recording), Some(io)) => {
                 let result = io.send_to(buf, target).await;
-                recording.record(EventKind::UdpSend {
-                    socket: self.socket,
-                    peer: target,
-                    result: match &result {
-                        Ok(n) => Ok(Written::of(&buf[..*n], recording.keep_write_bytes())),
-                        Err(err) => Err(err.kind().into()),
-                    },
-                });
+                let socket = self.socket;
+                match &result {
+                    Ok(n) => recording.record_write(
+                        Direction::UdpSend,
+                        socket,
+                        target,
+                        &buf[..(*n).min(buf.len())],
+                        |written| EventKind::UdpSend {
+                            socket,
+                            peer: target,
+                            result: Ok(written),
+                        },
+                    ),
+                    Err(err) => recording.record(EventKind::UdpSend {
+                        socket,
+                        peer: target,
+                        result: Err(err.kind().into()),
+                    }),
+                }
                 result
             }
             (Origin::Sim(_), _) => sim::udp_send(
@@ -110,10 +122,13 @@ impl UdpSocket {
                 crate::sim::keep_write_bytes(),
             ),
             _ => {
+                // Compared as the recording logged it: masked by the same redactors.
+                let masked =
+                    crate::replay::redact_write(Direction::UdpSend, self.socket, target, buf);
                 let event = replay_call(Call::UdpSend {
                     socket: self.socket,
                     peer: target,
-                    bytes: buf,
+                    bytes: masked.as_deref().unwrap_or(buf),
                 })
                 .await;
                 match event.kind {
@@ -137,16 +152,16 @@ impl UdpSocket {
             (Origin::Live, Some(io)) => io.recv_from(buf).await,
             (Origin::Record(recording), Some(io)) => {
                 let result = io.recv_from(buf).await;
-                recording.record(EventKind::UdpRecv {
-                    socket: self.socket,
-                    result: match &result {
-                        Ok((n, peer)) => Ok(Datagram {
-                            peer: *peer,
-                            bytes: buf[..*n].to_vec(),
-                        }),
-                        Err(err) => Err(err.kind().into()),
-                    },
-                });
+                match &result {
+                    // The service gets the real bytes; the log gets them masked.
+                    Ok((n, peer)) => {
+                        recording.record_datagram(self.socket, *peer, &buf[..(*n).min(buf.len())]);
+                    }
+                    Err(err) => recording.record(EventKind::UdpRecv {
+                        socket: self.socket,
+                        result: Err(err.kind().into()),
+                    }),
+                }
                 result
             }
             (Origin::Sim(socket), _) => sim::udp_recv(self.socket, *socket, buf).await,

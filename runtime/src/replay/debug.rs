@@ -252,6 +252,7 @@ impl Debugger {
             "log_events": stats.log_events,
             "digest": format!("{:016x}", stats.digest),
             "virtual_ns": stats.virtual_ns,
+            "redacted_consumed": stats.redacted_consumed,
             "hits": self.watch.borrow().hits(),
             "detail": extra,
         });

@@ -8,13 +8,15 @@ pub(crate) mod executor;
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::task::{Context, Poll, Waker};
 
-use deja_recorder::{Event, EventKind, TaskId};
-use deja_replayer::gate::{Call, Claimed, Divergence, Gate, Gated, LogTail};
+use deja_recorder::{ConnId, Event, EventKind, TaskId};
+use deja_replayer::gate::{Call, Claimed, Divergence, Gate, Gated, LogTail, RedactedUse};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::context;
+use crate::redact::{Direction, Redaction};
 use executor::Executor;
 
 /// Why the replay stopped.
@@ -49,7 +51,18 @@ pub struct ReplayStats {
     pub beyond_log_calls: u64,
     /// Virtual nanoseconds covered (the last released event's time).
     pub virtual_ns: u64,
+    /// Events the recording redacted (reads, datagrams and writes whose
+    /// logged bytes are partly masks).
+    pub redacted_events: u64,
+    /// Redacted reads and datagrams handed to the service: at each, the
+    /// service saw masks instead of what the recording received.
+    pub redacted_consumed: u64,
 }
+
+/// Redacted reads reported one by one on stderr; past this, only the
+/// count in [`ReplayStats::redacted_consumed`] goes on (a replay of a busy
+/// service's log with a token in every request would print a line per request).
+const REDACTED_REPORTS_MAX: u64 = 100;
 
 /// The replay state of one run, owned by the executor's thread.
 pub(crate) struct Replay {
@@ -68,6 +81,9 @@ pub(crate) struct Replay {
     /// Breakpoints and `--until`; `None` costs nothing per event.
     pub(crate) debugger: Option<debug::Debugger>,
     pub(crate) executor: Executor,
+    /// The service's redactors, applied to its writes before they are
+    /// compared with redacted recorded writes.
+    redaction: Option<Redaction>,
 }
 
 impl std::fmt::Debug for Replay {
@@ -82,8 +98,10 @@ impl Replay {
         start_wall_ns: i64,
         executor: Executor,
         debugger: Option<debug::Debugger>,
+        redaction: Option<Redaction>,
     ) -> Replay {
         Replay {
+            redaction,
             gate: RefCell::new(gate),
             waiters: RefCell::default(),
             pending: RefCell::default(),
@@ -159,6 +177,73 @@ impl Replay {
             digest: self.digest.borrow().digest(),
             beyond_log_calls: gate.beyond_log_calls(),
             virtual_ns: gate.now_ns(),
+            redacted_events: gate.redacted_events() as u64,
+            redacted_consumed: gate.redacted_uses(),
+        }
+    }
+
+    /// The running task writes `buf`: if its next recorded event is that
+    /// write and the recording redacted it, the first `len` bytes masked
+    /// by the same redactors (what the recording hashed and kept).
+    fn redact_write(
+        &self,
+        direction: Direction,
+        conn: ConnId,
+        peer: SocketAddr,
+        buf: &[u8],
+    ) -> Option<Vec<u8>> {
+        let redaction = self.redaction.as_ref()?;
+        let gate = self.gate.borrow();
+        let event = gate.next_event_of(context::task_id())?;
+        gate.redaction(event.seq)?;
+        let len = match (&event.kind, direction) {
+            (
+                EventKind::TcpWrite {
+                    conn: c,
+                    result: Ok(written),
+                },
+                Direction::TcpWrite,
+            )
+            | (
+                EventKind::UdpSend {
+                    socket: c,
+                    result: Ok(written),
+                    ..
+                },
+                Direction::UdpSend,
+            ) if *c == conn => (written.len as usize).min(buf.len()),
+            _ => return None,
+        };
+        drop(gate);
+        let mut masked = buf[..len].to_vec();
+        redaction.mask(direction, conn, peer, &buf[..len], &mut masked);
+        Some(masked)
+    }
+
+    /// A write was released: the stream's redaction context moves on, as
+    /// it did in the recording.
+    fn wrote(&self, direction: Direction, conn: ConnId, bytes: &[u8]) {
+        if let Some(redaction) = &self.redaction {
+            redaction.advance(direction, conn, bytes);
+        }
+    }
+
+    pub(crate) fn forget_conn(&self, conn: ConnId) {
+        if let Some(redaction) = &self.redaction {
+            redaction.forget(conn);
+        }
+    }
+
+    /// Say on stderr that the service was handed a redacted read.
+    fn report_redacted(&self, used: &RedactedUse) {
+        let count = self.gate.borrow().redacted_uses();
+        if count <= REDACTED_REPORTS_MAX {
+            eprintln!("deja: replay: {used}");
+        }
+        if count == REDACTED_REPORTS_MAX {
+            eprintln!(
+                "deja: replay: more redacted reads are counted, not listed ({REDACTED_REPORTS_MAX} shown)"
+            );
         }
     }
 
@@ -173,7 +258,14 @@ impl Replay {
         match gate.poll(task, call) {
             Ok(Gated::Ready(event)) => {
                 let event = event.clone();
+                let used = gate
+                    .last_redacted_use()
+                    .filter(|used| used.seq == event.seq)
+                    .cloned();
                 drop(gate);
+                if let Some(used) = used {
+                    self.report_redacted(&used);
+                }
                 // Keep the buffer for the task's next wait; empty = not waiting.
                 if let Some(text) = self.pending.borrow_mut().get_mut(&task) {
                     text.clear();
@@ -307,6 +399,23 @@ impl Replay {
 /// forever on a thread that does not replay).
 pub(crate) fn poll(cx: &mut Context<'_>, call: &Call<'_>) -> Poll<Event> {
     with_replay(|replay| replay.poll_call(cx, call)).unwrap_or(Poll::Pending)
+}
+
+/// The running task writes `buf` on `conn`: the bytes to compare with the
+/// recorded write (masked, if the recording redacted it), or `None` for
+/// `buf` itself.
+pub(crate) fn redact_write(
+    direction: Direction,
+    conn: ConnId,
+    peer: SocketAddr,
+    buf: &[u8],
+) -> Option<Vec<u8>> {
+    with_replay(|replay| replay.redact_write(direction, conn, peer, buf)).flatten()
+}
+
+/// The running task's write of `bytes` on `conn` was released.
+pub(crate) fn wrote(direction: Direction, conn: ConnId, bytes: &[u8]) {
+    with_replay(|replay| replay.wrote(direction, conn, bytes));
 }
 
 /// Run `f` with the thread's replay, if this thread replays.
