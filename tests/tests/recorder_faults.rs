@@ -325,3 +325,132 @@ fn deja_record_into_an_unwritable_directory_serves_kv_live_and_says_so() {
         "{stderr}"
     );
 }
+
+/// Size of the real filesystem the tmpfs test records into.
+const TMPFS_BYTES: u64 = 512 << 10;
+/// Room left beside the ballast: a few frames' worth, so the recording
+/// runs into a real ENOSPC within a second.
+const TMPFS_ROOM_BYTES: u64 = 48 << 10;
+
+/// A small tmpfs, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount one, or say why not (not root, no mount permission).
+    fn mount() -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|err| err.to_string())?;
+        let size = format!("size={TMPFS_BYTES}");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map_err(|err| format!("mount: {err}"))?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed: {status}"));
+        }
+        Ok(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Free bytes, from statvfs.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string and a zeroed out-parameter.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return 0;
+        }
+        stat.f_bavail as u64 * stat.f_bsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.path()).status();
+    }
+}
+
+#[test]
+fn a_real_full_tmpfs_that_frees_up_costs_the_service_nothing() {
+    let tmpfs = match Tmpfs::mount() {
+        Ok(tmpfs) => tmpfs,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a {TMPFS_BYTES}-byte tmpfs ({why}); the FaultPlan tests cover the same paths");
+            return;
+        }
+    };
+    let ballast = tmpfs.path().join("ballast");
+    std::fs::write(
+        &ballast,
+        vec![0u8; (tmpfs.free() - TMPFS_ROOM_BYTES) as usize],
+    )
+    .unwrap();
+    let out = tmpfs.path().join("runs");
+    let config = WriterConfig {
+        write_retry_interval: std::time::Duration::from_millis(100),
+        ..WriterConfig::default()
+    };
+    // Serve until the disk is full and the writer has met it, free the
+    // ballast, and serve 600 ms more.
+    let mut full_at: Option<Instant> = None;
+    let mut freed_at: Option<Instant> = None;
+    let (dir, answered) = record(&out, config, |_| {
+        if full_at.is_none() && tmpfs.free() == 0 {
+            full_at = Some(Instant::now());
+        }
+        if freed_at.is_none() && full_at.is_some_and(|at| at.elapsed() > Duration::from_millis(200))
+        {
+            std::fs::remove_file(&ballast).unwrap();
+            freed_at = Some(Instant::now());
+        }
+        freed_at.is_some_and(|at| at.elapsed() > Duration::from_millis(600))
+    });
+    let dir = dir.expect("recording");
+    let (events, end) = read_log(&dir);
+    assert_eq!(end, LogEnd::Clean);
+    let summary = read_recorder_summary(&dir).expect("recorder counts");
+    assert_eq!(summary.write_outages, 1, "{summary:?}");
+    assert!(summary
+        .last_write_error
+        .as_deref()
+        .unwrap()
+        .contains("No space left"));
+    let gaps = gaps(&events);
+    assert!(
+        gaps.iter()
+            .any(|(reason, _)| *reason == GapReason::WriteFailed),
+        "{gaps:?}"
+    );
+    assert_accounted(&events, &summary);
+
+    // deja stats shows it, as text and JSON.
+    let stats = run_bounded(Command::new(workspace_bin("deja")).arg("stats").arg(&dir));
+    let text = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.status.success(), "{text}");
+    assert!(text.contains("write failed: 1 gap"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "dropped {} of {} events, 1 write outage",
+            summary.events_dropped, summary.events_produced
+        )),
+        "{text}"
+    );
+    let json = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .args(["stats", "--json"])
+            .arg(&dir),
+    );
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["gaps_by_reason"]["write_failed"]["gaps"], 1);
+    assert_eq!(json["recorder"]["events_dropped"], summary.events_dropped);
+    eprintln!("{answered} requests answered; deja stats:\n{text}");
+}
