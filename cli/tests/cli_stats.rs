@@ -149,7 +149,10 @@ fn the_table_shows_the_same_facts() {
     };
     assert_eq!(row("service"), "gappy");
     assert_eq!(row("events"), "4 (seq 0 to 6)");
-    assert_eq!(row("gaps"), "1 (3 events lost)");
+    assert_eq!(
+        row("gaps"),
+        "lost 3 events in 1 gap (queue full: 1 gap, 3 events)"
+    );
     assert_eq!(row("tasks"), "3");
     assert_eq!(row("started"), "2026-11-23T12:00:00.000000000Z");
     assert_eq!(row("duration"), "0.006000000s");

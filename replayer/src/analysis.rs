@@ -8,7 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use deja_recorder::format::FORMAT_VERSION;
-use deja_recorder::{Event, EventKind, LogEnd, ReadError, RunReader};
+use deja_recorder::writer::{read_recorder_summary, RecorderSummary};
+use deja_recorder::{Event, EventKind, GapReason, LogEnd, ReadError, RunReader};
 use serde::{Serialize, Serializer};
 
 /// Who recorded a run, where and when: the first segment header's facts.
@@ -58,6 +59,14 @@ pub struct RunStats {
     pub gaps: u64,
     /// Events lost in total (the sum of every gap's `lost`).
     pub lost_events: u64,
+    /// Gaps and events lost per reason (`write_failed`, `queue_full`,
+    /// `event_too_large`); only reasons that occur.
+    pub gaps_by_reason: BTreeMap<&'static str, GapCount>,
+    /// The recorder's own counts from `index.json`, when it wrote them:
+    /// they also cover events lost after the last one written, which no
+    /// gap event can (a write outage that lasted to the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorder: Option<RecorderSummary>,
     /// Segment files.
     pub segments: u32,
     /// Frames.
@@ -84,6 +93,7 @@ impl RunStats {
     /// Fails like [`RunReader`] does: on I/O errors, an unsupported
     /// version, or corruption anywhere before the tail.
     pub fn compute(dir: impl AsRef<Path>) -> Result<RunStats, ReadError> {
+        let recorder = read_recorder_summary(dir.as_ref());
         let mut reader = RunReader::open(dir)?;
         let mut tally = Tally::default();
         for event in reader.by_ref() {
@@ -120,6 +130,8 @@ impl RunStats {
             },
             gaps: tally.gaps,
             lost_events: tally.lost,
+            gaps_by_reason: tally.by_reason,
+            recorder,
             segments: read.segments,
             frames: read.frames,
             bytes_on_disk: read.bytes_on_disk,
@@ -129,6 +141,24 @@ impl RunStats {
             compression_ratio: ratio(read.bytes_raw, read.bytes_compressed),
             end,
         })
+    }
+}
+
+/// Gaps of one reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GapCount {
+    /// `Gap` events.
+    pub gaps: u64,
+    /// Events they account for.
+    pub lost: u64,
+}
+
+/// A gap reason as a JSON key.
+pub fn gap_reason_key(reason: GapReason) -> &'static str {
+    match reason {
+        GapReason::QueueFull => "queue_full",
+        GapReason::EventTooLarge => "event_too_large",
+        GapReason::WriteFailed => "write_failed",
     }
 }
 
@@ -144,6 +174,7 @@ struct Tally {
     last: Option<(u64, u64)>,
     gaps: u64,
     lost: u64,
+    by_reason: BTreeMap<&'static str, GapCount>,
 }
 
 impl Tally {
@@ -154,9 +185,12 @@ impl Tally {
         self.tasks.insert(event.task.0);
         self.first.get_or_insert((event.seq, event.mono_ns));
         self.last = Some((event.seq, event.mono_ns));
-        if let EventKind::Gap { lost, .. } = event.kind {
+        if let EventKind::Gap { lost, reason, .. } = event.kind {
             self.gaps += 1;
             self.lost = self.lost.saturating_add(lost);
+            let count = self.by_reason.entry(gap_reason_key(reason)).or_default();
+            count.gaps += 1;
+            count.lost = count.lost.saturating_add(lost);
         }
     }
 }
@@ -252,6 +286,14 @@ mod tests {
         assert_eq!((stats.first_seq, stats.last_seq), (Some(0), Some(6)));
         assert_eq!(stats.duration_ns, 9_000);
         assert_eq!((stats.gaps, stats.lost_events), (1, 3));
+        assert_eq!(
+            stats.gaps_by_reason["queue_full"],
+            GapCount { gaps: 1, lost: 3 }
+        );
+        assert_eq!(
+            stats.recorder, None,
+            "LogWriter alone writes no recorder counts"
+        );
         assert_eq!((stats.segments, stats.frames), (1, 2));
         assert_eq!(stats.bytes_on_disk, totals.bytes_on_disk);
         assert_eq!(stats.bytes_raw, totals.bytes_raw);
@@ -263,6 +305,7 @@ mod tests {
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["events"], 4);
         assert_eq!(json["end"]["state"], "clean");
+        assert_eq!(json["gaps_by_reason"]["queue_full"]["lost"], 3);
         assert!(json["end"].get("warning").is_none());
     }
 

@@ -372,6 +372,13 @@ impl Builder {
         self
     }
 
+    /// Record: how the log is written (queue size, flush interval, retry
+    /// after a failed write; tests also inject disk faults through it).
+    pub fn writer_config(mut self, config: WriterConfig) -> Builder {
+        self.writer = config;
+        self
+    }
+
     /// Record: keep every written byte in the log, not just length and hash.
     pub fn keep_write_bytes(mut self, keep: bool) -> Builder {
         self.keep_write_bytes = keep;
@@ -452,11 +459,26 @@ impl Builder {
                 }
                 let root_seed = crate::rand::os_seed();
                 meta.root_seed = Some(root_seed);
-                std::fs::create_dir_all(&out).map_err(|source| WriteError::Io {
-                    path: out.clone(),
-                    source,
-                })?;
-                let recorder = Recorder::create(&out, meta, self.writer.clone())?;
+                let created = std::fs::create_dir_all(&out)
+                    .map_err(|source| WriteError::Io {
+                        path: out.clone(),
+                        source,
+                    })
+                    .and_then(|()| Recorder::create(&out, meta, self.writer.clone()));
+                let recorder = match created {
+                    Ok(recorder) => recorder,
+                    // Recording must never stop the service: run it live.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "deja cannot record; the service runs live and nothing is recorded");
+                        eprintln!(
+                            "deja: warning: cannot record ({err}); the service runs live and nothing is recorded"
+                        );
+                        return Ok(Runtime {
+                            kind: Kind::Live(self.tokio(None)?),
+                            last_replay: Default::default(),
+                        });
+                    }
+                };
                 let recording = Arc::new(Recording::new(
                     recorder,
                     root_seed,
@@ -630,7 +652,7 @@ impl Runtime {
                 };
                 recording.record_for(TaskId::MAIN, EventKind::Exit { code });
                 crate::flight::deactivate();
-                recording.close()?;
+                report_losses(&recording.close()?, recording.dir());
                 match output {
                     Ok(output) => Ok(output),
                     Err(payload) => std::panic::resume_unwind(payload),
@@ -848,6 +870,28 @@ pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
     }
     drop(runtime);
     std::process::exit(code)
+}
+
+/// One stderr line at exit when the recording is missing events, so a
+/// service without a `tracing` subscriber still says so.
+fn report_losses(stats: &deja_recorder::RecorderStats, dir: &Path) {
+    if stats.dropped == 0 && stats.write_error.is_none() {
+        return;
+    }
+    let mut line = format!(
+        "deja: warning: the recording lost {} of {} events",
+        stats.dropped, stats.produced
+    );
+    if let Some(error) = &stats.write_error {
+        line.push_str(&format!(
+            " ({} write outage(s), last error: {error})",
+            stats.write_outages
+        ));
+    }
+    if stats.in_outage {
+        line.push_str("; the disk never came back, so the log ends without a footer");
+    }
+    eprintln!("{line}; `deja stats {}` shows where", dir.display());
 }
 
 /// Exit code of a replay that diverged (the design's table).

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-use deja_recorder::writer::INDEX_FILE_NAME;
+use deja_recorder::writer::{read_recorder_summary, INDEX_FILE_NAME};
 use deja_recorder::{LogEnd, RunMeta, RunReader};
 use serde::Deserialize;
 
@@ -26,8 +26,11 @@ pub(crate) fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         Some(service) => service.clone(),
         None => default_service(program),
     };
-    fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    // An output that cannot be written does not stop the service: it runs
+    // live (the runtime says so too) and this reports what was not recorded.
+    let out_error = fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))
+        .err();
     let meta = fresh_run(&args.out, &service);
     let run_dir = args.out.join(meta.dir_name());
 
@@ -47,13 +50,19 @@ pub(crate) fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         report_kept(&args.out, &meta);
     } else if run_dir.is_dir() {
         report(&run_dir);
+    } else if let Some(err) = out_error {
+        print_warning(&format!(
+            "{} ran live, nothing was recorded: {err:#}",
+            program.to_string_lossy()
+        ));
+        print_hint("choose a writable directory with --out");
     } else {
         print_warning(&format!(
             "{} did not record: {} was not written",
             program.to_string_lossy(),
             run_dir.display()
         ));
-        print_hint("the command must use the deja runtime, e.g. `#[deja::main]` on its main");
+        print_hint("the command must use the deja runtime, e.g. `#[deja::main]` on its main; if it printed `deja: warning: cannot record`, its output directory could not be written");
     }
     Ok(child::exit_code(status))
 }
@@ -122,6 +131,24 @@ fn report(run_dir: &Path) {
     ));
     if let Some(warning) = warning {
         print_warning(&warning);
+    }
+    if let Some(summary) = read_recorder_summary(run_dir) {
+        if summary.events_dropped > 0 || summary.last_write_error.is_some() {
+            print_warning(&format!(
+                "the recorder lost {} of {} events{}; `deja stats {}` shows the gaps",
+                summary.events_dropped,
+                summary.events_produced,
+                summary
+                    .last_write_error
+                    .as_ref()
+                    .map(|err| format!(
+                        " ({} write outage(s), last error: {err})",
+                        summary.write_outages
+                    ))
+                    .unwrap_or_default(),
+                run_dir.display()
+            ));
+        }
     }
 }
 

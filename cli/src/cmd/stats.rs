@@ -56,10 +56,12 @@ fn table(stats: &RunStats) -> String {
         ("duration", seconds(stats.duration_ns)),
         ("events", format!("{}{seqs}", stats.events)),
         ("tasks", stats.tasks.to_string()),
-        (
-            "gaps",
-            format!("{} ({} events lost)", stats.gaps, stats.lost_events),
-        ),
+        ("gaps", gaps(stats)),
+    ]);
+    if let Some(recorder) = &stats.recorder {
+        rows.push(("recorder", recorder_line(recorder)));
+    }
+    rows.extend([
         ("segments", stats.segments.to_string()),
         ("frames", stats.frames.to_string()),
         (
@@ -108,6 +110,62 @@ fn table(stats: &RunStats) -> String {
     counts(&mut out, "class", &by_class, stats.events);
     counts(&mut out, "kind", &by_kind, stats.events);
     out
+}
+
+/// `lost 300 events in 2 gaps (write failed: 1 gap, 280 events; queue
+/// full: 1 gap, 20 events)`, or `none`.
+fn gaps(stats: &RunStats) -> String {
+    if stats.gaps == 0 {
+        return "none".to_string();
+    }
+    let reasons: Vec<String> = stats
+        .gaps_by_reason
+        .iter()
+        .map(|(reason, count)| {
+            format!(
+                "{}: {} gap{}, {} event{}",
+                reason.replace('_', " "),
+                count.gaps,
+                plural(count.gaps),
+                count.lost,
+                plural(count.lost)
+            )
+        })
+        .collect();
+    format!(
+        "lost {} event{} in {} gap{} ({})",
+        stats.lost_events,
+        plural(stats.lost_events),
+        stats.gaps,
+        plural(stats.gaps),
+        reasons.join("; ")
+    )
+}
+
+/// The recorder's own account from `index.json`.
+fn recorder_line(recorder: &deja_recorder::writer::RecorderSummary) -> String {
+    let mut line = format!(
+        "dropped {} of {} events, {} write outage{}",
+        recorder.events_dropped,
+        recorder.events_produced,
+        recorder.write_outages,
+        plural(recorder.write_outages)
+    );
+    if let Some(error) = &recorder.last_write_error {
+        let _ = write!(line, " (last error: {error})");
+    }
+    if recorder.ended_in_outage {
+        line.push_str("; the run ended in an outage: events after the last one are lost");
+    }
+    line
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// A table of event counts with their share of all events.

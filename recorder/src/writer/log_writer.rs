@@ -1,14 +1,16 @@
 //! Synchronous segment writer: frames, rotation, footers, the index.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::fault::{self, FaultPlan};
 use super::flight::{
     FlightWindow, FLIGHT_FILE_NAME, FLIGHT_SEGMENTS, FLIGHT_SEGMENT_BYTES_MIN, KEPT_WINDOWS_MAX,
 };
+use super::summary::RecorderSummary;
 use super::{WriteError, WriterConfig};
 use crate::event::Event;
 use crate::format::layout::{FrameHeader, SegmentHeader};
@@ -35,6 +37,11 @@ pub struct LogWriter {
     finished_segments: Vec<SegmentSummary>,
     frame: FrameBuilder,
     totals: WriterTotals,
+    /// A write failed: the pending frame and any partial record must go
+    /// before the next write (see [`LogWriter::repair`]).
+    needs_repair: bool,
+    /// The recorder's own counts, for `index.json` on close.
+    recorder: Option<RecorderSummary>,
     ring: Option<Ring>,
 }
 
@@ -63,6 +70,8 @@ pub struct WriterTotals {
     pub bytes_on_disk: u64,
     /// Uncompressed (encoded) event bytes.
     pub bytes_raw: u64,
+    /// The last seq written (in a complete frame).
+    pub last_seq: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -76,6 +85,8 @@ struct OpenSegment {
     first_seq: Option<u64>,
     last_seq: Option<u64>,
     frames_crc: u32,
+    /// Its footer is written: no more frames go into it.
+    sealed: bool,
 }
 
 /// The batch being encoded into the next frame.
@@ -114,6 +125,8 @@ struct Index<'a> {
     service: &'a str,
     run_id: &'a str,
     segments: Vec<&'a SegmentSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorder: Option<&'a RecorderSummary>,
 }
 
 impl LogWriter {
@@ -162,7 +175,8 @@ impl LogWriter {
                 }
             })?;
         let mut totals = WriterTotals::default();
-        let segment = OpenSegment::create(&dir, 0, &meta, &mut totals)?;
+        let faults = config.faults.as_deref();
+        let segment = OpenSegment::create(&dir, 0, &meta, &mut totals, faults)?;
         Ok(LogWriter {
             dir,
             meta,
@@ -179,6 +193,8 @@ impl LogWriter {
             },
             totals,
             ring: None,
+            needs_repair: false,
+            recorder: None,
         })
     }
 
@@ -194,11 +210,18 @@ impl LogWriter {
 
     /// Encode `events` into frames and write them. Every event handed over
     /// is in the OS's hands when this returns (not yet fsynced).
+    ///
+    /// On an error, the events after [`WriterTotals::last_seq`] are not
+    /// written; the next call repairs the segment first, so a writer can
+    /// carry on after a full disk frees up.
     pub fn write(&mut self, events: &[Event]) -> Result<(), WriteError> {
-        for event in events {
-            self.push(event)?;
-        }
-        self.flush_frame()
+        self.repair()?;
+        let result = events
+            .iter()
+            .try_for_each(|event| self.push(event))
+            .and_then(|()| self.flush_frame());
+        self.needs_repair |= result.is_err();
+        result
     }
 
     fn push(&mut self, event: &Event) -> Result<(), WriteError> {
@@ -230,7 +253,11 @@ impl LogWriter {
         }
         // Rotate lazily, before a frame that would go into a full segment,
         // so a run never ends with an empty segment.
-        if self.segment.frames > 0 && self.segment.bytes >= self.config.segment_bytes_max {
+        // A sealed segment (footer written, next one not created yet: a
+        // rotation that failed half way) takes no more frames.
+        if self.segment.sealed
+            || (self.segment.frames > 0 && self.segment.bytes >= self.config.segment_bytes_max)
+        {
             self.rotate()?;
         }
         let frame = &mut self.frame;
@@ -252,9 +279,7 @@ impl LogWriter {
         frame.out.extend_from_slice(&payload);
 
         let segment = &mut self.segment;
-        segment
-            .file
-            .write_all(&frame.out)
+        fault::write_all(&mut segment.file, &frame.out, self.config.faults.as_deref())
             .map_err(|source| segment.io_error(source))?;
         segment.bytes += frame.out.len() as u64;
         segment.frames += 1;
@@ -267,15 +292,19 @@ impl LogWriter {
         self.totals.events += u64::from(frame.events);
         self.totals.bytes_on_disk += frame.out.len() as u64;
         self.totals.bytes_raw += frame.raw.len() as u64;
+        self.totals.last_seq = frame.last_seq;
         frame.raw.clear();
         frame.events = 0;
         Ok(())
     }
 
     fn rotate(&mut self) -> Result<(), WriteError> {
-        self.close_segment(true)?;
+        if !self.segment.sealed {
+            self.close_segment(true)?;
+        }
         let next = self.segment.index + 1;
-        let segment = OpenSegment::create(&self.dir, next, &self.meta, &mut self.totals)?;
+        let faults = self.config.faults.as_deref();
+        let segment = OpenSegment::create(&self.dir, next, &self.meta, &mut self.totals, faults)?;
         let done = std::mem::replace(&mut self.segment, segment);
         self.finished_segments.push(done.summary(true));
         self.trim_ring();
@@ -417,12 +446,12 @@ impl LogWriter {
             continues,
         };
         let bytes = footer.encode();
-        segment
-            .file
-            .write_all(&bytes)
-            .and_then(|()| segment.file.sync_all())
+        let faults = self.config.faults.as_deref();
+        fault::write_all(&mut segment.file, &bytes, faults)
+            .and_then(|()| fault::sync_all(&segment.file, faults))
             .map_err(|source| segment.io_error(source))?;
         segment.bytes += bytes.len() as u64;
+        segment.sealed = true;
         self.totals.bytes_on_disk += bytes.len() as u64;
         Ok(())
     }
@@ -430,7 +459,24 @@ impl LogWriter {
     /// Write what is pending, the footer, fsync, and the index. In flight
     /// mode the ring is then deleted: only kept windows outlive the run.
     pub fn finish(mut self) -> Result<WriterTotals, WriteError> {
+        self.finish_in_place()
+    }
+
+    /// [`LogWriter::finish`], keeping the writer for [`LogWriter::abandon`]
+    /// when it fails.
+    pub(super) fn finish_in_place(&mut self) -> Result<WriterTotals, WriteError> {
+        self.repair()?;
+        let result = self.finish_segments();
+        self.needs_repair |= result.is_err();
+        result
+    }
+
+    fn finish_segments(&mut self) -> Result<WriterTotals, WriteError> {
         self.flush_frame()?;
+        if self.segment.sealed {
+            // A rotation failed half way: the run ends in a fresh segment.
+            self.rotate()?;
+        }
         self.close_segment(false)?;
         let last = self.segment.summary(true);
         self.finished_segments.push(last);
@@ -450,7 +496,59 @@ impl LogWriter {
             service: &self.meta.service,
             run_id: &self.meta.run_id,
             segments,
+            recorder: self.recorder.as_ref(),
         }
+    }
+
+    /// After a failed write: forget the frame being built (its events are
+    /// lost; [`WriterTotals::last_seq`] is the last one on disk) and cut
+    /// the segment back to its last complete record, so the file reads
+    /// cleanly and the next frame starts at a record boundary. A rotation
+    /// that failed after the footer leaves the segment sealed and removes
+    /// the next segment's partial file. Does nothing if no write failed.
+    pub fn repair(&mut self) -> Result<(), WriteError> {
+        if !self.needs_repair {
+            return Ok(());
+        }
+        self.frame.raw.clear();
+        self.frame.events = 0;
+        let segment = &mut self.segment;
+        if segment.sealed {
+            let next = self.dir.join(segment_file_name(segment.index + 1));
+            match fs::remove_file(&next) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                    return Err(WriteError::Io {
+                        path: next,
+                        source: err,
+                    })
+                }
+                _ => {}
+            }
+        }
+        segment
+            .file
+            .set_len(segment.bytes)
+            .and_then(|()| segment.file.seek(SeekFrom::Start(segment.bytes)))
+            .map_err(|source| segment.io_error(source))?;
+        self.needs_repair = false;
+        Ok(())
+    }
+
+    /// Give up on a run whose last writes failed: repair what can be
+    /// repaired and leave the last segment without a footer, so a reader
+    /// reports an unclean end after the last event on disk instead of a
+    /// clean log that silently misses its tail. `index.json` is rewritten
+    /// if the disk takes it. Best effort: nothing here fails.
+    pub fn abandon(mut self) -> WriterTotals {
+        let _ = self.repair();
+        let _ = self.write_index();
+        self.totals
+    }
+
+    /// The recorder's own counts, written into `index.json` (as
+    /// `"recorder"`) on rotation and close.
+    pub fn set_recorder_summary(&mut self, summary: RecorderSummary) {
+        self.recorder = Some(summary);
     }
 
     fn write_index(&self) -> Result<(), WriteError> {
@@ -484,6 +582,7 @@ impl OpenSegment {
         index: u32,
         meta: &RunMeta,
         totals: &mut WriterTotals,
+        faults: Option<&FaultPlan>,
     ) -> Result<Self, WriteError> {
         let path = dir.join(segment_file_name(index));
         let header = SegmentHeader {
@@ -495,7 +594,7 @@ impl OpenSegment {
             path: path.clone(),
             source,
         })?;
-        file.write_all(&header).map_err(|source| WriteError::Io {
+        fault::write_all(&mut file, &header, faults).map_err(|source| WriteError::Io {
             path: path.clone(),
             source,
         })?;
@@ -511,6 +610,7 @@ impl OpenSegment {
             first_seq: None,
             last_seq: None,
             frames_crc: 0,
+            sealed: false,
         })
     }
 

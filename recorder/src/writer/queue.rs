@@ -38,6 +38,8 @@ pub(crate) struct QueueCounters {
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
     pub(crate) gaps: u64,
+    /// Seqs handed out so far (the next seq).
+    pub(crate) produced: u64,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,9 @@ struct State {
     next_seq: u64,
     pending_gap: Option<PendingGap>,
     closed: bool,
+    /// A write outage: every event is dropped into the pending gap until
+    /// the writer tries again ([`Queue::begin_outage`]).
+    shedding: bool,
     counters: QueueCounters,
 }
 
@@ -78,6 +83,7 @@ impl Queue {
                 next_seq: 0,
                 pending_gap: None,
                 closed: false,
+                shedding: false,
                 counters: QueueCounters::default(),
             }),
             writer_wakeup: Condvar::new(),
@@ -112,8 +118,17 @@ impl Queue {
         let mono_ns = mono_ns.unwrap_or_else(|| self.elapsed_ns());
         let seq = state.next_seq;
         state.next_seq += 1;
+        // After close nothing is written, so no gap covers these.
         if state.closed {
             state.counters.dropped += 1;
+            return Recorded::Dropped(seq);
+        }
+        if state.shedding {
+            state.counters.dropped += 1;
+            state.pending_gap.get_or_insert(PendingGap {
+                first_lost_seq: seq,
+                reason: GapReason::WriteFailed,
+            });
             return Recorded::Dropped(seq);
         }
         let reason = if payload > EVENT_PAYLOAD_BYTES_MAX {
@@ -193,7 +208,8 @@ impl Queue {
         }
         std::mem::swap(&mut state.events, batch);
         state.payload_bytes = 0;
-        if state.pending_gap.is_some() {
+        // During an outage the gap waits for the writer's next try.
+        if state.pending_gap.is_some() && !state.shedding {
             let seq = state.next_seq;
             state.next_seq += 1;
             let mono_ns = self.elapsed_ns();
@@ -212,7 +228,45 @@ impl Queue {
     }
 
     pub(crate) fn counters(&self) -> QueueCounters {
-        self.lock().counters
+        let state = self.lock();
+        QueueCounters {
+            produced: state.next_seq,
+            ..state.counters
+        }
+    }
+
+    /// The writer could not write, and everything from `first_lost_seq`
+    /// on is lost (it has counted what it held itself with
+    /// [`Queue::count_lost`]). What is queued is swapped into `spill`, to
+    /// be freed off the lock, and counted; until [`Queue::end_outage`]
+    /// every push is dropped. One `WriteFailed` gap covers the whole hole:
+    /// like a queue-full gap, it takes the seq of the first event queued
+    /// after the outage (or the writer's next take), right after the hole.
+    pub(crate) fn begin_outage(&self, first_lost_seq: u64, spill: &mut Vec<Event>) {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.events, spill);
+        state.payload_bytes = 0;
+        state.counters.dropped += spill.len() as u64;
+        state.shedding = true;
+        // A queue-full gap still pending lies inside the hole: the writer
+        // has written nothing at or after it.
+        let first_lost_seq = state
+            .pending_gap
+            .map_or(first_lost_seq, |gap| gap.first_lost_seq.min(first_lost_seq));
+        // Nothing lost yet (every seq handed out is on disk): the first
+        // event shed starts the gap instead.
+        if first_lost_seq < state.next_seq {
+            state.pending_gap = Some(PendingGap {
+                first_lost_seq,
+                reason: GapReason::WriteFailed,
+            });
+        }
+    }
+
+    /// The writer is about to try writing again: accept events, the first
+    /// one (or the next take) preceded by the outage's gap.
+    pub(crate) fn end_outage(&self) {
+        self.lock().shedding = false;
     }
 
     /// Count events the writer took but could not write.
@@ -313,6 +367,75 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn an_outage_sheds_into_one_write_failed_gap_right_after_the_hole() {
+        let queue = Queue::new(8, 1024);
+        for _ in 0..3 {
+            queue.push(TaskId(1), Some(0), mark(1));
+        }
+        let mut batch = Vec::new();
+        queue.take(&mut batch, Duration::ZERO);
+        assert_eq!(batch.len(), 3);
+        assert_eq!(queue.push(TaskId(1), Some(0), mark(1)), Recorded::Queued(3));
+        // The writer got seq 0 on disk, lost 1 and 2 (it counts those).
+        queue.count_lost(2);
+        let mut spill = Vec::new();
+        queue.begin_outage(1, &mut spill);
+        assert_eq!(spill.len(), 1, "what was queued is handed back to free");
+        assert_eq!(
+            queue.push(TaskId(1), Some(0), mark(1)),
+            Recorded::Dropped(4)
+        );
+        queue.end_outage();
+        assert_eq!(queue.push(TaskId(2), Some(0), mark(1)), Recorded::Queued(6));
+        batch.clear();
+        queue.take(&mut batch, Duration::ZERO);
+        assert_eq!(batch[0].seq, 5);
+        assert_eq!(
+            batch[0].kind,
+            EventKind::Gap {
+                first_lost_seq: 1,
+                lost: 4,
+                reason: GapReason::WriteFailed
+            }
+        );
+        let counters = queue.counters();
+        assert_eq!((counters.produced, counters.dropped), (7, 4));
+        // Three written plus the gap and the event after it, minus the
+        // lost ones the writer took: 7 = 3 on disk (0, 5, 6) + 4 dropped.
+        assert_eq!(counters.queued, 6);
+    }
+
+    #[test]
+    fn an_outage_with_nothing_lost_yet_starts_its_gap_at_the_first_shed_event() {
+        let queue = Queue::new(8, 1024);
+        queue.push(TaskId(1), Some(0), mark(1));
+        let mut batch = Vec::new();
+        queue.take(&mut batch, Duration::ZERO);
+        let mut spill = Vec::new();
+        // Seq 0 is on disk; the failure was in closing a segment, say.
+        queue.begin_outage(1, &mut spill);
+        assert_eq!(
+            queue.push(TaskId(1), Some(0), mark(1)),
+            Recorded::Dropped(1)
+        );
+        queue.end_outage();
+        batch.clear();
+        queue.take(&mut batch, Duration::ZERO);
+        assert_eq!(batch.len(), 1, "the take itself carries the gap");
+        assert_eq!(
+            (batch[0].seq, &batch[0].kind),
+            (
+                2,
+                &EventKind::Gap {
+                    first_lost_seq: 1,
+                    lost: 1,
+                    reason: GapReason::WriteFailed
+                }
+            )
+        );
     }
 
     #[test]
