@@ -41,10 +41,18 @@ fn catch(out: &Path) -> (Caught<Ledger>, Options) {
             options = Some(used);
             Ok::<Attempt<Ledger>, anyhow::Error>(attempt)
         },
-        Ledger::bug,
+        // The cascade the fixture plants is made of retries. On a starved
+        // machine the front can fill before the stall with none; that
+        // run shows a different bug, so record again.
+        |ledger: &Ledger| ledger.bug().filter(|_| retried(ledger)),
     )
     .expect("recording the timeout cascade");
     (caught, options.expect("an attempt ran"))
+}
+
+/// Did any request of the ledger take a second attempt?
+fn retried(ledger: &Ledger) -> bool {
+    ledger.requests.values().any(|request| request.attempts > 1)
 }
 
 fn replay_ledger(
