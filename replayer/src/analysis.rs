@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use deja_recorder::format::FORMAT_VERSION;
+use deja_recorder::writer::flight::FlightWindow;
 use deja_recorder::writer::{read_recorder_summary, RecorderSummary};
 use deja_recorder::{Event, EventKind, GapReason, LogEnd, ReadError, RunReader};
 use serde::{Serialize, Serializer};
@@ -67,6 +68,10 @@ pub struct RunStats {
     /// gap event can (a write outage that lasted to the end).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recorder: Option<RecorderSummary>,
+    /// For a kept flight-recorder window: where it starts and why it was
+    /// kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flight: Option<FlightWindow>,
     /// Segment files.
     pub segments: u32,
     /// Frames.
@@ -94,6 +99,9 @@ impl RunStats {
     /// version, or corruption anywhere before the tail.
     pub fn compute(dir: impl AsRef<Path>) -> Result<RunStats, ReadError> {
         let recorder = read_recorder_summary(dir.as_ref());
+        // A malformed flight.json is not worth failing stats for: the
+        // reader already decided whether the segments are a window.
+        let flight = FlightWindow::read(dir.as_ref()).ok().flatten();
         let mut reader = RunReader::open(dir)?;
         let mut tally = Tally::default();
         for event in reader.by_ref() {
@@ -132,6 +140,7 @@ impl RunStats {
             lost_events: tally.lost,
             gaps_by_reason: tally.by_reason,
             recorder,
+            flight,
             segments: read.segments,
             frames: read.frames,
             bytes_on_disk: read.bytes_on_disk,

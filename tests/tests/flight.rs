@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use deja::recorder::writer::flight::FlightWindow;
 use deja::{Builder, Error, Mode};
 use deja_recorder::{EventKind, RunReader};
+use deja_tests::e2e::{run_bounded, workspace_bin};
 
 /// Bytes of each mark: incompressible, so the ring fills at a known rate.
 const MARK_BYTES: usize = 4096;
@@ -164,4 +165,17 @@ fn the_flight_recorder_keeps_windows_on_api_signal_and_panic() {
         "{text}"
     );
     assert!(text.contains("task "), "names the tasks: {text}");
+
+    // deja stats says what the window is.
+    let stats = run_bounded(
+        std::process::Command::new(workspace_bin("deja"))
+            .arg("stats")
+            .arg(&windows[1]),
+    );
+    let stdout = String::from_utf8_lossy(&stats.stdout);
+    assert!(stats.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("flight window") && stdout.contains("kept on signal; starts at seq"),
+        "{stdout}"
+    );
 }

@@ -61,6 +61,22 @@ fn table(stats: &RunStats) -> String {
     if let Some(recorder) = &stats.recorder {
         rows.push(("recorder", recorder_line(recorder)));
     }
+    if let Some(window) = &stats.flight {
+        rows.push((
+            "flight window",
+            if window.holds_the_start() {
+                format!("kept on {}; holds the run from its start, so it replays", window.reason)
+            } else {
+                format!(
+                    "kept on {}; starts at seq {} ({} earlier events left the {} ring), so it does not replay; inspect, timeline and diff read it",
+                    window.reason,
+                    window.first_seq,
+                    window.events_before,
+                    human_bytes(window.ring_bytes)
+                )
+            },
+        ));
+    }
     rows.extend([
         ("segments", stats.segments.to_string()),
         ("frames", stats.frames.to_string()),
