@@ -19,6 +19,15 @@
 //! - `enqueue/push_only`: as `mix_saturated` with the kinds built beforehand
 //!   (untimed): the recorder's own cost (lock, seq, clock read, `Vec::push`).
 //!
+//! - `hot_path/recorder_record`, `hot_path/sync_channel_send`,
+//!   `hot_path/mutex_vecdeque_push`: the recorder's hot path (as
+//!   `push_only`) side by side with a plain enqueue of the same prebuilt
+//!   events: a `sync_channel` send (a consumer thread receives them one by
+//!   one) and a `Mutex<VecDeque>` push (a consumer swaps the deque out at
+//!   1 Ki events or every 10 ms, as the writer does). The difference is
+//!   what deja adds per event: seq, clock read, gap check, and sharing the
+//!   machine with a writer that encodes and compresses.
+//!
 //!   No enqueue bench ever fills the queue, so the cheap drop path is never
 //!   measured; each prints the recorder's stats, drops included. Their runs
 //!   go to `/dev/shm` when it exists (`$TMPDIR` otherwise), so that disk
@@ -459,14 +468,16 @@ fn enqueue_bench(
     let out = memory_temp_dir();
     let recorder = Recorder::create(
         out.path(),
-        RunMeta::new("bench", &format!("enqueue-{name}")),
+        RunMeta::new("bench", &format!("enqueue-{}", name.replace('/', "-"))),
         WriterConfig::default(),
     )
     .expect("creating the recorder");
     let mut cursor = Cursor(0);
     let mut pacer = Pacer::new(events_per_sec);
     let mut kinds = Vec::with_capacity(ENQUEUE_CHUNK as usize);
-    group.bench_function(name, |b| {
+    // `name` may carry its group ("hot_path/x"); the id is the last part.
+    let id = name.rsplit('/').next().unwrap_or(name);
+    group.bench_function(id, |b| {
         b.iter_custom(|iters| {
             let mut timed = Duration::ZERO;
             let mut left = iters;
@@ -501,10 +512,11 @@ fn enqueue_bench(
             timed
         });
     });
-    report_recorder(
-        &format!("enqueue/{name}"),
-        &recorder.close().expect("closing"),
-    );
+    let label = match name.contains('/') {
+        true => name.to_string(),
+        false => format!("enqueue/{name}"),
+    };
+    report_recorder(&label, &recorder.close().expect("closing"));
 }
 
 fn enqueue(c: &mut Criterion) {
@@ -522,6 +534,161 @@ fn enqueue(c: &mut Criterion) {
     enqueue_bench(&mut group, &mix, "mix_saturated", Feed::Build, None);
     enqueue_bench(&mut group, &mix, "push_only", Feed::Prebuilt, None);
     group.finish();
+}
+
+/// A plain bounded enqueue to compare the recorder's hot path with: the
+/// same `(task, kind)` pushed, a consumer thread dropping what it takes.
+#[derive(Clone, Copy)]
+enum PlainQueue {
+    /// `std::sync::mpsc::sync_channel` of the recorder's queue capacity; the
+    /// consumer receives one event at a time.
+    SyncChannel,
+    /// `Mutex<VecDeque>` push; the consumer swaps the deque out when woken
+    /// at 1 Ki events or every 10 ms, like the recorder's writer.
+    MutexVecDeque,
+}
+
+/// The `Mutex<VecDeque>` queue and its consumer's wake-up.
+#[derive(Default)]
+struct DequeQueue {
+    items: std::sync::Mutex<std::collections::VecDeque<(TaskId, EventKind)>>,
+    wake: std::sync::Condvar,
+    closed: std::sync::atomic::AtomicBool,
+    taken: std::sync::atomic::AtomicU64,
+}
+
+/// Queue length at which the deque's consumer is woken: the recorder's
+/// `WRITER_WAKE_EVENTS`.
+const DEQUE_WAKE_EVENTS: usize = 1 << 10;
+/// The deque consumer's wake-up interval: the recorder's `FLUSH_INTERVAL_MS`.
+const DEQUE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// `hot_path/*`: the recorder's per-event cost against a plain enqueue of
+/// the same prebuilt events (built untimed, like `enqueue/push_only`),
+/// as fast as the consumer keeps up. The recorder's figure includes what
+/// the plain queues skip: the seq, the clock read, the gap check, and a
+/// writer that encodes and compresses on the other core.
+fn hot_path(c: &mut Criterion) {
+    let mix = Mix::new();
+    let mut group = c.benchmark_group("hot_path");
+    group
+        .throughput(Throughput::Elements(1))
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5))
+        .sample_size(50);
+    enqueue_bench(
+        &mut group,
+        &mix,
+        "hot_path/recorder_record",
+        Feed::Prebuilt,
+        None,
+    );
+    plain_enqueue_bench(
+        &mut group,
+        &mix,
+        "sync_channel_send",
+        PlainQueue::SyncChannel,
+    );
+    plain_enqueue_bench(
+        &mut group,
+        &mix,
+        "mutex_vecdeque_push",
+        PlainQueue::MutexVecDeque,
+    );
+    group.finish();
+}
+
+fn plain_enqueue_bench(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    mix: &Mix,
+    name: &str,
+    queue: PlainQueue,
+) {
+    use std::sync::atomic::Ordering;
+    let mut cursor = Cursor(0);
+    let mut kinds = Vec::with_capacity(ENQUEUE_CHUNK as usize);
+    let mut pushed = 0u64;
+    let deque = std::sync::Arc::new(DequeQueue::default());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(TaskId, EventKind)>(64 << 10);
+    let consumer = match queue {
+        PlainQueue::SyncChannel => std::thread::spawn(move || {
+            let mut taken = 0u64;
+            for event in rx {
+                drop(black_box(event));
+                taken += 1;
+            }
+            taken
+        }),
+        PlainQueue::MutexVecDeque => {
+            drop(rx);
+            let deque = std::sync::Arc::clone(&deque);
+            std::thread::spawn(move || {
+                let mut batch = std::collections::VecDeque::new();
+                loop {
+                    let closed = {
+                        let mut items = deque.items.lock().unwrap();
+                        if items.len() < DEQUE_WAKE_EVENTS && !deque.closed.load(Ordering::Acquire)
+                        {
+                            items = deque.wake.wait_timeout(items, DEQUE_INTERVAL).unwrap().0;
+                        }
+                        std::mem::swap(&mut *items, &mut batch);
+                        deque.closed.load(Ordering::Acquire) && batch.is_empty()
+                    };
+                    deque.taken.fetch_add(batch.len() as u64, Ordering::Release);
+                    batch.clear();
+                    if closed {
+                        return deque.taken.load(Ordering::Acquire);
+                    }
+                }
+            })
+        }
+    };
+    group.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut timed = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(ENQUEUE_CHUNK);
+                // As wait_for_writer: never let the consumer fall far behind.
+                while let PlainQueue::MutexVecDeque = queue {
+                    if pushed - deque.taken.load(Ordering::Acquire) <= IN_FLIGHT_MAX {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                kinds.extend((0..n).map(|_| {
+                    let (task, op) = cursor.next(mix);
+                    (task, mix.kind(op))
+                }));
+                let start = Instant::now();
+                match queue {
+                    PlainQueue::SyncChannel => {
+                        for event in kinds.drain(..) {
+                            black_box(tx.send(event)).expect("the consumer runs");
+                        }
+                    }
+                    PlainQueue::MutexVecDeque => {
+                        for event in kinds.drain(..) {
+                            let mut items = deque.items.lock().unwrap();
+                            items.push_back(event);
+                            if items.len() == DEQUE_WAKE_EVENTS {
+                                deque.wake.notify_one();
+                            }
+                        }
+                    }
+                }
+                timed += start.elapsed();
+                pushed += n;
+                left -= n;
+            }
+            timed
+        });
+    });
+    drop(tx);
+    deque.closed.store(true, Ordering::Release);
+    deque.wake.notify_one();
+    let taken = consumer.join().expect("the consumer thread");
+    println!("hot_path/{name}: {pushed} events pushed, {taken} taken by the consumer");
 }
 
 /// What the writer benches wrote, summed over all their samples.
@@ -645,6 +812,7 @@ fn reader(c: &mut Criterion) {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     enqueue(&mut criterion);
+    hot_path(&mut criterion);
     writer(&mut criterion);
     reader(&mut criterion);
     criterion.final_summary();
