@@ -183,6 +183,27 @@ mod tests {
     }
 
     #[test]
+    fn a_recorder_keeps_every_event_recorded_before_the_call() {
+        let out = tempfile::tempdir().unwrap();
+        let config = WriterConfig {
+            flight_bytes: Some(FLIGHT_BYTES_MIN),
+            ..WriterConfig::default()
+        };
+        let recorder =
+            crate::Recorder::create(out.path(), RunMeta::new("svc", "r"), config).unwrap();
+        for round in 0..20u64 {
+            for _ in 0..50 {
+                recorder.record(TaskId::MAIN, EventKind::ClockMono { ns: round });
+            }
+            // Right after the records, while the writer may be mid-batch.
+            let kept = recorder.keep("api").unwrap();
+            let (seqs, _) = read_seqs(&kept);
+            assert_eq!(seqs.last(), Some(&(round * 50 + 49)), "{kept:?}");
+        }
+        recorder.close().unwrap();
+    }
+
+    #[test]
     fn a_plain_run_is_not_flight_and_cannot_keep() {
         let out = tempfile::tempdir().unwrap();
         let mut writer = LogWriter::create(

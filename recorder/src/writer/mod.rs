@@ -374,6 +374,9 @@ struct Outage {
 /// the first one not on disk. If that works the outage is over; if not,
 /// shedding goes on. An outage that lasts to close leaves the log without
 /// a footer, so a reader reports where it stops.
+/// Why a flight window cannot be kept during a write outage.
+const OUTAGE_KEEP: &str = "the recorder cannot write (an outage: disk full?); nothing kept";
+
 fn writer_loop(
     mut writer: LogWriter,
     queue: &Queue,
@@ -388,6 +391,9 @@ fn writer_loop(
     let mut outage: Option<Outage> = None;
     let mut outages = 0u64;
     loop {
+        // A keep asked for before this take covers every event recorded
+        // before it was asked for: they are all in this take's batch.
+        let keep = lock(shared).keep.take();
         let closing = queue.take(&mut batch, config.flush_interval);
         if let Some(current) = &outage {
             // Shedding: the queue drops events into the pending gap, so
@@ -395,6 +401,9 @@ fn writer_loop(
             queue.count_lost(batch.len() as u64);
             batch.clear();
             if !closing && Instant::now() < current.retry_at {
+                if let Some((_, answer)) = keep {
+                    let _ = answer.send(Err(OUTAGE_KEEP.into()));
+                }
                 continue;
             }
             // Try again: the next batch starts with the gap.
@@ -449,12 +458,9 @@ fn writer_loop(
                 }
             }
         }
-        let keep = lock(shared).keep.take();
         if let Some((reason, answer)) = keep {
             let result = match &outage {
-                Some(_) => {
-                    Err("the recorder cannot write (an outage: disk full?); nothing kept".into())
-                }
+                Some(_) => Err(OUTAGE_KEEP.into()),
                 None => writer.keep(&reason).map_err(|err| err.to_string()),
             };
             let _ = answer.send(result);
