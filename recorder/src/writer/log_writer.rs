@@ -336,22 +336,29 @@ impl LogWriter {
     /// Flight mode: the ring's own `flight.json`, so a ring left behind by
     /// a crash reads as a window too.
     fn describe_ring(&self) -> Result<(), WriteError> {
-        let Some(ring) = &self.ring else {
-            return Ok(());
-        };
-        let window = FlightWindow {
+        match self.flight_window("ring", None) {
+            Some(window) => write_json(&self.dir, FLIGHT_FILE_NAME, &window),
+            None => Ok(()),
+        }
+    }
+
+    /// Flight mode: what the ring holds now, as a window description:
+    /// its first seq is the first event of its oldest segment (or, with
+    /// nothing written yet, the first seq after the deleted ones).
+    fn flight_window(&self, reason: &str, last_seq: Option<u64>) -> Option<FlightWindow> {
+        let ring = self.ring.as_ref()?;
+        Some(FlightWindow {
             first_seq: self
                 .finished_segments
                 .iter()
                 .find_map(|s| s.first_seq)
                 .or(self.segment.first_seq)
                 .unwrap_or(ring.dropped_events),
-            last_seq: None,
+            last_seq,
             events_before: ring.dropped_events,
             ring_bytes: ring.budget,
-            reason: "ring".into(),
-        };
-        write_json(&self.dir, FLIGHT_FILE_NAME, &window)
+            reason: reason.to_string(),
+        })
     }
 
     /// Flight mode: freeze the ring into `<service>-<run id>-kept<N>/`
@@ -375,7 +382,6 @@ impl LogWriter {
         let kept_dir = ring
             .out_dir
             .join(format!("{}-kept{}", self.meta.dir_name(), ring.kept + 1));
-        let (dropped_events, budget) = (ring.dropped_events, ring.budget);
         let out_dir = ring.out_dir.clone();
         self.flush_frame()?;
         create_run_dir(&out_dir, &kept_dir)?;
@@ -415,17 +421,9 @@ impl LogWriter {
         let mut last = open.summary(true);
         last.bytes += FOOTER_BYTES as u64;
         segments.push(&last);
-        let first_seq = segments
-            .iter()
-            .find_map(|s| s.first_seq)
-            .unwrap_or(dropped_events);
-        let window = FlightWindow {
-            first_seq,
-            last_seq: segments.iter().rev().find_map(|s| s.last_seq),
-            events_before: dropped_events,
-            ring_bytes: budget,
-            reason: reason.to_string(),
-        };
+        let window = self
+            .flight_window(reason, segments.iter().rev().find_map(|s| s.last_seq))
+            .expect("keep runs in flight mode");
         write_json(&kept_dir, INDEX_FILE_NAME, &self.index(segments))?;
         write_json(&kept_dir, FLIGHT_FILE_NAME, &window)?;
         sync_dir(&kept_dir);
