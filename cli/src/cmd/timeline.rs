@@ -16,9 +16,12 @@ use crate::{exit, Hinted};
 pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
     let timeline = Timeline::load(&args.runs)?;
     // Request views: for --request, and for OTLP (a trace per request).
-    let requests = Requests::new(&timeline);
-    let views = match (&args.request, args.format) {
-        (Some(pattern), _) => {
+    // Only those need the request index (a pass over every event).
+    let requests = (args.request.is_some() || args.format == TimelineFormat::Otlp)
+        .then(|| Requests::new(&timeline));
+    let views = match (&args.request, args.format, &requests) {
+        (_, _, None) => None,
+        (Some(pattern), _, Some(requests)) => {
             let marks = requests.marks(pattern);
             if marks.is_empty() {
                 return Err(Hinted::error(
@@ -28,7 +31,7 @@ pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
             }
             Some(requests.views(&marks))
         }
-        (None, TimelineFormat::Otlp) => {
+        (None, _, Some(requests)) => {
             let marks = requests.all_marks();
             if marks.is_empty() {
                 return Err(Hinted::error(
@@ -38,7 +41,6 @@ pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
             }
             Some(requests.views(&marks))
         }
-        (None, _) => None,
     };
     let mut out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::io::BufWriter::new(
@@ -66,9 +68,11 @@ pub(crate) fn run(args: &TimelineArgs) -> anyhow::Result<ExitCode> {
                 .collect();
             deja_replayer::perfetto::write_trace_of(&timeline, &|at| keep.contains(&at), &mut out)
         }
-        (TimelineFormat::Otlp, views) => {
-            deja_replayer::otlp::write_traces(&requests, views.as_deref().unwrap_or(&[]), &mut out)
-        }
+        (TimelineFormat::Otlp, views) => deja_replayer::otlp::write_traces(
+            requests.as_ref().expect("OTLP builds the request index"),
+            views.as_deref().unwrap_or(&[]),
+            &mut out,
+        ),
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Ok(ExitCode::from(exit::SUCCESS)),
