@@ -220,6 +220,15 @@ pub enum EventKind {
         /// order and disjoint (at most [`REDACTED_RANGES_MAX`]).
         ranges: Vec<(u32, u32)>,
     },
+    /// A task that library code started with `tokio::spawn` made its
+    /// first intercepted call: from here on it is logical task `self.task`.
+    /// It is that task's first event. Replay hands the ids out in log
+    /// order, to the tasks in the order their first calls come.
+    TaskAdopted {
+        /// tokio's id for the task in the recording (it differs between
+        /// runs: shown to humans, never matched).
+        tokio_id: u64,
+    },
 }
 
 /// Most ranges one [`EventKind::Redacted`] lists. A payload masked in more
@@ -531,7 +540,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 22] = [
+    pub const NAMES: [&'static str; 23] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -554,10 +563,11 @@ impl EventKind {
         "exit",
         "gap",
         "redacted",
+        "task_adopted",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 22] = [
+    pub const CLASSES: [KindClass; 23] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -580,6 +590,7 @@ impl EventKind {
         KindClass::Exit,
         KindClass::Gap,
         KindClass::Redacted,
+        KindClass::Spawn,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -613,6 +624,7 @@ impl EventKind {
             EventKind::Exit { .. } => 19,
             EventKind::Gap { .. } => 20,
             EventKind::Redacted { .. } => 21,
+            EventKind::TaskAdopted { .. } => 22,
         }
     }
 
@@ -628,7 +640,7 @@ impl EventKind {
             EventKind::TcpRead { .. } | EventKind::UdpRecv { .. } => KindClass::Recv,
             EventKind::TcpWrite { .. } | EventKind::UdpSend { .. } => KindClass::Send,
             EventKind::TcpShutdown { .. } | EventKind::TcpClose { .. } => KindClass::Close,
-            EventKind::Spawn { .. } => KindClass::Spawn,
+            EventKind::Spawn { .. } | EventKind::TaskAdopted { .. } => KindClass::Spawn,
             EventKind::TaskEnd { .. } => KindClass::End,
             EventKind::Mark { .. } => KindClass::Mark,
             EventKind::Signal { .. } => KindClass::Signal,
@@ -820,6 +832,7 @@ impl fmt::Display for EventKind {
                 write!(f, " of=#{seq_of} bytes={} at=", redacted_bytes(ranges))?;
                 write_ranges(f, ranges)
             }
+            EventKind::TaskAdopted { tokio_id } => write!(f, " tokio_id={tokio_id}"),
         }
     }
 }
@@ -948,6 +961,7 @@ mod tests {
                 seq_of: 0,
                 ranges: vec![(1, 2)],
             },
+            EventKind::TaskAdopted { tokio_id: 7 },
         ];
         for kind in &kinds {
             match kind {
@@ -972,7 +986,8 @@ mod tests {
                 | EventKind::Signal { .. }
                 | EventKind::Exit { .. }
                 | EventKind::Gap { .. }
-                | EventKind::Redacted { .. } => {}
+                | EventKind::Redacted { .. }
+                | EventKind::TaskAdopted { .. } => {}
             }
         }
         kinds

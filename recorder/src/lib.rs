@@ -1,6 +1,7 @@
 //! deja's event model and trace log format.
 //!
 //! A map of the crate:
+//! - [`clock`]: the real clock, past the runtime's interposer (what events are stamped with).
 //! - [`event`]: what one intercepted operation looks like ([`Event`], [`EventKind`]).
 //! - [`mod@format`]: the on-disk layout of segments, frames and footers, its limits and version.
 //! - [`meta`]: the run's identity and context ([`RunMeta`]), kept in every segment header.
@@ -26,6 +27,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod clock;
 pub mod event;
 pub mod format;
 pub mod meta;

@@ -98,6 +98,9 @@ pub enum Call<'a> {
     },
     /// `deja::spawn`.
     Spawn,
+    /// A task started by `tokio::spawn` makes its first intercepted call
+    /// (see [`Gate::next_adoption`]).
+    Adopt,
     /// The task finished.
     TaskEnd {
         /// How.
@@ -145,6 +148,7 @@ impl Call<'_> {
                 | Call::RootSeed
                 | Call::TaskEnd { .. }
                 | Call::TcpClose { .. }
+                | Call::Adopt
         ) && !self.waits_for_input()
     }
 }
@@ -178,6 +182,7 @@ impl fmt::Display for Call<'_> {
             } => write!(f, "udp_send conn={socket} peer={peer} len={}", bytes.len()),
             Call::UdpRecv { socket } => write!(f, "udp_recv conn={socket}"),
             Call::Spawn => f.write_str("spawn"),
+            Call::Adopt => f.write_str("task_adopted"),
             Call::TaskEnd { outcome } => write!(f, "task_end outcome={outcome:?}"),
             Call::Mark { name, value } => write!(f, "mark {name}=\"{}\"", preview(value)),
             Call::Signal => f.write_str("signal"),
@@ -254,7 +259,7 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
             }
             check_write(bytes, result)
         }
-        (Call::Spawn, E::Spawn { .. }) => Match::Same,
+        (Call::Spawn, E::Spawn { .. }) | (Call::Adopt, E::TaskAdopted { .. }) => Match::Same,
         (Call::TaskEnd { outcome }, E::TaskEnd { outcome: o }) => {
             if outcome == o {
                 Match::Same
@@ -509,6 +514,9 @@ pub struct Gate {
     last_redacted_use: Option<RedactedUse>,
     /// Redacted reads consumed so far.
     redacted_uses: u64,
+    /// Tasks whose first event is `TaskAdopted`, in log order, not yet
+    /// handed out by [`Gate::next_adoption`].
+    adoptions: std::collections::VecDeque<TaskId>,
 }
 
 impl Gate {
@@ -544,8 +552,13 @@ impl Gate {
             },
         };
         let mut tasks: BTreeMap<TaskId, TaskTrack> = BTreeMap::new();
+        let mut adoptions = std::collections::VecDeque::new();
         for (index, event) in events.iter().enumerate() {
-            tasks.entry(event.task).or_default().events.push(index);
+            let track = tasks.entry(event.task).or_default();
+            if track.events.is_empty() && matches!(event.kind, EventKind::TaskAdopted { .. }) {
+                adoptions.push_back(event.task);
+            }
+            track.events.push(index);
         }
         Gate {
             claimed: vec![false; events.len()],
@@ -558,7 +571,18 @@ impl Gate {
             redacted_used: BTreeMap::new(),
             last_redacted_use: None,
             redacted_uses: 0,
+            adoptions,
         }
+    }
+
+    /// The logical id of the next task library code started with
+    /// `tokio::spawn` that makes an intercepted call: the recording's
+    /// adopted tasks in the order of their first events. Replay runs the
+    /// tasks in the recorded order, so the k-th task to show up is the
+    /// recording's k-th; if it is not, its calls will not match and the
+    /// replay diverges there. `None` once the log's are used up.
+    pub fn next_adoption(&mut self) -> Option<TaskId> {
+        self.adoptions.pop_front()
     }
 
     /// The masked ranges of the event with this seq, if the recording

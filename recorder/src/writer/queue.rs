@@ -66,6 +66,9 @@ pub(crate) struct Queue {
     state: Mutex<State>,
     writer_wakeup: Condvar,
     start: Instant,
+    /// `start` on the real clock (see [`crate::clock`]): events are
+    /// stamped from it, never through an interposed clock.
+    start_ns: u64,
     events_max: usize,
     payload_bytes_max: usize,
     /// Queue length at which the writer is woken early instead of waiting
@@ -88,6 +91,7 @@ impl Queue {
             }),
             writer_wakeup: Condvar::new(),
             start: Instant::now(),
+            start_ns: crate::clock::mono_ns(),
             events_max,
             payload_bytes_max,
             wake_at: (events_max / 2).min(WRITER_WAKE_EVENTS),
@@ -107,7 +111,7 @@ impl Queue {
     }
 
     pub(crate) fn elapsed_ns(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::mono_ns().saturating_sub(self.start_ns)
     }
 
     /// Assign a seq and queue the event, or drop it and remember the gap.
