@@ -33,23 +33,36 @@ fn real_clock_gettime_fn() -> *mut libc::c_void {
     found
 }
 
+/// The C library's `clock_gettime(clock, tp)`, never an interposer's:
+/// what an interposer forwards to.
+///
+/// # Safety
+/// As the C function: `tp` is null (an `EFAULT`) or a writable `timespec`.
+pub unsafe fn real_clock_gettime_raw(
+    clock: libc::clockid_t,
+    tp: *mut libc::timespec,
+) -> libc::c_int {
+    let function = real_clock_gettime_fn();
+    // SAFETY: the pointer is either the C library's clock_gettime (same
+    // signature) or the syscall marker; `tp` is the caller's.
+    unsafe {
+        if function == USE_SYSCALL {
+            libc::syscall(libc::SYS_clock_gettime, clock, tp) as libc::c_int
+        } else {
+            let function: ClockGettime = std::mem::transmute(function);
+            function(clock, tp)
+        }
+    }
+}
+
 /// The C library's `clock_gettime(clock)`, never an interposer's.
 pub fn real_clock_gettime(clock: libc::clockid_t) -> libc::timespec {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    let function = real_clock_gettime_fn();
-    // SAFETY: `ts` is a valid timespec to write; the pointer is either the
-    // C library's clock_gettime (same signature) or the syscall marker.
-    let status = unsafe {
-        if function == USE_SYSCALL {
-            libc::syscall(libc::SYS_clock_gettime, clock, &mut ts as *mut libc::timespec) as i32
-        } else {
-            let function: ClockGettime = std::mem::transmute(function);
-            function(clock, &mut ts)
-        }
-    };
+    // SAFETY: `ts` is a valid timespec to write.
+    let status = unsafe { real_clock_gettime_raw(clock, &mut ts) };
     assert_eq!(status, 0, "clock_gettime({clock}) failed");
     ts
 }

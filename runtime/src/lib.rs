@@ -66,6 +66,7 @@
 //! code that bypasses the shim (`clippy.toml` in `fixtures/` flags that).
 
 mod context;
+mod intercept;
 mod record;
 mod replay;
 mod runtime;

@@ -75,8 +75,22 @@ pub(crate) fn select_seed(root: &[u8; 32], task: TaskId) -> u64 {
 /// 32 bytes of OS entropy.
 pub(crate) fn os_seed() -> [u8; 32] {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).expect("the OS entropy source failed");
+    crate::intercept::internal(|| getrandom::fill(&mut seed))
+        .expect("the OS entropy source failed");
     seed
+}
+
+/// Fill `out` for one of `host`'s tasks: from the host's seed (no OS
+/// entropy in a simulation), logged like an OS draw.
+pub(crate) fn sim_entropy(host: &crate::sim::Host, out: &mut [u8]) {
+    for chunk in out.chunks_mut(EVENT_PAYLOAD_BYTES_MAX) {
+        let (task, index) = context::next_rng_index();
+        let mut rng = ChaCha20Rng::from_seed(derive_seed(&host.root_seed, task, index));
+        rng.fill_bytes(chunk);
+        host.record(EventKind::Entropy {
+            bytes: chunk.to_vec(),
+        });
+    }
 }
 
 /// Fill `dest` with OS entropy, recorded by value (replay returns the
@@ -85,9 +99,11 @@ pub(crate) fn os_seed() -> [u8; 32] {
 pub fn fill_bytes(dest: &mut [u8]) {
     for chunk in dest.chunks_mut(EVENT_PAYLOAD_BYTES_MAX) {
         context::with(|ctx| match ctx {
-            Ctx::Live => getrandom::fill(chunk).expect("the OS entropy source failed"),
+            Ctx::Live => crate::intercept::internal(|| getrandom::fill(chunk))
+                .expect("the OS entropy source failed"),
             Ctx::Record(recording) => {
-                getrandom::fill(chunk).expect("the OS entropy source failed");
+                crate::intercept::internal(|| getrandom::fill(chunk))
+                    .expect("the OS entropy source failed");
                 recording.record(EventKind::Entropy {
                     bytes: chunk.to_vec(),
                 });
@@ -101,15 +117,8 @@ pub fn fill_bytes(dest: &mut [u8]) {
                     _ => chunk.fill(0),
                 }
             }
-            Ctx::Sim(host) => {
-                // No OS entropy in a simulation: the host's seed stands in.
-                let (task, index) = context::next_rng_index();
-                let mut rng = ChaCha20Rng::from_seed(derive_seed(&host.root_seed, task, index));
-                rng.fill_bytes(chunk);
-                host.record(EventKind::Entropy {
-                    bytes: chunk.to_vec(),
-                });
-            }
+            // No OS entropy in a simulation: the host's seed stands in.
+            Ctx::Sim(host) => sim_entropy(host, chunk),
         });
     }
 }

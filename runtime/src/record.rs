@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use deja_recorder::{
@@ -10,7 +11,8 @@ use deja_recorder::{
     WriteError, Written,
 };
 
-use crate::context;
+use crate::context::{self, Adoptions, TaskCtx, TASK_OUTSIDE};
+use crate::intercept::Clock;
 use crate::redact::{Direction, Redaction};
 
 /// A recording in progress: shared by every thread of the runtime.
@@ -25,6 +27,10 @@ pub(crate) struct Recording {
     keep_write_bytes: bool,
     /// The service's redactors; `None` when it has none.
     redaction: Option<Redaction>,
+    /// Tasks library code started with `tokio::spawn`.
+    adoptions: Adoptions,
+    /// Intercepted calls made outside any task (warned about once).
+    outside_calls: AtomicU64,
 }
 
 impl Recording {
@@ -42,12 +48,84 @@ impl Recording {
             next_task: AtomicU64::new(1),
             next_conn: AtomicU64::new(0),
             keep_write_bytes,
+            adoptions: Adoptions::default(),
+            outside_calls: AtomicU64::new(0),
         }
     }
 
     /// Record `kind` as done by the running task, now.
     pub(crate) fn record(&self, kind: EventKind) {
-        self.recorder.record(context::task_id(), kind);
+        let task = context::task_id();
+        if task == TASK_OUTSIDE {
+            self.outside_call(&kind);
+        }
+        self.recorder.record(task, kind);
+    }
+
+    /// An intercepted call outside any task: replay can order it only
+    /// by luck. Counted, and said once on stderr.
+    fn outside_call(&self, kind: &EventKind) {
+        if self.outside_calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!(
+                "deja: warning: {} was called outside any task (a thread the service started, or spawn_blocking); \
+                 replay cannot order such calls: make them from a task",
+                kind.name()
+            );
+        }
+    }
+
+    /// Intercepted calls made outside any task so far.
+    pub(crate) fn outside_calls(&self) -> u64 {
+        self.outside_calls.load(Ordering::Relaxed)
+    }
+
+    /// The context of a task library code started with `tokio::spawn`,
+    /// adopting it (a new logical id, and its `TaskAdopted` event) at its
+    /// first intercepted call.
+    pub(crate) fn adopt(&self, tokio_id: tokio::task::Id) -> Option<Arc<TaskCtx>> {
+        self.adoptions.get_or_adopt(tokio_id, || {
+            let child = self.next_task();
+            self.recorder.record(
+                child,
+                EventKind::TaskAdopted {
+                    tokio_id: context::tokio_id_number(tokio_id),
+                },
+            );
+            TaskCtx::new(&self.root_seed, child)
+        })
+    }
+
+    /// Tasks made so far are the runtime's own (see [`Adoptions::set_floor`]).
+    pub(crate) fn set_adoption_floor(&self, tokio_id: u64) {
+        self.adoptions.set_floor(tokio_id);
+    }
+
+    /// Tasks adopted so far.
+    pub(crate) fn adopted_tasks(&self) -> u64 {
+        self.adoptions.count()
+    }
+
+    /// A clock reading made by `task` through the C library (`std::time`,
+    /// tokio, any crate): logged as it is. `real` is the reading,
+    /// nanoseconds on the clock's own scale.
+    pub(crate) fn record_libc_clock(&self, task: TaskId, clock: Clock, real: i64) {
+        let kind = match clock {
+            Clock::Mono => EventKind::ClockMono {
+                ns: (real as u64).saturating_sub(self.recorder.origin_ns()),
+            },
+            Clock::Wall => EventKind::ClockWall { unix_ns: real },
+        };
+        self.recorder.record(task, kind);
+    }
+
+    /// Entropy drawn by `task` through the C library.
+    pub(crate) fn record_libc_entropy(&self, task: TaskId, bytes: &[u8]) {
+        self.recorder.record(
+            task,
+            EventKind::Entropy {
+                bytes: bytes.to_vec(),
+            },
+        );
     }
 
     /// Record the bytes a TCP read returned, masked by the redactors.
@@ -147,6 +225,11 @@ impl Recording {
         self.recorder
             .record_at(context::task_id(), ns, EventKind::ClockMono { ns });
         ns
+    }
+
+    /// The recording's origin on the real monotonic clock, nanoseconds.
+    pub(crate) fn origin_ns(&self) -> u64 {
+        self.recorder.origin_ns()
     }
 
     pub(crate) fn origin(&self) -> Instant {

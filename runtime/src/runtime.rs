@@ -19,7 +19,7 @@ use crate::debug::{
 use crate::record::Recording;
 use crate::redact::{Redact, Redaction, Redactors};
 use crate::replay::debug::{open_json_fd, Debugger};
-use crate::replay::executor::Executor;
+use crate::replay::stall::StallWatch;
 use crate::replay::{Replay, ReplayStats, Stop};
 use crate::task::{CatchUnwind, EXIT_PANIC};
 
@@ -360,7 +360,14 @@ impl Builder {
         self
     }
 
-    /// Tokio worker threads in live and record mode.
+    /// tokio worker threads. Live: tokio's default is one per core.
+    /// Record: by default (or with 1) the service's tasks and `main` run
+    /// on one thread, as they do in replay, so a replay reproduces how
+    /// they interleave, shared memory and locks included. More than one
+    /// is an opt-in for services that need the cores: tasks then race
+    /// between intercepted calls, and a replay reports a divergence
+    /// where such a race decided something (ARCHITECTURE.md, "What deja
+    /// guarantees").
     pub fn worker_threads(mut self, threads: usize) -> Builder {
         self.worker_threads = Some(threads.max(1));
         self
@@ -518,19 +525,53 @@ impl Builder {
         }
     }
 
+    /// Live: tokio's multi-thread runtime, as `#[tokio::main]` builds it.
+    /// Record: by default one thread (see [`Builder::worker_threads`]),
+    /// started at the recording's origin.
     fn tokio(&self, recording: Option<Arc<Recording>>) -> Result<tokio::runtime::Runtime, Error> {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        let Some(recording) = recording else {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(threads) = self.worker_threads {
+                builder.worker_threads(threads);
+            }
+            return builder.build().map_err(Error::Tokio);
+        };
+        let mut builder = match self.worker_threads {
+            None | Some(1) => tokio::runtime::Builder::new_current_thread(),
+            Some(threads) => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                let recording = Arc::clone(&recording);
+                builder.on_thread_start(move || {
+                    // Worker and blocking threads live as long as the runtime.
+                    std::mem::forget(context::enter(Ctx::Record(Arc::clone(&recording))));
+                });
+                builder
+            }
+        };
         builder.enable_all();
-        if let Some(threads) = self.worker_threads {
-            builder.worker_threads(threads);
+        seed_tokio(&mut builder, recording.root_seed());
+        // tokio's timers count milliseconds from the runtime's start: the
+        // same start as the recording's clock, which replay's runtime
+        // starts at too, so a deadline rounds to the same tick in both.
+        let multi_thread = self.worker_threads.is_some_and(|threads| threads > 1);
+        if multi_thread {
+            // Workers start running while the runtime is built.
+            recording.set_adoption_floor(u64::MAX);
         }
-        if let Some(recording) = recording {
-            builder.on_thread_start(move || {
-                // Worker and blocking threads live as long as the runtime.
-                std::mem::forget(context::enter(Ctx::Record(Arc::clone(&recording))));
-            });
+        let tokio = {
+            let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
+            builder.build().map_err(Error::Tokio)?
+        };
+        if multi_thread {
+            // The workers' loops are blocking tasks made by the build: a
+            // task spawned now has a higher id than every one of them.
+            let probe = tokio.block_on(tokio.spawn(async { tokio::task::id() }));
+            let floor = probe.map_or(0, context::tokio_id_number);
+            recording.set_adoption_floor(floor);
         }
-        builder.build().map_err(Error::Tokio)
+        Ok(tokio)
     }
 }
 
@@ -723,22 +764,29 @@ where
     let replay = Rc::new(Replay::new(
         Gate::new(events),
         setup.start_wall_ns,
-        Executor::new(setup.stall_wait),
         setup.debugger,
         setup.redaction,
     ));
     let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
     let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
     replay.set_root_seed(root_seed);
+    // The recording's first event of main is its root seed; then come the
+    // draws of its runtime's build (see `intercept::RuntimeBuild`).
+    replay.claim(TaskId::MAIN, &Call::RootSeed);
+    let watch = StallWatch::start(setup.stall_wait);
+    let tokio = match replay_runtime(&watch, &root_seed) {
+        Ok(tokio) => tokio,
+        Err(err) => {
+            watch.finish();
+            return (Err(err), replay.stats());
+        }
+    };
     #[allow(clippy::type_complexity)]
     let output: Rc<std::cell::RefCell<Option<std::thread::Result<F::Output>>>> = Rc::default();
     {
         let output = Rc::clone(&output);
-        let claim_seed = Rc::clone(&replay);
         let task = TaskCtx::new(&root_seed, TaskId::MAIN);
         let body = context::scope(task, async move {
-            // The recording's first event of main is its root seed.
-            claim_seed.claim(TaskId::MAIN, &Call::RootSeed);
             let value = CatchUnwind(main).await;
             let code = match &value {
                 Ok(value) => value.exit_code(),
@@ -747,18 +795,25 @@ where
             crate::net::replay_call(Call::Exit { code }).await;
             *output.borrow_mut() = Some(value);
         });
-        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(body);
-        // SAFETY: `main` may borrow from the caller, so its future is not
-        // 'static. The executor drops every task in `shutdown()` below,
-        // before this function returns, so nothing outlives those borrows.
-        let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + 'static>> =
-            unsafe { std::mem::transmute(boxed) };
-        replay.executor.spawn(boxed);
+        let mut body = std::pin::pin!(body);
+        replay.wake_cursor();
+        tokio.block_on(std::future::poll_fn(|cx| {
+            replay.set_root_waker(cx.waker());
+            watch.set_waker(cx.waker());
+            if watch.take_stalled() {
+                replay.stall();
+            }
+            if replay.stopped() || body.as_mut().poll(cx).is_ready() || replay.stopped() {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        }));
     }
-    replay.wake_cursor();
-    replay.executor.run(&replay);
     let stop = replay.take_stop();
-    replay.executor.shutdown();
+    // Tasks still waiting are dropped here, on this thread, in replay mode
+    // (their drops claim nothing once the replay stopped).
+    drop(tokio);
+    watch.finish();
     let stats = replay.stats();
     if let Some(debugger) = &replay.debugger {
         let exit_code = match &stop {
@@ -788,6 +843,41 @@ where
         }),
     };
     (result, stats)
+}
+
+/// The tokio runtime a replay runs on: one thread, so the same log gives
+/// the same schedule; tokio's timers on virtual time (every clock reading
+/// on this thread is the replay's, see [`crate::intercept`]), started at
+/// the recording's origin; IO enabled only so that a library that opens
+/// its own socket gets an error, not a panic. Its park hooks move virtual
+/// time at idle points ([`Replay::idle`]) and arm the stall watchdog.
+fn replay_runtime(
+    watch: &Arc<StallWatch>,
+    root_seed: &[u8; 32],
+) -> Result<tokio::runtime::Runtime, Error> {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    let parked = Arc::clone(watch);
+    builder.on_thread_park(move || {
+        crate::replay::with_replay(|replay| replay.idle());
+        parked.parked();
+    });
+    let unparked = Arc::clone(watch);
+    builder.on_thread_unpark(move || unparked.unparked());
+    seed_tokio(&mut builder, root_seed);
+    let _build = crate::intercept::RuntimeBuild::at(crate::replay::REPLAY_MONO_BASE_NS as u64);
+    builder.build().map_err(Error::Tokio)
+}
+
+/// With `--cfg tokio_unstable`, tokio's own randomness (which branch of a
+/// library's `tokio::select!` goes first) comes from the run's root seed,
+/// the same in the recording and every replay. Without it tokio seeds
+/// itself, and a library `select!` with two branches ready at once may
+/// pick differently in replay (which then says where it diverged).
+#[allow(unused_variables)]
+fn seed_tokio(builder: &mut tokio::runtime::Builder, root_seed: &[u8; 32]) {
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(root_seed));
 }
 
 /// The body of `#[deja::main]`: build from the environment, run, exit.

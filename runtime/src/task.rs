@@ -12,8 +12,7 @@ use deja_recorder::{EventKind, TaskId, TaskOutcome};
 use deja_replayer::gate::Call;
 
 use crate::context::{self, Ctx, TaskCtx};
-use crate::replay::executor::TaskKey;
-use crate::replay::with_replay;
+use crate::sim::executor::TaskKey;
 
 /// Spawn a task, like `tokio::spawn`.
 ///
@@ -24,20 +23,16 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match context::current() {
-        Ctx::Live => JoinHandle {
-            inner: Inner::Tokio(tokio::spawn(future)),
-        },
+    let (child, root_seed) = match context::current() {
+        Ctx::Live => {
+            return JoinHandle {
+                inner: Inner::Tokio(tokio::spawn(future)),
+            }
+        }
         Ctx::Record(recording) => {
             let child = recording.next_task();
             recording.record(EventKind::Spawn { child, name: None });
-            let task = TaskCtx::new(recording.root_seed(), child);
-            JoinHandle {
-                inner: Inner::Tokio(tokio::spawn(context::scope(
-                    task,
-                    Tracked::new(child, future),
-                ))),
-            }
+            (child, *recording.root_seed())
         }
         Ctx::Replay(replay) => {
             let child = match replay.claim(context::task_id(), &Call::Spawn) {
@@ -47,37 +42,42 @@ where
                 }) => child,
                 _ => replay.beyond_log_task(),
             };
-            let state = Arc::new(Mutex::new(JoinState::default()));
-            let task = TaskCtx::new(&replay.root_seed(), child);
-            let body = ReplayTask {
-                future: context::scope(task, Tracked::new(child, future)),
-                state: Arc::clone(&state),
-            };
-            let key = replay.executor.spawn(Box::pin(body));
-            JoinHandle {
-                inner: Inner::Replay { state, key },
-            }
+            (child, replay.root_seed())
         }
-        Ctx::Sim(host) => {
-            let child = host.next_task();
-            host.record(EventKind::Spawn { child, name: None });
-            let state = Arc::new(Mutex::new(JoinState::default()));
-            let task = TaskCtx::new(&host.root_seed, child);
-            let body = ReplayTask {
-                future: context::scope(task, Tracked::new(child, future)),
-                state: Arc::clone(&state),
-            };
-            match crate::sim::spawn_task(&host, Box::pin(body)) {
-                Some(key) => JoinHandle {
-                    inner: Inner::Replay { state, key },
-                },
-                // The simulation is over: the task never runs.
-                None => {
-                    lock(&state).finish(Err(JoinError::cancelled()));
-                    JoinHandle {
-                        inner: Inner::Done { state },
-                    }
-                }
+        Ctx::Sim(host) => return spawn_simulated(&host, future),
+    };
+    let task = TaskCtx::new(&root_seed, child);
+    JoinHandle {
+        inner: Inner::Tokio(tokio::spawn(context::scope(
+            task,
+            Tracked::new(child, future),
+        ))),
+    }
+}
+
+/// A task of a simulated host, on the simulation's executor.
+fn spawn_simulated<F>(host: &std::rc::Rc<crate::sim::Host>, future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let child = host.next_task();
+    host.record(EventKind::Spawn { child, name: None });
+    let state = Arc::new(Mutex::new(JoinState::default()));
+    let task = TaskCtx::new(&host.root_seed, child);
+    let body = ReplayTask {
+        future: context::scope(task, Tracked::new(child, future)),
+        state: Arc::clone(&state),
+    };
+    match crate::sim::spawn_task(host, Box::pin(body)) {
+        Some(key) => JoinHandle {
+            inner: Inner::Replay { state, key },
+        },
+        // The simulation is over: the task never runs.
+        None => {
+            lock(&state).finish(Err(JoinError::cancelled()));
+            JoinHandle {
+                inner: Inner::Done { state },
             }
         }
     }
@@ -295,11 +295,7 @@ impl<T> JoinHandle<T> {
     pub fn abort(&self) {
         match &self.inner {
             Inner::Tokio(handle) => handle.abort(),
-            Inner::Replay { key, .. } => {
-                if with_replay(|replay| replay.executor.abort(*key)).is_none() {
-                    crate::sim::abort(*key);
-                }
-            }
+            Inner::Replay { key, .. } => crate::sim::abort(*key),
             Inner::Done { .. } => {}
         }
     }

@@ -37,7 +37,7 @@ impl Instant {
     /// log in replay.
     pub fn now() -> Instant {
         let ns = context::with(|ctx| match ctx {
-            Ctx::Live => nanos(live_origin().elapsed()),
+            Ctx::Live => nanos(crate::intercept::internal(|| live_origin().elapsed())),
             Ctx::Record(recording) => recording.record_clock(),
             Ctx::Replay(replay) => match replay.claim(context::task_id(), &Call::ClockMono) {
                 Some(deja_recorder::Event {
@@ -148,7 +148,7 @@ impl SystemTime {
         let unix_ns = context::with(|ctx| match ctx {
             Ctx::Live => None,
             Ctx::Record(recording) => {
-                let unix_ns = unix_ns(std::time::SystemTime::now());
+                let unix_ns = unix_ns(crate::intercept::internal(std::time::SystemTime::now));
                 recording.record(EventKind::ClockWall { unix_ns });
                 Some(unix_ns)
             }
@@ -232,7 +232,10 @@ impl Sleep {
             Ctx::Record(recording) => {
                 let origin = recording.origin();
                 let deadline = match target {
-                    Target::After(duration) => tokio::time::Instant::now() + duration,
+                    // deja's own reading, not the service's: unlogged.
+                    Target::After(duration) => {
+                        crate::intercept::internal(tokio::time::Instant::now) + duration
+                    }
                     Target::At(at) => at.to_tokio(origin),
                 };
                 SleepInner::Record {

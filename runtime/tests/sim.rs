@@ -98,15 +98,17 @@ fn the_determinism_check_passes_code_that_stays_on_the_shim() {
     assert!(report.events > 50);
 }
 
+/// A host whose request handling reads `std::time::Instant` (as any
+/// library does): the reading is the simulated clock, so the run is
+/// deterministic and the durations are the simulated link's.
 #[test]
-fn a_service_that_reads_std_instant_is_caught_by_the_determinism_check() {
+fn std_instant_in_a_host_reads_simulated_time() {
     let make = |seed| {
         let mut sim = Sim::new(seed);
         sim.host("api", || async {
             let listener = TcpListener::bind("0.0.0.0:80").await?;
             loop {
                 let (mut conn, _) = listener.accept().await?;
-                // The bypass: real time, invisible to deja.
                 #[allow(clippy::disallowed_methods)]
                 let started = std::time::Instant::now();
                 let mut buf = [0u8; 16];
@@ -128,7 +130,39 @@ fn a_service_that_reads_std_instant_is_caught_by_the_determinism_check() {
         });
         sim
     };
-    let difference = check_determinism(11, make).expect_err("std::time::Instant is caught");
+    check_determinism(11, make).expect("std::time::Instant reads simulated time");
+}
+
+/// State that outlives a run (a process-wide counter) makes two runs of
+/// one seed differ: the check catches it and names the usual suspects.
+#[test]
+fn process_wide_state_is_caught_by_the_determinism_check() {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let make = |seed| {
+        let mut sim = Sim::new(seed);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sim.host("api", move || async move {
+            let listener = TcpListener::bind("0.0.0.0:80").await?;
+            loop {
+                let (mut conn, _) = listener.accept().await?;
+                let mut buf = [0u8; 16];
+                let n = conn.read(&mut buf).await?;
+                deja::mark("took_ns", run.to_string());
+                conn.write_all(&buf[..n]).await?;
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), io::Error>(())
+        });
+        sim.client("client", async {
+            let mut conn = TcpStream::connect("api:80").await?;
+            conn.write_all(b"ping").await?;
+            let mut reply = [0u8; 4];
+            conn.read_exact(&mut reply).await?;
+            Ok::<(), io::Error>(())
+        });
+        sim
+    };
+    let difference = check_determinism(11, make).expect_err("the counter is caught");
     assert_eq!(difference.host, "api");
     let text = difference.to_string();
     println!("{text}");

@@ -261,6 +261,13 @@ impl Recorder {
         self.queue.elapsed_ns()
     }
 
+    /// The run's origin on the real `CLOCK_MONOTONIC`, in nanoseconds
+    /// ([`crate::clock::mono_ns`]): a reading `r` is `r - origin_ns()`
+    /// into the run.
+    pub fn origin_ns(&self) -> u64 {
+        self.queue.origin_ns()
+    }
+
     /// The instant the run's monotonic clock counts from.
     pub fn origin(&self) -> std::time::Instant {
         self.queue.origin()

@@ -110,6 +110,10 @@ impl Queue {
         self.start
     }
 
+    pub(crate) fn origin_ns(&self) -> u64 {
+        self.start_ns
+    }
+
     pub(crate) fn elapsed_ns(&self) -> u64 {
         crate::clock::mono_ns().saturating_sub(self.start_ns)
     }

@@ -3,7 +3,7 @@
 //! single-threaded [`executor`].
 
 pub(crate) mod debug;
-pub(crate) mod executor;
+pub(crate) mod stall;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -15,9 +15,9 @@ use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use deja_replayer::gate::{Call, Claimed, Divergence, Gate, Gated, LogTail, RedactedUse};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::context;
+use crate::context::{self, Adoptions, TaskCtx};
+use crate::intercept::Clock;
 use crate::redact::{Direction, Redaction};
-use executor::Executor;
 
 /// Why the replay stopped.
 #[derive(Debug)]
@@ -64,6 +64,14 @@ pub struct ReplayStats {
 /// service's log with a token in every request would print a line per request).
 const REDACTED_REPORTS_MAX: u64 = 100;
 
+/// Where `CLOCK_MONOTONIC` starts in a replay, as the service sees it: the
+/// recording's origin maps here. Fixed, so every replay reads the same.
+pub(crate) const REPLAY_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
+
+/// The ChaCha stream of the root seed that entropy read outside any task
+/// comes from in replay (task ids use streams from 0 up).
+const OUTSIDE_ENTROPY_STREAM: u64 = u64::MAX - 1;
+
 /// The replay state of one run, owned by the executor's thread.
 pub(crate) struct Replay {
     gate: RefCell<Gate>,
@@ -80,7 +88,15 @@ pub(crate) struct Replay {
     next_beyond_task: Cell<u64>,
     /// Breakpoints and `--until`; `None` costs nothing per event.
     pub(crate) debugger: Option<debug::Debugger>,
-    pub(crate) executor: Executor,
+    /// The time idle points moved virtual time to (see [`Replay::idle`]).
+    idle_ns: Cell<u64>,
+    /// The runtime's root future, woken when the replay stops.
+    root_waker: RefCell<Option<Waker>>,
+    /// Tasks library code started with `tokio::spawn`.
+    adoptions: Adoptions,
+    /// Entropy for reads outside any task (tokio's own seeds): from the
+    /// root seed, so every replay of a log draws the same.
+    outside_rng: RefCell<Option<rand_chacha::ChaCha20Rng>>,
     /// The service's redactors, applied to its writes before they are
     /// compared with redacted recorded writes.
     redaction: Option<Redaction>,
@@ -96,7 +112,6 @@ impl Replay {
     pub(crate) fn new(
         gate: Gate,
         start_wall_ns: i64,
-        executor: Executor,
         debugger: Option<debug::Debugger>,
         redaction: Option<Redaction>,
     ) -> Replay {
@@ -111,7 +126,10 @@ impl Replay {
             start_wall_ns,
             next_beyond_task: Cell::new(1 << 62),
             debugger,
-            executor,
+            idle_ns: Cell::new(0),
+            root_waker: RefCell::new(None),
+            adoptions: Adoptions::default(),
+            outside_rng: RefCell::new(None),
         }
     }
 
@@ -127,7 +145,111 @@ impl Replay {
         let mut slot = self.stop.borrow_mut();
         if slot.is_none() {
             *slot = Some(stop);
+            drop(slot);
+            if let Some(waker) = self.root_waker.borrow_mut().take() {
+                waker.wake();
+            }
         }
+    }
+
+    /// The runtime's root future waits with this waker: a stop wakes it.
+    pub(crate) fn set_root_waker(&self, waker: &Waker) {
+        let mut slot = self.root_waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+
+    /// The runtime has nothing to run: every task waits. If the event the
+    /// log expects next belongs to a task that waits on a timer deja does
+    /// not see (tokio's own, in library code: a `timeout`, a pool's idle
+    /// timer), that timer fired in the recording before the event, so
+    /// virtual time moves to the event's time and tokio's driver, which
+    /// reads the clock next, fires every timer due by then. Timers due
+    /// later did not fire before the event in the recording, and do not.
+    pub(crate) fn idle(&self) {
+        if let Some(event) = self.gate.borrow().cursor_event() {
+            if event.mono_ns > self.idle_ns.get() {
+                self.idle_ns.set(event.mono_ns);
+            }
+        }
+    }
+
+    /// Virtual time for readings outside any task (tokio's driver): the
+    /// last released event's, or where an idle point moved it.
+    fn outside_now_ns(&self) -> u64 {
+        self.now_ns().max(self.idle_ns.get())
+    }
+
+    /// The context of a task library code started with `tokio::spawn`,
+    /// adopted at its first intercepted call under the id the recording
+    /// gave the task whose first call came in the same place (see
+    /// [`Gate::next_adoption`]).
+    pub(crate) fn adopt(&self, tokio_id: tokio::task::Id) -> Option<std::sync::Arc<TaskCtx>> {
+        self.adoptions.get_or_adopt(tokio_id, || {
+            let next = self.gate.borrow_mut().next_adoption();
+            let task = match next {
+                Some(task) => {
+                    self.claim(task, &Call::Adopt);
+                    task
+                }
+                None => self.beyond_log_task(),
+            };
+            TaskCtx::new(&self.root_seed(), task)
+        })
+    }
+
+    /// A clock reading made through the C library: a task's comes from
+    /// the log, anything else reads virtual time.
+    pub(crate) fn libc_clock(&self, clock: Clock, task: Option<TaskId>) -> i64 {
+        let call = match clock {
+            Clock::Mono => Call::ClockMono,
+            Clock::Wall => Call::ClockWall,
+        };
+        let recorded = task
+            .and_then(|task| self.claim(task, &call))
+            .and_then(|event| match event.kind {
+                EventKind::ClockMono { ns } => {
+                    Some(REPLAY_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)))
+                }
+                EventKind::ClockWall { unix_ns } => Some(unix_ns),
+                _ => None,
+            });
+        recorded.unwrap_or_else(|| {
+            let now = i64::try_from(self.outside_now_ns()).unwrap_or(i64::MAX);
+            match clock {
+                Clock::Mono => REPLAY_MONO_BASE_NS.saturating_add(now),
+                Clock::Wall => self.start_wall_ns.saturating_add(now),
+            }
+        })
+    }
+
+    /// Entropy drawn through the C library: a task's comes from the log;
+    /// anything else from the root seed.
+    /// A task's draw that the log does not have (a std `HashMap`'s keys
+    /// drawn here but not in the recording) is a divergence.
+    pub(crate) fn libc_entropy(&self, out: &mut [u8], task: Option<TaskId>) {
+        for chunk in out.chunks_mut(deja_recorder::EVENT_PAYLOAD_BYTES_MAX) {
+            let call = Call::Entropy { len: chunk.len() };
+            let recorded = task.and_then(|task| self.claim(task, &call));
+            match recorded.map(|event| event.kind) {
+                Some(EventKind::Entropy { bytes }) if bytes.len() == chunk.len() => {
+                    chunk.copy_from_slice(&bytes);
+                }
+                _ => self.outside_entropy(chunk),
+            }
+        }
+    }
+
+    fn outside_entropy(&self, out: &mut [u8]) {
+        use rand_core::{RngCore, SeedableRng};
+        let mut rng = self.outside_rng.borrow_mut();
+        rng.get_or_insert_with(|| {
+            let mut rng = rand_chacha::ChaCha20Rng::from_seed(self.root_seed());
+            rng.set_stream(OUTSIDE_ENTROPY_STREAM);
+            rng
+        })
+        .fill_bytes(out);
     }
 
     pub(crate) fn root_seed(&self) -> [u8; 32] {

@@ -11,7 +11,7 @@ use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::context;
-use crate::replay::executor::TaskKey;
+use crate::sim::executor::TaskKey;
 
 /// Most events a host incarnation keeps in memory for failure logs and
 /// the determinism check: about 100 MiB of small events. Past it the
@@ -169,6 +169,24 @@ impl Host {
         unix_ns
     }
 
+    /// A clock reading made through the C library by one of this host's
+    /// tasks: simulated, and logged like [`Host::record_clock_mono`].
+    pub(crate) fn libc_clock(&self, clock: crate::intercept::Clock) -> i64 {
+        match clock {
+            crate::intercept::Clock::Mono => {
+                let ns = self.record_clock_mono();
+                SIM_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX))
+            }
+            crate::intercept::Clock::Wall => self.record_clock_wall(),
+        }
+    }
+
+    /// Entropy drawn through the C library by one of this host's tasks:
+    /// from the host's seed, and logged.
+    pub(crate) fn libc_entropy(&self, out: &mut [u8]) {
+        crate::rand::sim_entropy(self, out);
+    }
+
     pub(crate) fn next_task(&self) -> TaskId {
         let id = self.next_task.get();
         self.next_task.set(id + 1);
@@ -193,6 +211,11 @@ impl Host {
         (std::mem::take(&mut log.events), log.cut)
     }
 }
+
+/// Where a simulated host's monotonic clock starts, as the C library's
+/// `CLOCK_MONOTONIC` shows it: a machine up for a day. Fixed, so a
+/// simulation's readings are the same in every run.
+pub(crate) const SIM_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
 
 /// Host `index`'s address: 10.0.0.1, 10.0.0.2, ... in the order hosts
 /// were declared.

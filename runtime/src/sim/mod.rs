@@ -51,6 +51,7 @@
 mod capture;
 mod chaos;
 mod check;
+pub(crate) mod executor;
 pub(crate) mod host;
 pub(crate) mod net;
 mod policy;
@@ -939,12 +940,12 @@ impl Drop for TimerKey {
 pub(crate) fn spawn_task(
     host: &Rc<Host>,
     future: Pin<Box<dyn Future<Output = ()>>>,
-) -> Option<crate::replay::executor::TaskKey> {
+) -> Option<crate::sim::executor::TaskKey> {
     world::with_world(|world| world.spawn_on(host, future))
 }
 
 /// Abort a simulated task.
-pub(crate) fn abort(key: crate::replay::executor::TaskKey) {
+pub(crate) fn abort(key: crate::sim::executor::TaskKey) {
     world::with_world(|world| world.executor.abort(key));
 }
 

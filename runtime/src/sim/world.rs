@@ -25,7 +25,7 @@ use super::host::Host;
 use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
 use crate::context::{self, Ctx, TaskCtx};
-use crate::replay::executor::{Executor, TaskKey};
+use crate::sim::executor::{Executor, TaskKey};
 
 /// Polls allowed at one virtual instant: more means tasks keep waking
 /// each other without time ever moving (a livelock), which would
@@ -190,7 +190,7 @@ impl World {
             net: RefCell::new(net),
             hosts: RefCell::new(hosts),
             // Nothing outside the simulation wakes its tasks: no wait.
-            executor: Executor::new(std::time::Duration::ZERO),
+            executor: Executor::new(),
             controls: RefCell::default(),
             failure: RefCell::new(None),
             fail_on_task_panic,

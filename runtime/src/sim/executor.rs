@@ -1,11 +1,9 @@
-//! The deterministic executor: one thread, one FIFO run queue.
+//! The simulation's executor: one thread, one FIFO run queue.
 //!
 //! Tasks run in the order they are woken, and every wake-up comes from the
-//! replay (the gate releasing a call) or from the tasks themselves
-//! (channels, join handles), so the same log gives the same schedule. When
-//! nothing can run before the log's end, replay waits a bounded time for
-//! wake-ups from outside (a thread the service started) and then reports a
-//! stall instead of hanging.
+//! simulated world (a packet, a timer on the agenda) or from the tasks
+//! themselves (channels, join handles), so the same seed gives the same
+//! schedule.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -14,9 +12,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant};
-
-use super::Replay;
 
 type BoxedTask = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -79,16 +74,14 @@ pub(crate) struct Executor {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     ready: Arc<ReadyQueue>,
-    stall_wait: Duration,
 }
 
 impl Executor {
-    pub(crate) fn new(stall_wait: Duration) -> Executor {
+    pub(crate) fn new() -> Executor {
         Executor {
             slots: RefCell::default(),
             free: RefCell::default(),
             ready: Arc::default(),
-            stall_wait,
         }
     }
 
@@ -157,47 +150,6 @@ impl Executor {
             .unwrap_or_else(|p| p.into_inner())
             .keys
             .pop_front()
-    }
-
-    /// Wait up to the stall bound for a wake-up from another thread.
-    fn wait_ready(&self) -> Option<TaskKey> {
-        let deadline = Instant::now() + self.stall_wait;
-        let mut queue = self.ready.queue.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if let Some(key) = queue.keys.pop_front() {
-                queue.sleeping = false;
-                return Some(key);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                queue.sleeping = false;
-                return None;
-            }
-            queue.sleeping = true;
-            queue = self
-                .ready
-                .signal
-                .wait_timeout(queue, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-    }
-
-    /// Poll tasks until the replay stops.
-    pub(crate) fn run(&self, replay: &Replay) {
-        while !replay.stopped() {
-            let key = match self.pop_ready() {
-                Some(key) => key,
-                None => match self.wait_ready() {
-                    Some(key) => key,
-                    None => {
-                        replay.stall();
-                        break;
-                    }
-                },
-            };
-            self.poll_task(key);
-        }
     }
 
     pub(crate) fn poll_task(&self, key: TaskKey) {

@@ -1,0 +1,141 @@
+//! `getrandom` and `getentropy`, interposed.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use super::intercepting;
+use crate::context::{self, Ctx};
+
+type GetrandomFn =
+    unsafe extern "C" fn(*mut libc::c_void, libc::size_t, libc::c_uint) -> libc::ssize_t;
+
+/// The C library's `getrandom`; null: not looked up yet.
+static REAL_GETRANDOM: AtomicPtr<libc::c_void> = AtomicPtr::new(std::ptr::null_mut());
+/// "No C library definition: use the system call."
+const USE_SYSCALL: *mut libc::c_void = usize::MAX as *mut libc::c_void;
+
+/// The C library's `getrandom`, never this file's.
+///
+/// # Safety
+/// As the C function: `buf` is writable for `len` bytes.
+pub(crate) unsafe fn real_getrandom(
+    buf: *mut libc::c_void,
+    len: libc::size_t,
+    flags: libc::c_uint,
+) -> libc::ssize_t {
+    let mut function = REAL_GETRANDOM.load(Ordering::Acquire);
+    if function.is_null() {
+        // SAFETY: a NUL-terminated name; RTLD_NEXT looks past this executable.
+        let found = unsafe { libc::dlsym(libc::RTLD_NEXT, c"getrandom".as_ptr()) };
+        function = if found.is_null() { USE_SYSCALL } else { found };
+        REAL_GETRANDOM.store(function, Ordering::Release);
+    }
+    // SAFETY: the C library's getrandom has this signature; the buffer is the caller's.
+    unsafe {
+        if function == USE_SYSCALL {
+            libc::syscall(libc::SYS_getrandom, buf, len, flags) as libc::ssize_t
+        } else {
+            let function: GetrandomFn = std::mem::transmute(function);
+            function(buf, len, flags)
+        }
+    }
+}
+
+/// Fill `out` from the OS, retrying short reads and interrupts, as a
+/// recording must log every byte the service got.
+fn real_fill(out: &mut [u8]) -> bool {
+    let mut filled = 0;
+    // Bounded: getrandom returns at least 256 bytes a call once the pool is ready.
+    for _ in 0..out.len() / 256 + 64 {
+        if filled == out.len() {
+            return true;
+        }
+        let rest = &mut out[filled..];
+        // SAFETY: `rest` is writable for its length.
+        let got = unsafe { real_getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if got > 0 {
+            filled += got as usize;
+        } else if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
+        }
+    }
+    filled == out.len()
+}
+
+/// Fill `out` the way the thread's mode says, or `false`: use the C library.
+fn fill(out: &mut [u8]) -> bool {
+    intercepting(|| {
+        context::try_with(|ctx| match ctx {
+            Ctx::Live => None,
+            Ctx::Record(recording) => {
+                let task = super::reading_task()?;
+                if !real_fill(out) {
+                    return None; // the C library reports the failure
+                }
+                for chunk in out.chunks(deja_recorder::EVENT_PAYLOAD_BYTES_MAX) {
+                    recording.record_libc_entropy(task, chunk);
+                }
+                Some(())
+            }
+            Ctx::Replay(replay) => {
+                replay.libc_entropy(out, super::reading_task());
+                Some(())
+            }
+            Ctx::Sim(host) => {
+                context::current_task()?;
+                host.libc_entropy(out);
+                Some(())
+            }
+        })
+        .flatten()
+    })
+    .is_some()
+}
+
+/// The C library's `getrandom`, as deja sees it (see [`super`]).
+///
+/// # Safety
+/// As the C function: `buf` is writable for `len` bytes.
+// Exported by `no_mangle`, not by Rust's visibility.
+#[allow(unreachable_pub)]
+#[no_mangle]
+pub unsafe extern "C" fn getrandom(
+    buf: *mut libc::c_void,
+    len: libc::size_t,
+    flags: libc::c_uint,
+) -> libc::ssize_t {
+    if !buf.is_null() && len > 0 && len <= isize::MAX as usize {
+        // SAFETY: the caller hands us `len` writable bytes.
+        let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+        if fill(out) {
+            return len as libc::ssize_t;
+        }
+    }
+    // SAFETY: forwarded as given.
+    unsafe { real_getrandom(buf, len, flags) }
+}
+
+/// The C library's `getentropy`, as deja sees it: at most 256 bytes.
+///
+/// # Safety
+/// As the C function: `buf` is writable for `len` bytes.
+// Exported by `no_mangle`, not by Rust's visibility.
+#[allow(unreachable_pub)]
+#[no_mangle]
+pub unsafe extern "C" fn getentropy(buf: *mut libc::c_void, len: libc::size_t) -> libc::c_int {
+    const GETENTROPY_BYTES_MAX: usize = 256;
+    if len > GETENTROPY_BYTES_MAX {
+        // SAFETY: errno is thread-local and always writable.
+        unsafe { *libc::__errno_location() = libc::EIO };
+        return -1;
+    }
+    if buf.is_null() || len == 0 {
+        return 0;
+    }
+    // SAFETY: the caller hands us `len` writable bytes.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+    if fill(out) || real_fill(out) {
+        0
+    } else {
+        -1
+    }
+}

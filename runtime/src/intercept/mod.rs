@@ -1,0 +1,82 @@
+//! Process-level interception of the clock and OS entropy.
+//!
+//! Libraries read the clock and the OS's entropy behind deja's back: hyper's
+//! `Date` header, tokio's timers, `std::time::Instant`, tracing's
+//! timestamps, `rand::rng()`'s seed, uuid v4, `HashMap`'s keys, TLS
+//! randoms. deja defines the C library's entry points for them
+//! (`clock_gettime`, `gettimeofday`, `getrandom`, `getentropy`) in the
+//! service's own executable, where they take precedence over the C
+//! library's, and forwards to the real ones (found with
+//! `dlsym(RTLD_NEXT)`) unless the call comes from one of the service's
+//! tasks:
+//!
+//! | who reads | live | record | replay | sim |
+//! |---|---|---|---|---|
+//! | a task (deja's or tokio's) | real | real, logged | from the log | simulated |
+//! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy real | real |
+//!
+//! A reading made while deja itself is working ([`internal`]) is real
+//! and unlogged, so deja's own bookkeeping never shows up in the log.
+//!
+//! Cost: one thread-local check per call outside a deja runtime.
+
+mod clock;
+mod entropy;
+
+use std::cell::Cell;
+
+pub(crate) use clock::RuntimeBuild;
+
+use deja_recorder::TaskId;
+
+/// Which clock a reading is of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Clock {
+    /// `CLOCK_MONOTONIC` and its kin: nanoseconds on the system's scale.
+    Mono,
+    /// `CLOCK_REALTIME`: nanoseconds since the Unix epoch.
+    Wall,
+}
+
+thread_local! {
+    /// Set while deja's own code runs on this thread (and while an
+    /// interposer handles a call): readings made then are real and
+    /// unlogged. Const-initialised, no destructor: usable at any time in
+    /// the thread's life.
+    static INTERNAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` as deja's own work: the clock and entropy it reads are the
+/// real ones, and nothing is logged for them.
+pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
+    let was = INTERNAL.with(|internal| internal.replace(true));
+    let _restore = Restore(was);
+    f()
+}
+
+struct Restore(bool);
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        INTERNAL.with(|internal| internal.set(self.0));
+    }
+}
+
+/// Run an interposer's decision `f` unless deja itself is working (then
+/// `None`: use the real function). `f` runs marked internal, so whatever
+/// it reads itself is real.
+fn intercepting<R>(f: impl FnOnce() -> Option<R>) -> Option<R> {
+    if INTERNAL.with(Cell::get) {
+        return None;
+    }
+    internal(f)
+}
+
+/// The task a reading belongs to: the running one, or main while a
+/// runtime is built (see [`RuntimeBuild`]).
+fn reading_task() -> Option<TaskId> {
+    if RuntimeBuild::active() {
+        return Some(TaskId::MAIN);
+    }
+    crate::context::current_task()
+}
