@@ -4,8 +4,16 @@
 //! peers, the exact bytes and chunking of every read, the length and hash
 //! of every write, errors and EOF). Replay opens no socket at all: every
 //! result comes from the log.
+//!
+//! Optional integrations, off by default:
+//!
+//! - feature `axum`: [`TcpListener`] implements `axum::serve::Listener`, so
+//!   `axum::serve(listener, router)` (and its graceful shutdown) runs on
+//!   deja sockets.
 
 mod addr;
+#[cfg(feature = "axum")]
+mod axum;
 mod tcp;
 mod udp;
 
