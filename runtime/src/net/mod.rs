@@ -4,12 +4,27 @@
 //! peers, the exact bytes and chunking of every read, the length and hash
 //! of every write, errors and EOF). Replay opens no socket at all: every
 //! result comes from the log.
+//!
+//! Two optional integrations, off by default:
+//!
+//! - feature `axum`: [`TcpListener`] implements `axum::serve::Listener`, so
+//!   `axum::serve(listener, router)` (and its graceful shutdown) runs on
+//!   deja sockets.
+//! - feature `hyper`: `Connector` connects hyper-util's pooled
+//!   `client::legacy::Client` over deja [`TcpStream`]s (plain HTTP; TLS
+//!   comes later).
 
 mod addr;
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(feature = "hyper")]
+mod hyper;
 mod tcp;
 mod udp;
 
 pub use addr::ToAddr;
+#[cfg(feature = "hyper")]
+pub use hyper::{Connecting, Connector};
 pub use tcp::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 
