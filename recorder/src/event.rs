@@ -231,6 +231,11 @@ pub enum EventKind {
     },
 }
 
+/// The name of the mark the runtime logs when library code connects with
+/// a socket of its own (not deja's): its value is the peer address. Such a
+/// connection's traffic is not in the log, so replay cannot reproduce it.
+pub const FOREIGN_SOCKET_MARK: &str = "deja.foreign_socket";
+
 /// Most ranges one [`EventKind::Redacted`] lists. A payload masked in more
 /// places is described by fewer, wider ranges (the last one runs to the
 /// last masked byte), which keeps the marker small whatever the redactor

@@ -37,7 +37,7 @@ pub mod writer;
 pub use event::{
     content_hash, Accepted, ConnId, Connected, Datagram, Event, EventKind, GapReason, IoErrorKind,
     KindClass, ReadOutcome, SignalKind, TaskId, TaskOutcome, Written, EVENT_PAYLOAD_BYTES_MAX,
-    REDACTED_RANGES_MAX,
+    FOREIGN_SOCKET_MARK, REDACTED_RANGES_MAX,
 };
 pub use meta::RunMeta;
 pub use reader::{LogEnd, ReadError, ReadStats, RunReader};

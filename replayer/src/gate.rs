@@ -191,6 +191,10 @@ impl fmt::Display for Call<'_> {
     }
 }
 
+fn is_reading_call(call: &Call<'_>) -> bool {
+    matches!(call, Call::ClockMono | Call::ClockWall)
+}
+
 fn preview(bytes: &[u8]) -> String {
     const SHOWN: usize = 32;
     let mut text = bytes[..bytes.len().min(SHOWN)].escape_ascii().to_string();
@@ -493,6 +497,9 @@ pub enum Claimed<'a> {
     /// service exited) before this call happened. The runtime answers with a
     /// neutral value and the call has no effect on the replay.
     BeyondLog,
+    /// A clock reading the recording did not make here (see
+    /// [`Gate::claim`]): the runtime answers with virtual time.
+    Unrecorded,
 }
 
 /// The recorded order, and the cursor that walks it.
@@ -517,6 +524,9 @@ pub struct Gate {
     /// Tasks whose first event is `TaskAdopted`, in log order, not yet
     /// handed out by [`Gate::next_adoption`].
     adoptions: std::collections::VecDeque<TaskId>,
+    /// Recorded clock readings no call took, and readings made with none
+    /// recorded (see [`Gate::claim`]).
+    readings_unmatched: u64,
 }
 
 impl Gate {
@@ -572,6 +582,7 @@ impl Gate {
             last_redacted_use: None,
             redacted_uses: 0,
             adoptions,
+            readings_unmatched: 0,
         }
     }
 
@@ -647,6 +658,12 @@ impl Gate {
     /// The next event to be released, if any.
     pub fn cursor_event(&self) -> Option<&Event> {
         self.events.get(self.cursor)
+    }
+
+    /// The events the cursor passed from position `from` on (see
+    /// [`Gate::released`]), in log order.
+    pub fn passed_since(&self, from: usize) -> &[Event] {
+        &self.events[from.min(self.cursor)..self.cursor]
     }
 
     /// How many events have been released.
@@ -740,6 +757,9 @@ impl Gate {
     /// read, an accept, a timer: it was still pending when the recording
     /// ended) and diverges otherwise, when the recording is complete.
     pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
+        if !is_reading_call(call) {
+            self.pass_readings(task);
+        }
         let Some(index) = self.next_index(task) else {
             if call.waits_for_input() || !matches!(self.tail, LogTail::Exit { .. }) {
                 return Ok(Gated::Wait);
@@ -774,7 +794,26 @@ impl Gate {
     /// mark, a drop): it cannot wait, so it takes the task's next event now
     /// and the cursor passes it when it gets there. Program order inside a
     /// task is exact, so anything but the same operation is a divergence.
+    ///
+    /// Clock readings are the exception: a library may read the clock on
+    /// every poll of its task (hyper reads it for its `Date` header), and
+    /// replay does not poll a task exactly as often as the recording's
+    /// scheduler did. A reading is not an effect, so a task's recorded
+    /// readings that its next other call finds still pending are passed,
+    /// and a reading with none recorded next is [`Claimed::Unrecorded`];
+    /// both are counted ([`Gate::readings_unmatched`]).
     pub fn claim(&mut self, task: TaskId, call: &Call<'_>) -> Result<Claimed<'_>, Box<Divergence>> {
+        if is_reading_call(call) {
+            let recorded_here = self
+                .next_index(task)
+                .is_some_and(|index| match_call(call, &self.events[index].kind) == Match::Same);
+            if !recorded_here && self.next_index(task).is_some() {
+                self.readings_unmatched += 1;
+                return Ok(Claimed::Unrecorded);
+            }
+        } else {
+            self.pass_readings(task);
+        }
         let Some(index) = self.next_index(task) else {
             if call.is_effect() && matches!(self.tail, LogTail::Exit { .. }) {
                 return Err(self.divergence(
@@ -810,6 +849,33 @@ impl Gate {
                 call.to_string(),
             )),
         }
+    }
+
+    /// Pass `task`'s recorded clock readings ahead of its next other
+    /// event: the replay went on without making them (see [`Gate::claim`]).
+    fn pass_readings(&mut self, task: TaskId) {
+        let mut passed = false;
+        while let Some(index) = self.next_index(task) {
+            if !matches!(
+                self.events[index].kind,
+                EventKind::ClockMono { .. } | EventKind::ClockWall { .. }
+            ) {
+                break;
+            }
+            self.take_next(task);
+            self.claimed[index] = true;
+            self.readings_unmatched += 1;
+            passed = true;
+        }
+        if passed {
+            self.skip_claimed();
+        }
+    }
+
+    /// Clock readings recorded but not made in replay, plus readings made
+    /// in replay but not recorded there (see [`Gate::claim`]).
+    pub fn readings_unmatched(&self) -> u64 {
+        self.readings_unmatched
     }
 
     fn take_next(&mut self, task: TaskId) {
@@ -1107,7 +1173,7 @@ mod tests {
 
     #[test]
     fn a_claim_of_another_operation_diverges_at_once() {
-        let mut gate = Gate::new(vec![event(0, 1, EventKind::ClockMono { ns: 1 })]);
+        let mut gate = Gate::new(vec![event(0, 1, EventKind::Entropy { bytes: vec![7] })]);
         let err = gate
             .claim(
                 TaskId(1),
@@ -1119,9 +1185,48 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.seq(), Some(0));
         assert!(
-            err.to_string().contains("the recording did clock_mono"),
+            err.to_string().contains("the recording did entropy"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn clock_readings_not_made_in_replay_are_passed_and_extra_ones_are_unrecorded() {
+        let mark = EventKind::Mark {
+            name: "m".into(),
+            value: vec![],
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, EventKind::ClockMono { ns: 1 }),
+            event(1, 1, EventKind::ClockWall { unix_ns: 2 }),
+            event(2, 1, mark),
+            event(3, 1, EventKind::ClockMono { ns: 3 }),
+        ]);
+        let mark_call = Call::Mark {
+            name: "m",
+            value: b"",
+        };
+        // The first reading is made; the wall reading is not: the mark passes it.
+        assert!(matches!(
+            gate.claim(TaskId(1), &Call::ClockMono),
+            Ok(Claimed::Event(_))
+        ));
+        assert!(matches!(
+            gate.claim(TaskId(1), &mark_call),
+            Ok(Claimed::Event(_))
+        ));
+        // A wall reading where a monotonic one was recorded: unrecorded,
+        // and the recorded one is still there for the monotonic reading.
+        assert_eq!(
+            gate.claim(TaskId(1), &Call::ClockWall),
+            Ok(Claimed::Unrecorded)
+        );
+        match gate.claim(TaskId(1), &Call::ClockMono) {
+            Ok(Claimed::Event(event)) => assert_eq!(event.seq, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(gate.readings_unmatched(), 2);
+        assert!(gate.finished());
     }
 
     #[test]

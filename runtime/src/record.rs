@@ -31,6 +31,8 @@ pub(crate) struct Recording {
     adoptions: Adoptions,
     /// Intercepted calls made outside any task (warned about once).
     outside_calls: AtomicU64,
+    /// Connections tasks made with sockets of their own (warned about once).
+    foreign_sockets: AtomicU64,
 }
 
 impl Recording {
@@ -50,6 +52,7 @@ impl Recording {
             keep_write_bytes,
             adoptions: Adoptions::default(),
             outside_calls: AtomicU64::new(0),
+            foreign_sockets: AtomicU64::new(0),
         }
     }
 
@@ -70,6 +73,22 @@ impl Recording {
                 "deja: warning: {} was called outside any task (a thread the service started, or spawn_blocking); \
                  replay cannot order such calls: make them from a task",
                 kind.name()
+            );
+        }
+    }
+
+    /// A task connected with a socket of its own (see
+    /// `intercept/socket.rs`): logged as a mark, counted, said once.
+    pub(crate) fn foreign_socket(&self, peer: &str) {
+        self.record(EventKind::Mark {
+            name: crate::intercept::FOREIGN_SOCKET_MARK.to_string(),
+            value: peer.as_bytes().to_vec(),
+        });
+        if self.foreign_sockets.fetch_add(1, Ordering::Relaxed) == 0 {
+            eprintln!(
+                "deja: warning: library code connected to {peer} with a socket of its own, not deja::net: \
+                 nothing it receives is recorded, and replay cannot reproduce it (`deja stats` counts these); \
+                 connect through deja::net (the README's porting guide shows how)"
             );
         }
     }

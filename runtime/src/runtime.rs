@@ -537,6 +537,10 @@ impl Builder {
             }
             return builder.build().map_err(Error::Tokio);
         };
+        // tokio's builder draws its seeds as soon as it is made: as main,
+        // recorded (see `intercept::RuntimeBuild`).
+        let _record = context::enter(Ctx::Record(Arc::clone(&recording)));
+        let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
         let mut builder = match self.worker_threads {
             None | Some(1) => tokio::runtime::Builder::new_current_thread(),
             Some(threads) => {
@@ -560,10 +564,8 @@ impl Builder {
             // Workers start running while the runtime is built.
             recording.set_adoption_floor(u64::MAX);
         }
-        let tokio = {
-            let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
-            builder.build().map_err(Error::Tokio)?
-        };
+        let tokio = builder.build().map_err(Error::Tokio)?;
+        drop(_build);
         if multi_thread {
             // The workers' loops are blocking tasks made by the build: a
             // task spawned now has a higher id than every one of them.
@@ -781,6 +783,7 @@ where
             return (Err(err), replay.stats());
         }
     };
+    replay.pass_build_entropy();
     #[allow(clippy::type_complexity)]
     let output: Rc<std::cell::RefCell<Option<std::thread::Result<F::Output>>>> = Rc::default();
     {
@@ -855,6 +858,7 @@ fn replay_runtime(
     watch: &Arc<StallWatch>,
     root_seed: &[u8; 32],
 ) -> Result<tokio::runtime::Runtime, Error> {
+    let _build = crate::intercept::RuntimeBuild::at(crate::replay::REPLAY_MONO_BASE_NS as u64);
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
     let parked = Arc::clone(watch);
@@ -865,7 +869,6 @@ fn replay_runtime(
     let unparked = Arc::clone(watch);
     builder.on_thread_unpark(move || unparked.unparked());
     seed_tokio(&mut builder, root_seed);
-    let _build = crate::intercept::RuntimeBuild::at(crate::replay::REPLAY_MONO_BASE_NS as u64);
     builder.build().map_err(Error::Tokio)
 }
 
@@ -934,6 +937,16 @@ pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
         }
         Err(Error::Diverged(divergence)) => {
             eprint!("deja: {divergence}");
+            if let Some(stats) = runtime
+                .replay_stats()
+                .filter(|stats| stats.foreign_sockets > 0)
+            {
+                eprintln!(
+                    "note: library code opened {} connection(s) with sockets of its own, which replay refuses: \
+                     a divergence after one is expected; connect through deja::net",
+                    stats.foreign_sockets
+                );
+            }
             eprintln!("hint: `deja inspect RUN_DIR --from SEQ` shows the log around it");
             drop(runtime);
             std::process::exit(EXIT_DIVERGENCE);

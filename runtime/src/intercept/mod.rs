@@ -13,7 +13,10 @@
 //! | who reads | live | record | replay | sim |
 //! |---|---|---|---|---|
 //! | a task (deja's or tokio's) | real | real, logged | from the log | simulated |
-//! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy real | real |
+//! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy from the root seed | real |
+//!
+//! `connect` is interposed too, to catch libraries that open their own
+//! sockets (see `socket.rs`).
 //!
 //! A reading made while deja itself is working ([`internal`]) is real
 //! and unlogged, so deja's own bookkeeping never shows up in the log.
@@ -22,10 +25,12 @@
 
 mod clock;
 mod entropy;
+mod socket;
 
 use std::cell::Cell;
 
 pub(crate) use clock::RuntimeBuild;
+pub(crate) use socket::FOREIGN_SOCKET_MARK;
 
 use deja_recorder::TaskId;
 
@@ -52,6 +57,23 @@ pub(crate) fn internal<R>(f: impl FnOnce() -> R) -> R {
     let was = INTERNAL.with(|internal| internal.replace(true));
     let _restore = Restore(was);
     f()
+}
+
+/// A future whose every poll is deja's own work (see [`internal`]): deja's
+/// sockets connect inside one, so the `connect` interposer knows them.
+pub(crate) struct Internal<F>(pub(crate) F);
+
+impl<F: std::future::Future> std::future::Future for Internal<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        // SAFETY: the inner future is structurally pinned, never moved.
+        let future = unsafe { self.map_unchecked_mut(|this| &mut this.0) };
+        internal(|| future.poll(cx))
+    }
 }
 
 struct Restore(bool);

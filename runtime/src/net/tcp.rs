@@ -388,7 +388,8 @@ impl TcpStream {
 }
 
 async fn connect_real(addr: &str) -> io::Result<(tokio::net::TcpStream, SocketAddr, SocketAddr)> {
-    let io = tokio::net::TcpStream::connect(addr).await?;
+    // deja's own connect: not a foreign socket.
+    let io = crate::intercept::Internal(tokio::net::TcpStream::connect(addr)).await?;
     let (local, peer) = (io.local_addr()?, io.peer_addr()?);
     Ok((io, local, peer))
 }

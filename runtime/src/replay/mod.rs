@@ -57,12 +57,24 @@ pub struct ReplayStats {
     /// Redacted reads and datagrams handed to the service: at each, the
     /// service saw masks instead of what the recording received.
     pub redacted_consumed: u64,
+    /// Connections library code tried to open with sockets of its own
+    /// (refused: replay opens no sockets).
+    pub foreign_sockets: u64,
+    /// Clock readings recorded but not made here, or made here but not
+    /// recorded: a library that reads the clock on every poll of its task
+    /// is polled a different number of times in replay (not a divergence:
+    /// readings are not effects).
+    pub readings_unmatched: u64,
 }
 
 /// Redacted reads reported one by one on stderr; past this, only the
 /// count in [`ReplayStats::redacted_consumed`] goes on (a replay of a busy
 /// service's log with a token in every request would print a line per request).
 const REDACTED_REPORTS_MAX: u64 = 100;
+
+/// Refused foreign connections reported one by one on stderr (a pool
+/// retrying would print a line per try); the rest are counted.
+const FOREIGN_SOCKET_REPORTS_MAX: u64 = 10;
 
 /// Where `CLOCK_MONOTONIC` starts in a replay, as the service sees it: the
 /// recording's origin maps here. Fixed, so every replay reads the same.
@@ -82,6 +94,8 @@ pub(crate) struct Replay {
     pending: RefCell<BTreeMap<TaskId, String>>,
     stop: RefCell<Option<Stop>>,
     digest: RefCell<Xxh3>,
+    /// Events the cursor had passed when the digest last took them.
+    digested: Cell<usize>,
     root_seed: Cell<[u8; 32]>,
     start_wall_ns: i64,
     /// Ids for tasks spawned past the end of the log.
@@ -94,6 +108,8 @@ pub(crate) struct Replay {
     root_waker: RefCell<Option<Waker>>,
     /// Tasks library code started with `tokio::spawn`.
     adoptions: Adoptions,
+    /// Connections refused to sockets deja does not see.
+    foreign_sockets: Cell<u64>,
     /// Entropy for reads outside any task (tokio's own seeds): from the
     /// root seed, so every replay of a log draws the same.
     outside_rng: RefCell<Option<rand_chacha::ChaCha20Rng>>,
@@ -122,6 +138,7 @@ impl Replay {
             pending: RefCell::default(),
             stop: RefCell::new(None),
             digest: RefCell::new(Xxh3::new()),
+            digested: Cell::new(0),
             root_seed: Cell::new([0; 32]),
             start_wall_ns,
             next_beyond_task: Cell::new(1 << 62),
@@ -130,6 +147,7 @@ impl Replay {
             root_waker: RefCell::new(None),
             adoptions: Adoptions::default(),
             outside_rng: RefCell::new(None),
+            foreign_sockets: Cell::new(0),
         }
     }
 
@@ -229,14 +247,72 @@ impl Replay {
     /// A task's draw that the log does not have (a std `HashMap`'s keys
     /// drawn here but not in the recording) is a divergence.
     pub(crate) fn libc_entropy(&self, out: &mut [u8], task: Option<TaskId>) {
+        let building = crate::intercept::RuntimeBuild::active();
         for chunk in out.chunks_mut(deja_recorder::EVENT_PAYLOAD_BYTES_MAX) {
             let call = Call::Entropy { len: chunk.len() };
+            // While the runtime is built, a draw the recording's build did
+            // not make (std's keys were drawn earlier on this thread) is not
+            // a divergence: see `Replay::pass_build_entropy`.
+            let task = task.filter(|&task| !building || self.next_is_entropy(task, chunk.len()));
             let recorded = task.and_then(|task| self.claim(task, &call));
             match recorded.map(|event| event.kind) {
                 Some(EventKind::Entropy { bytes }) if bytes.len() == chunk.len() => {
                     chunk.copy_from_slice(&bytes);
                 }
                 _ => self.outside_entropy(chunk),
+            }
+        }
+    }
+
+    /// A task connects to `peer` with a socket of its own: the recording
+    /// logged it as a mark, which is taken here; the connect is refused.
+    pub(crate) fn foreign_socket(&self, peer: &str, task: Option<TaskId>) {
+        if let Some(task) = task {
+            let call = Call::Mark {
+                name: crate::intercept::FOREIGN_SOCKET_MARK,
+                value: peer.as_bytes(),
+            };
+            self.claim(task, &call);
+        }
+        let count = self.foreign_sockets.get() + 1;
+        self.foreign_sockets.set(count);
+        if count <= FOREIGN_SOCKET_REPORTS_MAX {
+            eprintln!(
+                "deja: replay: library code connected to {peer} with a socket of its own, not deja::net; \
+                 replay opens no sockets, so the connect was refused: what that connection received is not in the log"
+            );
+        }
+    }
+
+    fn next_is_entropy(&self, task: TaskId, len: usize) -> bool {
+        matches!(
+            self.gate.borrow().next_event_of(task).map(|event| &event.kind),
+            Some(EventKind::Entropy { bytes }) if bytes.len() == len
+        )
+    }
+
+    /// After the runtime's build: main's recorded build draws that this
+    /// build did not make are passed. std draws a thread's `HashMap` keys
+    /// once, at its first `HashMap`; when the thread drew them before
+    /// deja started (a test that records and replays on one thread), the
+    /// build does not draw, and a std `HashMap` iterates in another order
+    /// than in the recording (a write that shows it diverges). A process
+    /// that `deja replay` starts draws them in the build, as recorded.
+    pub(crate) fn pass_build_entropy(&self) {
+        loop {
+            let next = self
+                .gate
+                .borrow()
+                .next_event_of(TaskId::MAIN)
+                .map(|event| event.kind.clone());
+            let Some(EventKind::Entropy { bytes }) = next else {
+                return;
+            };
+            if self
+                .claim(TaskId::MAIN, &Call::Entropy { len: bytes.len() })
+                .is_none()
+            {
+                return;
             }
         }
     }
@@ -301,6 +377,8 @@ impl Replay {
             virtual_ns: gate.now_ns(),
             redacted_events: gate.redacted_events() as u64,
             redacted_consumed: gate.redacted_uses(),
+            foreign_sockets: self.foreign_sockets.get(),
+            readings_unmatched: gate.readings_unmatched(),
         }
     }
 
@@ -437,7 +515,7 @@ impl Replay {
                 self.watch(&event);
                 Some(event)
             }
-            Ok(Claimed::BeyondLog) => None,
+            Ok(Claimed::BeyondLog | Claimed::Unrecorded) => None,
             Err(divergence) => {
                 drop(gate);
                 self.set_stop(Stop::Diverged(divergence));
@@ -453,15 +531,27 @@ impl Replay {
         }
     }
 
-    /// Fold the event into the digest, then wake whoever the cursor now
-    /// points at, or stop at the end of the log.
+    /// Fold what the cursor passed into the digest, then wake whoever the
+    /// cursor now points at, or stop at the end of the log.
+    ///
+    /// Events go into the digest in log order as the cursor passes them,
+    /// not when their calls are made: a synchronous call is claimed when
+    /// its task runs, and a task woken from another thread (a
+    /// `spawn_blocking` job finishing) runs a little earlier or later in
+    /// each replay. A write's bytes follow its event: writes wait for the
+    /// cursor, so they are released at their place in the log.
     fn released(&self, event: &Event, call: &Call<'_>) {
         {
+            let gate = self.gate.borrow();
             let mut digest = self.digest.borrow_mut();
-            digest.update(&event.seq.to_le_bytes());
-            digest.update(&event.task.0.to_le_bytes());
-            digest.update(&event.mono_ns.to_le_bytes());
-            digest.update(event.kind.name().as_bytes());
+            let from = self.digested.get();
+            for passed in gate.passed_since(from) {
+                digest.update(&passed.seq.to_le_bytes());
+                digest.update(&passed.task.0.to_le_bytes());
+                digest.update(&passed.mono_ns.to_le_bytes());
+                digest.update(passed.kind.name().as_bytes());
+            }
+            self.digested.set(gate.released());
             if let Call::TcpWrite { bytes, .. } | Call::UdpSend { bytes, .. } = call {
                 let len = match &event.kind {
                     EventKind::TcpWrite {

@@ -1,0 +1,364 @@
+//! Library code, unchanged, under record and replay: what axum, hyper,
+//! tower, redis or a TLS stack do behind deja's back (`tokio::spawn`,
+//! `tokio::time`, `spawn_blocking`, `std::time`, `rand::rng()`, uuid v4, a
+//! std `HashMap`, `tokio::sync` and `std::sync` locks).
+//!
+//! Each scenario is one service: an accept loop that hands every
+//! connection to `tokio::spawn` (as `axum::serve` does), a handler that
+//! does the library thing and answers with what it saw, and clients that
+//! are themselves `tokio::spawn`ed. It is recorded with default settings
+//! under concurrency, replayed 20 times (every replay must see the
+//! recording's answers and give one digest), and a changed handler must
+//! diverge.
+
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use deja::io::{AsyncReadExt, AsyncWriteExt};
+use deja::net::{TcpListener, TcpStream};
+use deja::{Builder, Error, Mode};
+
+/// Concurrent clients, and requests each.
+const CLIENTS: usize = 16;
+const REQUESTS: usize = 4;
+/// Replays of each recording.
+const REPLAYS: usize = 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scenario {
+    /// `tokio::time::timeout` on the request read: clients wait 0-30 ms
+    /// before sending, the handler gives up after 15.
+    Timeout,
+    /// The answer is computed by `spawn_blocking`.
+    SpawnBlocking,
+    /// `std::time::Instant` and `SystemTime`, read by the handler.
+    StdTime,
+    /// `rand::rng()`: thread-local, seeded from OS entropy.
+    ThreadRng,
+    /// `uuid::Uuid::new_v4()`: OS entropy on every call.
+    UuidV4,
+    /// A std `HashMap` with `RandomState`, iterated.
+    StdHashMap,
+    /// 16 handlers append to one log under a `tokio::sync::Mutex`,
+    /// holding it across an await.
+    TokioMutex,
+    /// The same under a `std::sync::Mutex`, with a yield between two
+    /// critical sections that decide the answer.
+    StdMutex,
+}
+
+/// What every request of a run got back, in (client, request) order.
+type Answers = Vec<String>;
+
+#[derive(Default)]
+struct Shared {
+    tokio_log: tokio::sync::Mutex<Vec<usize>>,
+    std_log: Mutex<Vec<usize>>,
+}
+
+/// Serves one request on `conn`.
+async fn handle(
+    scenario: Scenario,
+    mut conn: TcpStream,
+    shared: Arc<Shared>,
+    changed: bool,
+) -> io::Result<()> {
+    let mut buf = [0u8; 64];
+    {
+        let read = conn.read(&mut buf);
+        let n = match scenario {
+            Scenario::Timeout => {
+                match tokio::time::timeout(std::time::Duration::from_millis(15), read).await {
+                    Ok(n) => n?,
+                    Err(_) => {
+                        let answer = if changed { "timeout!\n" } else { "timeout\n" };
+                        conn.write_all(answer.as_bytes()).await?;
+                        // The client still sends its request: take it, then close.
+                        while conn.read(&mut buf).await? > 0 {}
+                        return Ok(());
+                    }
+                }
+            }
+            _ => read.await?,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let request = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+        let answer = match scenario {
+            Scenario::Timeout => format!("ok {request}"),
+            Scenario::SpawnBlocking => {
+                let input = request.clone();
+                let digest = tokio::task::spawn_blocking(move || {
+                    input
+                        .bytes()
+                        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64))
+                })
+                .await
+                .expect("blocking job");
+                format!("{request} {digest}")
+            }
+            Scenario::StdTime => {
+                let started = std::time::Instant::now();
+                tokio::task::yield_now().await;
+                let wall = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_nanos();
+                format!("{request} {} {wall}", started.elapsed().as_nanos())
+            }
+            Scenario::ThreadRng => {
+                use rand::Rng;
+                format!("{request} {}", rand::rng().random::<u64>())
+            }
+            Scenario::UuidV4 => format!("{request} {}", uuid::Uuid::new_v4()),
+            Scenario::StdHashMap => {
+                let words: std::collections::HashMap<String, usize> =
+                    ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, w)| (format!("{w}{request}"), i))
+                        .collect();
+                let order: Vec<String> = words.keys().cloned().collect();
+                order.join(",")
+            }
+            Scenario::TokioMutex => {
+                let mut log = shared.tokio_log.lock().await;
+                let place = log.len();
+                tokio::task::yield_now().await;
+                log.push(place);
+                format!("{request} at {place}")
+            }
+            Scenario::StdMutex => {
+                let seen = shared.std_log.lock().unwrap().len();
+                tokio::task::yield_now().await;
+                let mut log = shared.std_log.lock().unwrap();
+                let place = log.len();
+                log.push(place);
+                format!("{request} saw {seen} at {place}")
+            }
+        };
+        let answer = if changed {
+            format!("{answer}!")
+        } else {
+            answer
+        };
+        conn.write_all(format!("{answer}\n").as_bytes()).await?;
+    }
+    Ok(())
+}
+
+/// One client: a connection per request, as an HTTP client without
+/// keep-alive would.
+async fn client(
+    scenario: Scenario,
+    addr: std::net::SocketAddr,
+    client: usize,
+) -> io::Result<Answers> {
+    use rand::Rng;
+    let mut answers = Vec::new();
+    let mut buf = vec![0u8; 256];
+    for request in 0..REQUESTS {
+        let mut conn = TcpStream::connect(addr).await?;
+        if scenario == Scenario::Timeout {
+            // Library-style waiting: tokio's own timer.
+            let wait = deja::rand::rng().random_range(0..30);
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        }
+        conn.write_all(format!("c{client}r{request}\n").as_bytes())
+            .await?;
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\n") {
+            let n = conn.read(&mut buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        answers.push(String::from_utf8_lossy(&answer).trim().to_string());
+    }
+    Ok(answers)
+}
+
+/// The service: library-style accept loop and clients, all `tokio::spawn`.
+async fn service(scenario: Scenario, changed: bool, out: Arc<Mutex<Answers>>) -> io::Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared::default());
+    let server = tokio::spawn(async move {
+        let mut handlers = Vec::new();
+        for _ in 0..CLIENTS * REQUESTS {
+            let (conn, _) = listener.accept().await?;
+            handlers.push(tokio::spawn(handle(
+                scenario,
+                conn,
+                Arc::clone(&shared),
+                changed,
+            )));
+        }
+        for handler in handlers {
+            handler.await.expect("handler")?;
+        }
+        Ok::<(), io::Error>(())
+    });
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(scenario, addr, c)))
+        .collect();
+    let mut answers = Vec::new();
+    for (c, handle) in clients.into_iter().enumerate() {
+        for (r, answer) in handle.await.expect("client")?.into_iter().enumerate() {
+            answers.push(format!("c{c}r{r}: {answer}"));
+        }
+    }
+    server.await.expect("server")?;
+    *out.lock().unwrap() = answers;
+    Ok(())
+}
+
+/// Runs `f` on a thread of its own, as a process's main thread would be:
+/// thread-locals that libraries seed once per thread (`rand::rng()`, std
+/// `HashMap` keys) start fresh, as they do in `deja record` and `deja
+/// replay`, which run the service in a new process each time.
+fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(f).join().expect("the run's thread")
+}
+
+fn record(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
+    let out = out.to_path_buf();
+    on_fresh_thread(move || record_here(scenario, &out))
+}
+
+fn record_here(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let mut runtime = Builder::new()
+        .mode(Mode::Record)
+        .trace_dir(out)
+        .service("library-code")
+        .build()
+        .expect("record runtime");
+    let dir = runtime.run_dir().expect("run dir").to_path_buf();
+    runtime
+        .block_on(service(scenario, false, Arc::clone(&answers)))
+        .expect("recorded run")
+        .expect("the service works");
+    let answers = answers.lock().unwrap().clone();
+    (dir, answers)
+}
+
+fn replay(scenario: Scenario, dir: &Path, changed: bool) -> (Result<(), Error>, Answers, u64) {
+    let dir = dir.to_path_buf();
+    on_fresh_thread(move || replay_here(scenario, &dir, changed))
+}
+
+fn replay_here(scenario: Scenario, dir: &Path, changed: bool) -> (Result<(), Error>, Answers, u64) {
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let mut runtime = Builder::new()
+        .mode(Mode::Replay)
+        .trace_dir(dir)
+        .service("library-code")
+        .stall_wait(std::time::Duration::from_millis(300))
+        .build()
+        .expect("replay runtime");
+    let result = runtime
+        .block_on(service(scenario, changed, Arc::clone(&answers)))
+        .map(|output| output.expect("the service works in replay"));
+    let digest = runtime.replay_stats().map_or(0, |stats| stats.digest);
+    let answers = answers.lock().unwrap().clone();
+    (result, answers, digest)
+}
+
+/// Record once; replay 20 times to the recording's answers and one
+/// digest; a changed handler diverges.
+fn replays_exactly(scenario: Scenario) -> Answers {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (dir, recorded) = record(scenario, out.path());
+    assert_eq!(recorded.len(), CLIENTS * REQUESTS, "{recorded:?}");
+    let mut digests = std::collections::BTreeSet::new();
+    for round in 0..REPLAYS {
+        let (result, answers, digest) = replay(scenario, &dir, false);
+        if let Err(err) = result {
+            panic!("{scenario:?} replay {round} failed: {err}");
+        }
+        assert_eq!(
+            answers, recorded,
+            "{scenario:?} replay {round} saw other answers"
+        );
+        if std::env::var("DEBUG_DIGEST").is_ok() {
+            eprintln!("replay {round}: {digest:x}");
+        }
+        digests.insert(digest);
+    }
+    assert_eq!(
+        digests.len(),
+        1,
+        "{scenario:?}: replays gave digests {digests:x?}"
+    );
+    let (result, _, _) = replay(scenario, &dir, true);
+    match result {
+        Err(Error::Diverged(divergence)) => {
+            let text = divergence.to_string();
+            assert!(
+                text.contains("write"),
+                "{scenario:?}: the divergence is the changed write: {text}"
+            );
+        }
+        other => panic!("{scenario:?}: a changed handler must diverge, got {other:?}"),
+    }
+    recorded
+}
+
+#[test]
+fn tokio_timeout_fires_in_replay_exactly_where_it_fired_in_the_recording() {
+    // Record until some requests time out and some do not.
+    for _attempt in 0..5 {
+        let answers = replays_exactly(Scenario::Timeout);
+        let timeouts = answers.iter().filter(|a| a.contains("timeout")).count();
+        if timeouts > 0 && timeouts < answers.len() {
+            return;
+        }
+    }
+    panic!("five recordings without a mix of timeouts and answers");
+}
+
+#[test]
+fn spawn_blocking_replays() {
+    replays_exactly(Scenario::SpawnBlocking);
+}
+
+#[test]
+fn std_instant_and_system_time_replay() {
+    let answers = replays_exactly(Scenario::StdTime);
+    // The handler saw real, varying times: the replay saw the same.
+    let distinct: std::collections::BTreeSet<_> = answers.iter().collect();
+    assert_eq!(distinct.len(), answers.len());
+}
+
+#[test]
+fn thread_rng_replays() {
+    replays_exactly(Scenario::ThreadRng);
+}
+
+#[test]
+fn uuid_v4_replays() {
+    let answers = replays_exactly(Scenario::UuidV4);
+    let ids: std::collections::BTreeSet<_> = answers.iter().map(|a| a.rsplit(' ').next()).collect();
+    assert_eq!(ids.len(), answers.len(), "every uuid is new");
+}
+
+#[test]
+fn std_hash_map_iteration_replays() {
+    replays_exactly(Scenario::StdHashMap);
+}
+
+#[test]
+fn tasks_contending_on_a_tokio_mutex_replay() {
+    replays_exactly(Scenario::TokioMutex);
+}
+
+#[test]
+fn tasks_contending_on_a_std_mutex_replay() {
+    replays_exactly(Scenario::StdMutex);
+}
