@@ -64,7 +64,9 @@ pub fn keep() -> Result<PathBuf, FlightError> {
 
 fn keep_for(reason: &str) -> Result<PathBuf, FlightError> {
     let recording = active().ok_or(FlightError::NotFlight)?;
-    Ok(recording.keep(reason)?)
+    // Keeping waits for the writer, reading the clock: deja's own
+    // readings, not the service's.
+    Ok(crate::intercept::internal(|| recording.keep(reason))?)
 }
 
 /// Announce a kept window (or why none was kept) on stderr: the one place
@@ -91,7 +93,7 @@ pub(crate) fn activate(recording: &Arc<Recording>, tokio: &tokio::runtime::Runti
     });
     // The listener is deja's own task, on the real runtime: not a task of
     // the service, and never recorded.
-    tokio.spawn(async {
+    tokio.spawn(crate::intercept::Internal(async {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
             eprintln!("deja: flight recorder cannot listen for SIGUSR2; keep windows with deja::flight::keep()");
@@ -101,7 +103,7 @@ pub(crate) fn activate(recording: &Arc<Recording>, tokio: &tokio::runtime::Runti
             // Keeping waits for the writer thread: off the worker.
             let _ = tokio::task::spawn_blocking(|| keep_and_say("signal")).await;
         }
-    });
+    }));
 }
 
 /// The recording ends: nothing is kept from here on.
