@@ -32,6 +32,31 @@ pub struct RunFacts {
     pub format_version: u32,
 }
 
+/// Library code in a run: what deja adopted, and what it could not order
+/// or reproduce.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Unseen {
+    /// Tasks library code started with `tokio::spawn`, adopted at their
+    /// first intercepted call (`task_adopted` events).
+    pub adopted_tasks: u64,
+    /// Intercepted calls made outside any task (a thread the service
+    /// started, `spawn_blocking`): logged, but replay orders them only by
+    /// luck.
+    pub outside_task_events: u64,
+    /// Connections library code opened with sockets of its own (marks
+    /// named [`deja_recorder::FOREIGN_SOCKET_MARK`]): their traffic is not
+    /// in the log, and replay refuses them.
+    pub foreign_sockets: u64,
+    /// The first few foreign peers, for the report.
+    pub foreign_peers: Vec<String>,
+}
+
+/// Foreign peers listed by name in [`Unseen::foreign_peers`].
+const FOREIGN_PEERS_SHOWN: usize = 8;
+
+/// The task id the runtime gives calls made outside any task.
+const TASK_OUTSIDE: u64 = u64::MAX;
+
 /// Summary statistics of one run.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RunStats {
@@ -46,6 +71,9 @@ pub struct RunStats {
     pub by_class: BTreeMap<&'static str, u64>,
     /// Distinct task ids seen.
     pub tasks: u64,
+    /// What the log says about code deja does not see directly (see
+    /// [`Unseen`]).
+    pub unseen: Unseen,
     /// The first event's seq.
     pub first_seq: Option<u64>,
     /// The last event's seq.
@@ -128,6 +156,7 @@ impl RunStats {
             by_kind: tally.by_kind,
             by_class: tally.by_class,
             tasks: tally.tasks.len() as u64,
+            unseen: tally.unseen,
             first_seq: tally.first.map(|(seq, _)| seq),
             last_seq: tally.last.map(|(seq, _)| seq),
             first_mono_ns: tally.first.map(|(_, ns)| ns),
@@ -178,6 +207,7 @@ struct Tally {
     by_kind: BTreeMap<&'static str, u64>,
     by_class: BTreeMap<&'static str, u64>,
     tasks: BTreeSet<u64>,
+    unseen: Unseen,
     /// (seq, mono_ns) of the first and last events.
     first: Option<(u64, u64)>,
     last: Option<(u64, u64)>,
@@ -192,6 +222,22 @@ impl Tally {
         *self.by_kind.entry(event.kind.name()).or_default() += 1;
         *self.by_class.entry(event.kind.class().name()).or_default() += 1;
         self.tasks.insert(event.task.0);
+        if event.task.0 == TASK_OUTSIDE {
+            self.unseen.outside_task_events += 1;
+        }
+        match &event.kind {
+            EventKind::TaskAdopted { .. } => self.unseen.adopted_tasks += 1,
+            EventKind::Mark { name, value } if name == deja_recorder::FOREIGN_SOCKET_MARK => {
+                self.unseen.foreign_sockets += 1;
+                let peer = String::from_utf8_lossy(value).into_owned();
+                if self.unseen.foreign_peers.len() < FOREIGN_PEERS_SHOWN
+                    && !self.unseen.foreign_peers.contains(&peer)
+                {
+                    self.unseen.foreign_peers.push(peer);
+                }
+            }
+            _ => {}
+        }
         self.first.get_or_insert((event.seq, event.mono_ns));
         self.last = Some((event.seq, event.mono_ns));
         if let EventKind::Gap { lost, reason, .. } = event.kind {

@@ -362,3 +362,78 @@ fn tasks_contending_on_a_tokio_mutex_replay() {
 fn tasks_contending_on_a_std_mutex_replay() {
     replays_exactly(Scenario::StdMutex);
 }
+
+/// A library that connects with a `tokio::net` socket of its own (as
+/// reqwest or sqlx do): the recording logs and counts it, `deja stats`
+/// names it, and replay refuses the connection and says why it then
+/// diverges; nothing panics.
+#[test]
+fn a_library_with_a_socket_of_its_own_is_named_not_a_panic() {
+    use std::io::Write as _;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("upstream");
+    let upstream_addr = upstream.local_addr().expect("upstream address");
+    let world = std::thread::spawn(move || {
+        let (mut conn, _) = upstream.accept().expect("the library connects");
+        conn.write_all(b"pong\n").expect("answer");
+    });
+    let service = move || async move {
+        let answer = match tokio::net::TcpStream::connect(upstream_addr).await {
+            Ok(mut stream) => {
+                use tokio::io::AsyncReadExt as _;
+                let mut reply = [0u8; 5];
+                stream.read_exact(&mut reply).await?;
+                String::from_utf8_lossy(&reply).into_owned()
+            }
+            Err(err) => format!("error {:?}", err.kind()),
+        };
+        deja::mark("answer", answer.as_bytes());
+        Ok::<(), io::Error>(())
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let out_path = out.path().to_path_buf();
+    let dir = on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Record)
+            .trace_dir(&out_path)
+            .service("library-code")
+            .build()
+            .expect("record runtime");
+        let dir = runtime.run_dir().expect("run dir").to_path_buf();
+        runtime
+            .block_on(service())
+            .expect("recorded")
+            .expect("service");
+        dir
+    });
+    world.join().expect("the upstream answered");
+    let stats = deja_replayer::analysis::RunStats::compute(&dir).expect("stats");
+    assert_eq!(stats.unseen.foreign_sockets, 1);
+    assert_eq!(stats.unseen.foreign_peers, vec![upstream_addr.to_string()]);
+
+    let replay_dir = dir.clone();
+    let (result, foreign) = on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Replay)
+            .trace_dir(&replay_dir)
+            .service("library-code")
+            .stall_wait(std::time::Duration::from_millis(300))
+            .build()
+            .expect("replay runtime");
+        let result = runtime.block_on(service()).map(|_| ());
+        (
+            result,
+            runtime.replay_stats().map_or(0, |s| s.foreign_sockets),
+        )
+    });
+    assert_eq!(foreign, 1, "replay counts the refused connection");
+    match result {
+        Err(Error::Diverged(divergence)) => {
+            let text = divergence.to_string();
+            assert!(
+                text.contains("answer"),
+                "the mark with the refused answer: {text}"
+            );
+        }
+        other => panic!("the refused connection changes the answer: {other:?}"),
+    }
+}

@@ -55,9 +55,28 @@ fn table(stats: &RunStats) -> String {
     rows.extend([
         ("duration", seconds(stats.duration_ns)),
         ("events", format!("{}{seqs}", stats.events)),
-        ("tasks", stats.tasks.to_string()),
+        ("tasks", tasks(stats)),
         ("gaps", gaps(stats)),
     ]);
+    if stats.unseen.outside_task_events > 0 {
+        rows.push((
+            "outside tasks",
+            format!(
+                "{} events from threads that are not tasks (a thread the service started, spawn_blocking): replay orders them only by luck",
+                stats.unseen.outside_task_events
+            ),
+        ));
+    }
+    if stats.unseen.foreign_sockets > 0 {
+        rows.push((
+            "foreign sockets",
+            format!(
+                "{} connections opened by library code with sockets of its own ({}): not recorded, refused in replay; connect through deja::net",
+                stats.unseen.foreign_sockets,
+                stats.unseen.foreign_peers.join(", ")
+            ),
+        ));
+    }
     if let Some(recorder) = &stats.recorder {
         rows.push(("recorder", recorder_line(recorder)));
     }
@@ -130,6 +149,16 @@ fn table(stats: &RunStats) -> String {
 
 /// `lost 300 events in 2 gaps (write failed: 1 gap, 280 events; queue
 /// full: 1 gap, 20 events)`, or `none`.
+fn tasks(stats: &RunStats) -> String {
+    match stats.unseen.adopted_tasks {
+        0 => stats.tasks.to_string(),
+        adopted => format!(
+            "{} ({adopted} started by library code with tokio::spawn, adopted)",
+            stats.tasks
+        ),
+    }
+}
+
 fn gaps(stats: &RunStats) -> String {
     if stats.gaps == 0 {
         return "none".to_string();
