@@ -229,6 +229,21 @@ pub enum EventKind {
         /// runs: shown to humans, never matched).
         tokio_id: u64,
     },
+    /// A monotonic clock reading made through the C library (`std::time`,
+    /// tokio, any crate) by a task. Unlike [`EventKind::ClockMono`] (deja's
+    /// own API, in program order), a library may read the clock on every
+    /// poll of its task, so replay hands these out as they come and passes
+    /// the ones it does not make.
+    LibClockMono {
+        /// Nanoseconds since the run started.
+        ns: u64,
+    },
+    /// A wall clock reading made through the C library by a task (see
+    /// [`EventKind::LibClockMono`]).
+    LibClockWall {
+        /// Nanoseconds since the Unix epoch (negative before it).
+        unix_ns: i64,
+    },
 }
 
 /// The name of the mark the runtime logs when library code connects with
@@ -545,7 +560,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 23] = [
+    pub const NAMES: [&'static str; 25] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -569,10 +584,12 @@ impl EventKind {
         "gap",
         "redacted",
         "task_adopted",
+        "lib_clock_mono",
+        "lib_clock_wall",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 23] = [
+    pub const CLASSES: [KindClass; 25] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -596,6 +613,8 @@ impl EventKind {
         KindClass::Gap,
         KindClass::Redacted,
         KindClass::Spawn,
+        KindClass::Time,
+        KindClass::Time,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -630,13 +649,18 @@ impl EventKind {
             EventKind::Gap { .. } => 20,
             EventKind::Redacted { .. } => 21,
             EventKind::TaskAdopted { .. } => 22,
+            EventKind::LibClockMono { .. } => 23,
+            EventKind::LibClockWall { .. } => 24,
         }
     }
 
     /// The coarse class breakpoints and filters use.
     pub fn class(&self) -> KindClass {
         match self {
-            EventKind::ClockMono { .. } | EventKind::ClockWall { .. } => KindClass::Time,
+            EventKind::ClockMono { .. }
+            | EventKind::ClockWall { .. }
+            | EventKind::LibClockMono { .. }
+            | EventKind::LibClockWall { .. } => KindClass::Time,
             EventKind::TimerFired { .. } => KindClass::Timer,
             EventKind::RootSeed { .. } | EventKind::Entropy { .. } => KindClass::Rand,
             EventKind::TcpListen { .. } | EventKind::UdpBind { .. } => KindClass::Listen,
@@ -838,6 +862,8 @@ impl fmt::Display for EventKind {
                 write_ranges(f, ranges)
             }
             EventKind::TaskAdopted { tokio_id } => write!(f, " tokio_id={tokio_id}"),
+            EventKind::LibClockMono { ns } => write!(f, " ns={ns}"),
+            EventKind::LibClockWall { unix_ns } => write!(f, " unix_ns={unix_ns}"),
         }
     }
 }
@@ -967,6 +993,8 @@ mod tests {
                 ranges: vec![(1, 2)],
             },
             EventKind::TaskAdopted { tokio_id: 7 },
+            EventKind::LibClockMono { ns: 8 },
+            EventKind::LibClockWall { unix_ns: 9 },
         ];
         for kind in &kinds {
             match kind {
@@ -992,7 +1020,9 @@ mod tests {
                 | EventKind::Exit { .. }
                 | EventKind::Gap { .. }
                 | EventKind::Redacted { .. }
-                | EventKind::TaskAdopted { .. } => {}
+                | EventKind::TaskAdopted { .. }
+                | EventKind::LibClockMono { .. }
+                | EventKind::LibClockWall { .. } => {}
             }
         }
         kinds

@@ -28,6 +28,11 @@ pub enum Call<'a> {
     ClockMono,
     /// `SystemTime::now()`.
     ClockWall,
+    /// A monotonic reading made through the C library (see
+    /// [`Gate::claim`]: not held to program order).
+    LibClockMono,
+    /// A wall reading made through the C library.
+    LibClockWall,
     /// A timer (per-task id) waiting to fire.
     Timer {
         /// The runtime's timer id.
@@ -144,6 +149,8 @@ impl Call<'_> {
             self,
             Call::ClockMono
                 | Call::ClockWall
+                | Call::LibClockMono
+                | Call::LibClockWall
                 | Call::Entropy { .. }
                 | Call::RootSeed
                 | Call::TaskEnd { .. }
@@ -158,6 +165,8 @@ impl fmt::Display for Call<'_> {
         match self {
             Call::ClockMono => f.write_str("clock_mono"),
             Call::ClockWall => f.write_str("clock_wall"),
+            Call::LibClockMono => f.write_str("lib_clock_mono"),
+            Call::LibClockWall => f.write_str("lib_clock_wall"),
             Call::Timer { timer } => write!(f, "timer_fired timer={timer}"),
             Call::RootSeed => f.write_str("root_seed"),
             Call::Entropy { len } => write!(f, "entropy {len}B"),
@@ -191,8 +200,17 @@ impl fmt::Display for Call<'_> {
     }
 }
 
+/// A clock reading made through the C library: not held to program order
+/// (see [`Gate::claim`]).
 fn is_reading_call(call: &Call<'_>) -> bool {
-    matches!(call, Call::ClockMono | Call::ClockWall)
+    matches!(call, Call::LibClockMono | Call::LibClockWall)
+}
+
+fn is_reading(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::LibClockMono { .. } | EventKind::LibClockWall { .. }
+    )
 }
 
 fn preview(bytes: &[u8]) -> String {
@@ -219,9 +237,10 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
     use EventKind as E;
     let same = |yes: bool| if yes { Match::Same } else { Match::Other };
     match (call, event) {
-        (Call::ClockMono, E::ClockMono { .. }) | (Call::ClockWall, E::ClockWall { .. }) => {
-            Match::Same
-        }
+        (Call::ClockMono, E::ClockMono { .. })
+        | (Call::ClockWall, E::ClockWall { .. })
+        | (Call::LibClockMono, E::LibClockMono { .. })
+        | (Call::LibClockWall, E::LibClockWall { .. }) => Match::Same,
         (Call::Timer { timer }, E::TimerFired { timer: t, .. }) => same(timer == t),
         (Call::RootSeed, E::RootSeed { .. }) => Match::Same,
         (Call::Entropy { len }, E::Entropy { bytes }) if *len == bytes.len() => Match::Same,
@@ -795,13 +814,15 @@ impl Gate {
     /// and the cursor passes it when it gets there. Program order inside a
     /// task is exact, so anything but the same operation is a divergence.
     ///
-    /// Clock readings are the exception: a library may read the clock on
-    /// every poll of its task (hyper reads it for its `Date` header), and
-    /// replay does not poll a task exactly as often as the recording's
-    /// scheduler did. A reading is not an effect, so a task's recorded
-    /// readings that its next other call finds still pending are passed,
-    /// and a reading with none recorded next is [`Claimed::Unrecorded`];
-    /// both are counted ([`Gate::readings_unmatched`]).
+    /// Clock readings made through the C library are the exception: a
+    /// library may read the clock on every poll of its task (hyper reads
+    /// it for its `Date` header), and replay does not poll a task exactly
+    /// as often as the recording's scheduler did. A reading is not an
+    /// effect, so a task's recorded library readings that its next other
+    /// call finds still pending are passed, and a library reading with
+    /// none recorded next is [`Claimed::Unrecorded`]; both are counted
+    /// ([`Gate::readings_unmatched`]). Readings through `deja::time` stay
+    /// in program order like every other call.
     pub fn claim(&mut self, task: TaskId, call: &Call<'_>) -> Result<Claimed<'_>, Box<Divergence>> {
         if is_reading_call(call) {
             let recorded_here = self
@@ -856,10 +877,7 @@ impl Gate {
     fn pass_readings(&mut self, task: TaskId) {
         let mut passed = false;
         while let Some(index) = self.next_index(task) {
-            if !matches!(
-                self.events[index].kind,
-                EventKind::ClockMono { .. } | EventKind::ClockWall { .. }
-            ) {
+            if !is_reading(&self.events[index].kind) {
                 break;
             }
             self.take_next(task);
@@ -1197,10 +1215,10 @@ mod tests {
             value: vec![],
         };
         let mut gate = Gate::new(vec![
-            event(0, 1, EventKind::ClockMono { ns: 1 }),
-            event(1, 1, EventKind::ClockWall { unix_ns: 2 }),
+            event(0, 1, EventKind::LibClockMono { ns: 1 }),
+            event(1, 1, EventKind::LibClockWall { unix_ns: 2 }),
             event(2, 1, mark),
-            event(3, 1, EventKind::ClockMono { ns: 3 }),
+            event(3, 1, EventKind::LibClockMono { ns: 3 }),
         ]);
         let mark_call = Call::Mark {
             name: "m",
@@ -1208,7 +1226,7 @@ mod tests {
         };
         // The first reading is made; the wall reading is not: the mark passes it.
         assert!(matches!(
-            gate.claim(TaskId(1), &Call::ClockMono),
+            gate.claim(TaskId(1), &Call::LibClockMono),
             Ok(Claimed::Event(_))
         ));
         assert!(matches!(
@@ -1218,15 +1236,33 @@ mod tests {
         // A wall reading where a monotonic one was recorded: unrecorded,
         // and the recorded one is still there for the monotonic reading.
         assert_eq!(
-            gate.claim(TaskId(1), &Call::ClockWall),
+            gate.claim(TaskId(1), &Call::LibClockWall),
             Ok(Claimed::Unrecorded)
         );
-        match gate.claim(TaskId(1), &Call::ClockMono) {
+        match gate.claim(TaskId(1), &Call::LibClockMono) {
             Ok(Claimed::Event(event)) => assert_eq!(event.seq, 3),
             other => panic!("{other:?}"),
         }
         assert_eq!(gate.readings_unmatched(), 2);
         assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_deja_clock_reading_the_code_no_longer_makes_diverges_at_it() {
+        let mark = EventKind::Mark {
+            name: "m".into(),
+            value: vec![],
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, EventKind::ClockWall { unix_ns: 2 }),
+            event(1, 1, mark),
+        ]);
+        let call = Call::Mark {
+            name: "m",
+            value: b"",
+        };
+        let err = gate.claim(TaskId(1), &call).unwrap_err();
+        assert_eq!(err.seq(), Some(0));
     }
 
     #[test]

@@ -129,10 +129,10 @@ impl Recording {
     /// nanoseconds on the clock's own scale.
     pub(crate) fn record_libc_clock(&self, task: TaskId, clock: Clock, real: i64) {
         let kind = match clock {
-            Clock::Mono => EventKind::ClockMono {
+            Clock::Mono => EventKind::LibClockMono {
                 ns: (real as u64).saturating_sub(self.recorder.origin_ns()),
             },
-            Clock::Wall => EventKind::ClockWall { unix_ns: real },
+            Clock::Wall => EventKind::LibClockWall { unix_ns: real },
         };
         self.recorder.record(task, kind);
     }

@@ -221,8 +221,8 @@ impl Replay {
     /// the log, anything else reads virtual time.
     pub(crate) fn libc_clock(&self, clock: Clock, task: Option<TaskId>) -> i64 {
         let call = match clock {
-            Clock::Mono => Call::ClockMono,
-            Clock::Wall => Call::ClockWall,
+            Clock::Mono => Call::LibClockMono,
+            Clock::Wall => Call::LibClockWall,
         };
         let recorded = task
             .and_then(|task| self.claim(task, &call))

@@ -174,10 +174,15 @@ impl Host {
     pub(crate) fn libc_clock(&self, clock: crate::intercept::Clock) -> i64 {
         match clock {
             crate::intercept::Clock::Mono => {
-                let ns = self.record_clock_mono();
+                let ns = self.mono_ns();
+                self.record(EventKind::LibClockMono { ns });
                 SIM_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX))
             }
-            crate::intercept::Clock::Wall => self.record_clock_wall(),
+            crate::intercept::Clock::Wall => {
+                let unix_ns = self.wall_ns();
+                self.record(EventKind::LibClockWall { unix_ns });
+                unix_ns
+            }
         }
     }
 
