@@ -224,8 +224,6 @@ struct AdoptionTable {
     by_tokio_id: HashMap<tokio::task::Id, Option<Arc<TaskCtx>>, FixedState>,
     /// Adoption order, for forgetting the oldest.
     order: VecDeque<tokio::task::Id>,
-    /// Tasks adopted so far.
-    adopted: u64,
 }
 
 impl Adoptions {
@@ -250,7 +248,6 @@ impl Adoptions {
         }
         table.order.push_back(tokio_id);
         table.by_tokio_id.insert(tokio_id, task.clone());
-        table.adopted += u64::from(is_task);
         debug_assert_eq!(table.order.len(), table.by_tokio_id.len());
         task
     }
@@ -263,11 +260,6 @@ impl Adoptions {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, AdoptionTable> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Tasks adopted so far.
-    pub(crate) fn count(&self) -> u64 {
-        self.lock().adopted
     }
 }
 

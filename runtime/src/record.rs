@@ -93,11 +93,6 @@ impl Recording {
         }
     }
 
-    /// Intercepted calls made outside any task so far.
-    pub(crate) fn outside_calls(&self) -> u64 {
-        self.outside_calls.load(Ordering::Relaxed)
-    }
-
     /// The context of a task library code started with `tokio::spawn`,
     /// adopting it (a new logical id, and its `TaskAdopted` event) at its
     /// first intercepted call.
@@ -117,11 +112,6 @@ impl Recording {
     /// Tasks made so far are the runtime's own (see [`Adoptions::set_floor`]).
     pub(crate) fn set_adoption_floor(&self, tokio_id: u64) {
         self.adoptions.set_floor(tokio_id);
-    }
-
-    /// Tasks adopted so far.
-    pub(crate) fn adopted_tasks(&self) -> u64 {
-        self.adoptions.count()
     }
 
     /// A clock reading made by `task` through the C library (`std::time`,

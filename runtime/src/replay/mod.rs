@@ -227,10 +227,10 @@ impl Replay {
         let recorded = task
             .and_then(|task| self.claim(task, &call))
             .and_then(|event| match event.kind {
-                EventKind::ClockMono { ns } => {
+                EventKind::LibClockMono { ns } => {
                     Some(REPLAY_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)))
                 }
-                EventKind::ClockWall { unix_ns } => Some(unix_ns),
+                EventKind::LibClockWall { unix_ns } => Some(unix_ns),
                 _ => None,
             });
         recorded.unwrap_or_else(|| {
@@ -451,6 +451,7 @@ impl Replay {
     /// the cursor gets there. After a divergence nothing is released.
     pub(crate) fn poll_call(&self, cx: &mut Context<'_>, call: &Call<'_>) -> Poll<Event> {
         let task = context::task_id();
+
         if self.stopped() {
             return Poll::Pending;
         }
@@ -503,6 +504,7 @@ impl Replay {
         if self.stopped() {
             return None;
         }
+
         let mut gate = self.gate.borrow_mut();
         match gate.claim(task, call) {
             Ok(Claimed::Event(event)) => {
