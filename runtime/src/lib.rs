@@ -1,14 +1,21 @@
-//! `deja`: the shim a service links instead of tokio, std time and rand.
+//! `deja`: record and replay a tokio service, libraries included.
 //!
 //! One binary, four modes (from `DEJA_MODE`): `live` is plain
 //! tokio; `record` runs on tokio and logs every nondeterministic input
-//! (clock readings, timer firings, random seeds, every byte received and
+//! (clock readings, timer firings, entropy, every byte received and
 //! its chunking, accepts, connects, errors, spawns, signals, the exit
-//! status); `replay` runs the same code on a deterministic single-threaded
-//! executor with every input taken from the log, and stops with a
+//! status); `replay` runs the same code on one thread with a virtual
+//! clock and every input taken from the log, and stops with a
 //! divergence report where the code stops matching it; [`sim`] runs
 //! several services in one process on virtual time over a seeded,
 //! fault-injecting network, and writes logs `replay` replays.
+//!
+//! Library code needs no change: tasks it starts with `tokio::spawn` are
+//! adopted, its `tokio::time` timers run on the recorded clock, and its
+//! clock and entropy reads (`std::time`, uuid, `rand::rng()`, std
+//! `HashMap` keys) are interposed at the C library and recorded per task.
+//! With features `axum` and `hyper`, `axum::serve` takes a
+//! [`net::TcpListener`] and hyper-util's client a `net::Connector`.
 //!
 //! Converting a tokio service is a matter of imports:
 //!
@@ -62,8 +69,9 @@
 //!
 //! What replay guarantees, and what it does not, is in ARCHITECTURE.md:
 //! the order of all intercepted operations across tasks and every value
-//! they returned; not shared-memory interleavings between them, files, or
-//! code that bypasses the shim (`clippy.toml` in `fixtures/` flags that).
+//! they returned, and (recording on one thread, the default) how tasks
+//! interleave; not files, threads the service starts, or sockets a
+//! library opens itself (`runtime/service-clippy.toml` flags those).
 
 mod context;
 mod intercept;
