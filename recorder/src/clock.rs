@@ -74,11 +74,13 @@ pub fn mono_ns() -> u64 {
 
 /// `CLOCK_REALTIME` in nanoseconds since the Unix epoch, read past any
 /// interposer.
+// `time_t` and `c_long` are `i32` on 32-bit targets.
+#[allow(clippy::useless_conversion)]
 pub fn wall_unix_ns() -> i64 {
     let ts = real_clock_gettime(libc::CLOCK_REALTIME);
-    (ts.tv_sec as i64)
+    i64::from(ts.tv_sec)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as i64)
+        .saturating_add(i64::from(ts.tv_nsec))
 }
 
 /// A timespec of a clock that does not go below zero, in nanoseconds.

@@ -90,10 +90,12 @@ fn to_timespec(ns: i64) -> libc::timespec {
     }
 }
 
+// `time_t` and `c_long` are `i32` on 32-bit targets.
+#[allow(clippy::useless_conversion)]
 fn timespec_to_ns(ts: libc::timespec) -> i64 {
-    (ts.tv_sec as i64)
+    i64::from(ts.tv_sec)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as i64)
+        .saturating_add(i64::from(ts.tv_nsec))
 }
 
 /// The C library's `clock_gettime`, as deja sees it (see [`super`]).
