@@ -38,6 +38,15 @@ pub(crate) enum Ctx {
 
 thread_local! {
     static CONTEXT: RefCell<Ctx> = const { RefCell::new(Ctx::Live) };
+    /// `CONTEXT` is not `Live`: the one check the clock and entropy
+    /// interposers make on threads that are not deja's (const, no
+    /// destructor, so it is readable at any point of a thread's life).
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// True if this thread is in a deja mode other than live.
+pub(crate) fn active() -> bool {
+    ACTIVE.with(Cell::get)
 }
 
 /// Run `f` with the current thread's mode.
@@ -58,7 +67,9 @@ pub(crate) fn current() -> Ctx {
 
 /// Make this thread run in `ctx` until the guard drops.
 pub(crate) fn enter(ctx: Ctx) -> EnterGuard {
+    let active = !matches!(ctx, Ctx::Live);
     let previous = CONTEXT.with(|slot| slot.replace(ctx));
+    ACTIVE.with(|flag| flag.set(active));
     EnterGuard { previous }
 }
 
@@ -70,9 +81,11 @@ pub(crate) struct EnterGuard {
 impl Drop for EnterGuard {
     fn drop(&mut self) {
         let previous = std::mem::take(&mut self.previous);
+        let active = !matches!(previous, Ctx::Live);
         // Dropping the replaced context may run drops that look at the
         // thread's mode: take it out first, then drop it.
         let replaced = CONTEXT.with(|slot| slot.replace(previous));
+        ACTIVE.with(|flag| flag.set(active));
         drop(replaced);
     }
 }
