@@ -434,3 +434,82 @@ fn a_library_with_a_socket_of_its_own_is_named_not_a_panic() {
         other => panic!("the refused connection changes the answer: {other:?}"),
     }
 }
+
+/// Recording runs `main` and the tasks on one thread by default, as
+/// replay does: a task spawned by a `main` that has not awaited yet
+/// cannot have run (with a worker beside `main`, it could, and that
+/// recording would diverge in every replay).
+#[test]
+fn a_task_does_not_run_while_main_spins_without_awaiting() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Spins of main before it awaits: far longer than a worker thread
+    /// needs to start a task (about a millisecond), bounded by count.
+    const SPINS: u64 = 20_000_000;
+    let service = || async {
+        let ran = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&ran);
+        let task = tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+        let mut ran_during_main = false;
+        for _ in 0..SPINS {
+            if ran.load(Ordering::SeqCst) {
+                ran_during_main = true;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        deja::mark(
+            "ran_during_main",
+            if ran_during_main { "yes" } else { "no" },
+        );
+        task.await.expect("task");
+        deja::mark(
+            "ran_after_await",
+            if ran.load(Ordering::SeqCst) {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+        Ok::<(), io::Error>(())
+    };
+    let out = tempfile::tempdir().expect("tempdir");
+    let out_path = out.path().to_path_buf();
+    let dir = on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Record)
+            .trace_dir(&out_path)
+            .service("library-code")
+            .build()
+            .expect("record runtime");
+        let dir = runtime.run_dir().expect("run dir").to_path_buf();
+        runtime
+            .block_on(service())
+            .expect("recorded")
+            .expect("service");
+        dir
+    });
+    let events: Vec<_> = deja::recorder::RunReader::open(&dir)
+        .expect("log")
+        .map(|event| event.expect("event").kind)
+        .collect();
+    let marks: Vec<String> = events
+        .iter()
+        .filter_map(|kind| match kind {
+            deja::recorder::EventKind::Mark { name, value } => {
+                Some(format!("{name}={}", String::from_utf8_lossy(value)))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(marks, ["ran_during_main=no", "ran_after_await=yes"]);
+    let replayed = on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Replay)
+            .trace_dir(&dir)
+            .service("library-code")
+            .build()
+            .expect("replay runtime");
+        runtime.block_on(service()).map(|_| ())
+    });
+    replayed.expect("the recording replays");
+}
