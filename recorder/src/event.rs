@@ -27,10 +27,17 @@ pub struct TaskId(pub u64);
 impl TaskId {
     /// The task that runs the service's entry point.
     pub const MAIN: TaskId = TaskId(0);
+
+    /// What the runtime logs intercepted calls made outside any task under
+    /// (a thread the service started): shown as `outside`.
+    pub const OUTSIDE: TaskId = TaskId(u64::MAX);
 }
 
 impl fmt::Display for TaskId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == TaskId::OUTSIDE {
+            return f.write_str("outside");
+        }
         write!(f, "{}", self.0)
     }
 }
@@ -904,7 +911,9 @@ impl fmt::Display for Event {
         write!(
             f,
             "#{:<8} +{secs}.{nanos:09}s task={:<4} {}",
-            self.seq, self.task.0, self.kind
+            self.seq,
+            self.task.to_string(),
+            self.kind
         )
     }
 }

@@ -20,7 +20,7 @@ use crate::sim::Host;
 /// The task id given to intercepted calls made outside any task (from a
 /// thread the service started, or `spawn_blocking`): outside the
 /// guarantee, but still recorded so the log shows them.
-pub(crate) const TASK_OUTSIDE: TaskId = TaskId(u64::MAX);
+pub(crate) const TASK_OUTSIDE: TaskId = TaskId::OUTSIDE;
 
 /// The mode of the current thread.
 #[derive(Clone, Default)]
