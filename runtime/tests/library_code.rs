@@ -226,48 +226,68 @@ fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     std::thread::spawn(f).join().expect("the run's thread")
 }
 
-fn record(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
+/// Record `service` with default settings on a fresh thread; the run
+/// directory.
+fn record_with<Fut>(out: &Path, service: impl FnOnce() -> Fut + Send + 'static) -> PathBuf
+where
+    Fut: std::future::Future<Output = io::Result<()>>,
+{
     let out = out.to_path_buf();
-    on_fresh_thread(move || record_here(scenario, &out))
+    on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Record)
+            .trace_dir(&out)
+            .service("library-code")
+            .build()
+            .expect("record runtime");
+        let dir = runtime.run_dir().expect("run dir").to_path_buf();
+        runtime
+            .block_on(service())
+            .expect("recorded run")
+            .expect("the service works");
+        dir
+    })
 }
 
-fn record_here(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
+/// Replay `dir` with `service` on a fresh thread: how it ended, and its
+/// figures.
+fn replay_with<Fut>(
+    dir: &Path,
+    service: impl FnOnce() -> Fut + Send + 'static,
+) -> (Result<(), Error>, deja::ReplayStats)
+where
+    Fut: std::future::Future<Output = io::Result<()>>,
+{
+    let dir = dir.to_path_buf();
+    on_fresh_thread(move || {
+        let mut runtime = Builder::new()
+            .mode(Mode::Replay)
+            .trace_dir(&dir)
+            .service("library-code")
+            .stall_wait(std::time::Duration::from_millis(300))
+            .build()
+            .expect("replay runtime");
+        let result = runtime
+            .block_on(service())
+            .map(|output| output.expect("the service works in replay"));
+        (result, runtime.replay_stats().unwrap_or_default())
+    })
+}
+
+fn record(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let mut runtime = Builder::new()
-        .mode(Mode::Record)
-        .trace_dir(out)
-        .service("library-code")
-        .build()
-        .expect("record runtime");
-    let dir = runtime.run_dir().expect("run dir").to_path_buf();
-    runtime
-        .block_on(service(scenario, false, Arc::clone(&answers)))
-        .expect("recorded run")
-        .expect("the service works");
+    let seen = Arc::clone(&answers);
+    let dir = record_with(out, move || service(scenario, false, seen));
     let answers = answers.lock().unwrap().clone();
     (dir, answers)
 }
 
 fn replay(scenario: Scenario, dir: &Path, changed: bool) -> (Result<(), Error>, Answers, u64) {
-    let dir = dir.to_path_buf();
-    on_fresh_thread(move || replay_here(scenario, &dir, changed))
-}
-
-fn replay_here(scenario: Scenario, dir: &Path, changed: bool) -> (Result<(), Error>, Answers, u64) {
     let answers = Arc::new(Mutex::new(Vec::new()));
-    let mut runtime = Builder::new()
-        .mode(Mode::Replay)
-        .trace_dir(dir)
-        .service("library-code")
-        .stall_wait(std::time::Duration::from_millis(300))
-        .build()
-        .expect("replay runtime");
-    let result = runtime
-        .block_on(service(scenario, changed, Arc::clone(&answers)))
-        .map(|output| output.expect("the service works in replay"));
-    let digest = runtime.replay_stats().map_or(0, |stats| stats.digest);
+    let seen = Arc::clone(&answers);
+    let (result, stats) = replay_with(dir, move || service(scenario, changed, seen));
     let answers = answers.lock().unwrap().clone();
-    (result, answers, digest)
+    (result, answers, stats.digest)
 }
 
 /// Record once; replay 20 times to the recording's answers and one
@@ -387,41 +407,14 @@ fn a_library_with_a_socket_of_its_own_is_named_not_a_panic() {
         Ok::<(), io::Error>(())
     };
     let out = tempfile::tempdir().expect("tempdir");
-    let out_path = out.path().to_path_buf();
-    let dir = on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Record)
-            .trace_dir(&out_path)
-            .service("library-code")
-            .build()
-            .expect("record runtime");
-        let dir = runtime.run_dir().expect("run dir").to_path_buf();
-        runtime
-            .block_on(service())
-            .expect("recorded")
-            .expect("service");
-        dir
-    });
+    let dir = record_with(out.path(), service);
     world.join().expect("the upstream answered");
     let stats = deja_replayer::analysis::RunStats::compute(&dir).expect("stats");
     assert_eq!(stats.unseen.foreign_sockets, 1);
     assert_eq!(stats.unseen.foreign_peers, vec![upstream_addr.to_string()]);
 
-    let replay_dir = dir.clone();
-    let (result, foreign) = on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Replay)
-            .trace_dir(&replay_dir)
-            .service("library-code")
-            .stall_wait(std::time::Duration::from_millis(300))
-            .build()
-            .expect("replay runtime");
-        let result = runtime.block_on(service()).map(|_| ());
-        (
-            result,
-            runtime.replay_stats().map_or(0, |s| s.foreign_sockets),
-        )
-    });
+    let (result, stats) = replay_with(&dir, service);
+    let foreign = stats.foreign_sockets;
     assert_eq!(foreign, 1, "replay counts the refused connection");
     match result {
         Err(Error::Diverged(divergence)) => {
@@ -473,21 +466,7 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
         Ok::<(), io::Error>(())
     };
     let out = tempfile::tempdir().expect("tempdir");
-    let out_path = out.path().to_path_buf();
-    let dir = on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Record)
-            .trace_dir(&out_path)
-            .service("library-code")
-            .build()
-            .expect("record runtime");
-        let dir = runtime.run_dir().expect("run dir").to_path_buf();
-        runtime
-            .block_on(service())
-            .expect("recorded")
-            .expect("service");
-        dir
-    });
+    let dir = record_with(out.path(), service);
     let events: Vec<_> = deja::recorder::RunReader::open(&dir)
         .expect("log")
         .map(|event| event.expect("event").kind)
@@ -502,14 +481,6 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
         })
         .collect();
     assert_eq!(marks, ["ran_during_main=no", "ran_after_await=yes"]);
-    let replayed = on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Replay)
-            .trace_dir(&dir)
-            .service("library-code")
-            .build()
-            .expect("replay runtime");
-        runtime.block_on(service()).map(|_| ())
-    });
+    let (replayed, _) = replay_with(&dir, service);
     replayed.expect("the recording replays");
 }

@@ -119,18 +119,21 @@ fn std_instant_in_a_host_reads_simulated_time() {
             #[allow(unreachable_code)]
             Ok::<(), io::Error>(())
         });
-        sim.client("client", async {
-            for _ in 0..3 {
-                let mut conn = TcpStream::connect("api:80").await?;
-                conn.write_all(b"ping").await?;
-                let mut reply = [0u8; 4];
-                conn.read_exact(&mut reply).await?;
-            }
-            Ok::<(), io::Error>(())
-        });
+        sim.client("client", ping_api(3));
         sim
     };
     check_determinism(11, make).expect("std::time::Instant reads simulated time");
+}
+
+/// A client that pings host `api` on port 80 `times` times, a connection each.
+async fn ping_api(times: usize) -> io::Result<()> {
+    for _ in 0..times {
+        let mut conn = TcpStream::connect("api:80").await?;
+        conn.write_all(b"ping").await?;
+        let mut reply = [0u8; 4];
+        conn.read_exact(&mut reply).await?;
+    }
+    Ok(())
 }
 
 /// State that outlives a run (a process-wide counter) makes two runs of
@@ -153,13 +156,7 @@ fn process_wide_state_is_caught_by_the_determinism_check() {
             #[allow(unreachable_code)]
             Ok::<(), io::Error>(())
         });
-        sim.client("client", async {
-            let mut conn = TcpStream::connect("api:80").await?;
-            conn.write_all(b"ping").await?;
-            let mut reply = [0u8; 4];
-            conn.read_exact(&mut reply).await?;
-            Ok::<(), io::Error>(())
-        });
+        sim.client("client", ping_api(1));
         sim
     };
     let difference = check_determinism(11, make).expect_err("the counter is caught");
