@@ -538,7 +538,10 @@ impl Builder {
             return builder.build().map_err(Error::Tokio);
         };
         // tokio's builder draws its seeds as soon as it is made: as main,
-        // recorded (see `intercept::RuntimeBuild`).
+        // recorded; and its timers count milliseconds from the runtime's
+        // start, which it reads as the recording's origin, where replay's
+        // runtime starts too, so a deadline rounds to the same tick in
+        // both (see `intercept::RuntimeBuild`).
         let _record = context::enter(Ctx::Record(Arc::clone(&recording)));
         let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
         let mut builder = match self.worker_threads {
@@ -556,9 +559,6 @@ impl Builder {
         };
         builder.enable_all();
         seed_tokio(&mut builder, recording.root_seed());
-        // tokio's timers count milliseconds from the runtime's start: the
-        // same start as the recording's clock, which replay's runtime
-        // starts at too, so a deadline rounds to the same tick in both.
         let multi_thread = self.worker_threads.is_some_and(|threads| threads > 1);
         if multi_thread {
             // Workers start running while the runtime is built.
@@ -814,8 +814,9 @@ where
     }
     let stop = replay.take_stop();
     // Tasks still waiting are dropped here, on this thread, in replay mode
-    // (their drops claim nothing once the replay stopped).
-    drop(tokio);
+    // (their drops claim nothing once the replay stopped); a blocking job
+    // still running is not waited for.
+    tokio.shutdown_background();
     watch.finish();
     let stats = replay.stats();
     if let Some(debugger) = &replay.debugger {
