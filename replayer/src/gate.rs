@@ -605,14 +605,39 @@ impl Gate {
         }
     }
 
-    /// The logical id of the next task library code started with
-    /// `tokio::spawn` that makes an intercepted call: the recording's
-    /// adopted tasks in the order of their first events. Replay runs the
-    /// tasks in the recorded order, so the k-th task to show up is the
-    /// recording's k-th; if it is not, its calls will not match and the
-    /// replay diverges there. `None` once the log's are used up.
-    pub fn next_adoption(&mut self) -> Option<TaskId> {
-        self.adoptions.pop_front()
+    /// The logical id of a task library code started with `tokio::spawn`
+    /// whose first intercepted call is `call`: of the recording's adopted
+    /// tasks not handed out yet, the first in log order whose first event
+    /// after its adoption is that call (the same operation on the same
+    /// socket; library clock readings are passed, as replay passes them),
+    /// else the first. The recording adopted a task at its first *logged*
+    /// call (a read is logged when it completes), replay at its first
+    /// call (a read asks the gate when first polled), so the order alone
+    /// would swap two connections' tasks whose bytes came in the other
+    /// order. `None` once the log's are used up.
+    pub fn next_adoption(&mut self, call: &Call<'_>) -> Option<TaskId> {
+        let first_call_matches = |task: &TaskId| {
+            let Some(track) = self.tasks.get(task) else {
+                return false;
+            };
+            let mut after = track
+                .events
+                .iter()
+                .skip(1)
+                .map(|&index| &self.events[index].kind);
+            if is_reading_call(call) {
+                return after.next().is_some_and(is_reading);
+            }
+            after
+                .find(|kind| !is_reading(kind))
+                .is_some_and(|kind| match_call(call, kind) != Match::Other)
+        };
+        let position = self
+            .adoptions
+            .iter()
+            .position(first_call_matches)
+            .unwrap_or(0);
+        self.adoptions.remove(position)
     }
 
     /// The masked ranges of the event with this seq, if the recording

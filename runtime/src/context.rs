@@ -96,7 +96,10 @@ impl Drop for EnterGuard {
 /// enough: one task is polled by one thread at a time.
 #[derive(Debug)]
 pub(crate) struct TaskCtx {
-    pub(crate) id: TaskId,
+    /// The logical id. Atomic because replay gives an adopted task a
+    /// provisional id first and its real one at its first call (see
+    /// `Replay::resolve`).
+    id: AtomicU64,
     /// Timer ids are per task: the k-th timer a task creates has id k in
     /// every run of the same code.
     next_timer: AtomicU64,
@@ -111,11 +114,23 @@ impl TaskCtx {
     /// and its `select!` sequence is derived from (root seed, id).
     pub(crate) fn new(root_seed: &[u8; 32], id: TaskId) -> TaskCtx {
         TaskCtx {
-            id,
+            id: AtomicU64::new(id.0),
             next_timer: AtomicU64::new(0),
             next_rng: AtomicU64::new(0),
             select_state: AtomicU64::new(crate::rand::select_seed(root_seed, id)),
         }
+    }
+
+    pub(crate) fn id(&self) -> TaskId {
+        TaskId(self.id.load(Ordering::Relaxed))
+    }
+
+    /// Replay: a provisional task learns its real id (before its first
+    /// call is matched, so nothing has used the old one yet).
+    pub(crate) fn set_id(&self, root_seed: &[u8; 32], id: TaskId) {
+        self.id.store(id.0, Ordering::Relaxed);
+        self.select_state
+            .store(crate::rand::select_seed(root_seed, id), Ordering::Relaxed);
     }
 
     fn bump(counter: &AtomicU64) -> u64 {
@@ -163,7 +178,7 @@ fn adopted_task() -> Option<Arc<TaskCtx>> {
 
 /// The logical task running now, if any.
 pub(crate) fn current_task() -> Option<TaskId> {
-    with_task(|task| task.id)
+    with_task(TaskCtx::id)
 }
 
 /// The logical task running now ([`TASK_OUTSIDE`] outside any task).
@@ -178,7 +193,7 @@ pub(crate) fn next_timer_id() -> u64 {
 
 /// The running task and the index of its next derived RNG.
 pub(crate) fn next_rng_index() -> (TaskId, u64) {
-    with_task(|task| (task.id, TaskCtx::bump(&task.next_rng))).unwrap_or((TASK_OUTSIDE, 0))
+    with_task(|task| (task.id(), TaskCtx::bump(&task.next_rng))).unwrap_or((TASK_OUTSIDE, 0))
 }
 
 /// The next draw of the running task's `select!` sequence; `None` outside

@@ -776,6 +776,7 @@ where
     // draws of its runtime's build (see `intercept::RuntimeBuild`).
     replay.claim(TaskId::MAIN, &Call::RootSeed);
     let watch = StallWatch::start(setup.stall_wait);
+    replay.set_watch(Arc::clone(&watch));
     let tokio = match replay_runtime(&watch, &root_seed) {
         Ok(tokio) => tokio,
         Err(err) => {

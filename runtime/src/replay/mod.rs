@@ -80,6 +80,14 @@ const FOREIGN_SOCKET_REPORTS_MAX: u64 = 10;
 /// recording's origin maps here. Fixed, so every replay reads the same.
 pub(crate) const REPLAY_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
 
+/// Provisional ids of adopted tasks in replay start here: far above any
+/// recorded id and below the ids of tasks spawned past the log's end.
+const PROVISIONAL_TASKS: u64 = 1 << 61;
+
+fn is_provisional(task: TaskId) -> bool {
+    (PROVISIONAL_TASKS..1 << 62).contains(&task.0)
+}
+
 /// The ChaCha stream of the root seed that entropy read outside any task
 /// comes from in replay (task ids use streams from 0 up).
 const OUTSIDE_ENTROPY_STREAM: u64 = u64::MAX - 1;
@@ -106,8 +114,14 @@ pub(crate) struct Replay {
     idle_ns: Cell<u64>,
     /// The runtime's root future, woken when the replay stops.
     root_waker: RefCell<Option<Waker>>,
+    /// Told of every released event (see `stall.rs`).
+    watch: RefCell<Option<std::sync::Arc<stall::StallWatch>>>,
     /// Tasks library code started with `tokio::spawn`.
     adoptions: Adoptions,
+    /// Adopted tasks that have not made a call to the gate yet, by their
+    /// provisional ids (see [`Replay::resolve`]).
+    provisional: RefCell<BTreeMap<TaskId, std::sync::Arc<TaskCtx>>>,
+    next_provisional: Cell<u64>,
     /// Connections refused to sockets deja does not see.
     foreign_sockets: Cell<u64>,
     /// Entropy for reads outside any task (tokio's own seeds): from the
@@ -145,7 +159,10 @@ impl Replay {
             debugger,
             idle_ns: Cell::new(0),
             root_waker: RefCell::new(None),
+            watch: RefCell::new(None),
             adoptions: Adoptions::default(),
+            provisional: RefCell::default(),
+            next_provisional: Cell::new(PROVISIONAL_TASKS),
             outside_rng: RefCell::new(None),
             foreign_sockets: Cell::new(0),
         }
@@ -168,6 +185,11 @@ impl Replay {
                 waker.wake();
             }
         }
+    }
+
+    /// The stall watchdog to tell of progress.
+    pub(crate) fn set_watch(&self, watch: std::sync::Arc<stall::StallWatch>) {
+        *self.watch.borrow_mut() = Some(watch);
     }
 
     /// The runtime's root future waits with this waker: a stop wakes it.
@@ -199,22 +221,46 @@ impl Replay {
         self.now_ns().max(self.idle_ns.get())
     }
 
-    /// The context of a task library code started with `tokio::spawn`,
-    /// adopted at its first intercepted call under the id the recording
-    /// gave the task whose first call came in the same place (see
-    /// [`Gate::next_adoption`]).
+    /// The context of a task library code started with `tokio::spawn`, at
+    /// its first intercepted call: a provisional id, which its first call
+    /// to the gate replaces with the recording's (see [`Replay::resolve`]).
     pub(crate) fn adopt(&self, tokio_id: tokio::task::Id) -> Option<std::sync::Arc<TaskCtx>> {
-        self.adoptions.get_or_adopt(tokio_id, || {
-            let next = self.gate.borrow_mut().next_adoption();
-            let task = match next {
-                Some(task) => {
-                    self.claim(task, &Call::Adopt);
-                    task
+        self.adoptions
+            .get_or_adopt(tokio_id, || {
+                let provisional = TaskId(self.next_provisional.get());
+                self.next_provisional.set(provisional.0 + 1);
+                TaskCtx::new(&self.root_seed(), provisional)
+            })
+            .inspect(|task| {
+                let mut provisional = self.provisional.borrow_mut();
+                if is_provisional(task.id()) {
+                    provisional
+                        .entry(task.id())
+                        .or_insert_with(|| std::sync::Arc::clone(task));
                 }
-                None => self.beyond_log_task(),
-            };
-            TaskCtx::new(&self.root_seed(), task)
-        })
+            })
+    }
+
+    /// The task making `call`: `task` itself, or for an adopted task still
+    /// on its provisional id, the recording's task whose first call this
+    /// is ([`Gate::next_adoption`]), which takes its `TaskAdopted` event.
+    fn resolve(&self, task: TaskId, call: &Call<'_>) -> TaskId {
+        if !is_provisional(task) {
+            return task;
+        }
+        let Some(ctx) = self.provisional.borrow_mut().remove(&task) else {
+            return task;
+        };
+        let next = self.gate.borrow_mut().next_adoption(call);
+        let real = match next {
+            Some(real) => {
+                self.claim(real, &Call::Adopt);
+                real
+            }
+            None => self.beyond_log_task(),
+        };
+        ctx.set_id(&self.root_seed(), real);
+        real
     }
 
     /// A clock reading made through the C library: a task's comes from
@@ -450,11 +496,10 @@ impl Replay {
     /// An asynchronous call of the running task: its recorded outcome when
     /// the cursor gets there. After a divergence nothing is released.
     pub(crate) fn poll_call(&self, cx: &mut Context<'_>, call: &Call<'_>) -> Poll<Event> {
-        let task = context::task_id();
-
         if self.stopped() {
             return Poll::Pending;
         }
+        let task = self.resolve(context::task_id(), call);
         let mut gate = self.gate.borrow_mut();
         match gate.poll(task, call) {
             Ok(Gated::Ready(event)) => {
@@ -504,6 +549,7 @@ impl Replay {
         if self.stopped() {
             return None;
         }
+        let task = self.resolve(task, call);
 
         let mut gate = self.gate.borrow_mut();
         match gate.claim(task, call) {
@@ -554,6 +600,9 @@ impl Replay {
                 digest.update(passed.kind.name().as_bytes());
             }
             self.digested.set(gate.released());
+            if let Some(watch) = &*self.watch.borrow() {
+                watch.progressed();
+            }
             if let Call::TcpWrite { bytes, .. } | Call::UdpSend { bytes, .. } = call {
                 let len = match &event.kind {
                     EventKind::TcpWrite {

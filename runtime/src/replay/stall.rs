@@ -3,28 +3,37 @@
 //! Replay runs on a tokio current-thread runtime whose clock is virtual,
 //! so it never sleeps for time to pass: when it parks, it waits for a
 //! wake-up from another thread (a `spawn_blocking` job, a thread the
-//! service started) or for nothing at all. A watchdog thread tells the
-//! two apart: parked for [`crate::STALL_WAIT_DEFAULT`] (`DEJA_STALL_MS`)
-//! of real time means stalled, and it wakes the runtime's root future,
-//! which reports the stall.
+//! service started) or for nothing at all. A library timer due after the
+//! event the log expects next makes tokio park with a real timeout and
+//! wake again, over and over, with nothing released in between. So the
+//! watchdog thread measures from the first park since the replay last
+//! released an event: parked again after [`crate::STALL_WAIT_DEFAULT`]
+//! (`DEJA_STALL_MS`) of real time without progress means stalled, and it
+//! wakes the runtime's root future, which reports the stall.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-/// Shared between the replay thread's park hooks and the watchdog.
+/// Shared between the replay thread and the watchdog.
 #[derive(Debug)]
 pub(crate) struct StallWatch {
     state: Mutex<WatchState>,
     changed: Condvar,
     stall_wait: Duration,
+    /// Events released so far (bumped without the lock: once per event).
+    progress: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct WatchState {
-    /// Since when the runtime has been parked; `None` while it runs.
-    parked_since: Option<Instant>,
-    /// The watchdog saw a park last the whole stall wait.
+    /// The runtime is parked now.
+    parked: bool,
+    /// The first park since the last progress: the progress count then,
+    /// and when (real time).
+    idle: Option<(u64, Instant)>,
+    /// The watchdog found the replay stalled.
     stalled: bool,
     /// The replay is over: the watchdog exits.
     finished: bool,
@@ -39,6 +48,7 @@ impl StallWatch {
             state: Mutex::default(),
             changed: Condvar::new(),
             stall_wait,
+            progress: AtomicU64::new(0),
         });
         let watchdog = Arc::clone(&watch);
         let spawned = std::thread::Builder::new()
@@ -56,17 +66,26 @@ impl StallWatch {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The replay released an event.
+    pub(crate) fn progressed(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The runtime is about to park.
     pub(crate) fn parked(&self) {
+        let progress = self.progress.load(Ordering::Relaxed);
         let mut state = self.lock();
-        // On the replay thread the clock is virtual: read the real one.
-        state.parked_since = Some(crate::intercept::internal(Instant::now));
+        state.parked = true;
+        if !state.idle.is_some_and(|(at, _)| at == progress) {
+            // On the replay thread the clock is virtual: read the real one.
+            state.idle = Some((progress, crate::intercept::internal(Instant::now)));
+        }
         self.changed.notify_one();
     }
 
     /// The runtime woke up.
     pub(crate) fn unparked(&self) {
-        self.lock().parked_since = None;
+        self.lock().parked = false;
     }
 
     /// The root future is waiting with `waker`.
@@ -77,7 +96,7 @@ impl StallWatch {
         }
     }
 
-    /// True once if the watchdog found the runtime stalled.
+    /// True once if the watchdog found the replay stalled.
     pub(crate) fn take_stalled(&self) -> bool {
         std::mem::take(&mut self.lock().stalled)
     }
@@ -91,24 +110,36 @@ impl StallWatch {
     fn run(&self) {
         let mut state = self.lock();
         while !state.finished {
-            let Some(since) = state.parked_since else {
-                state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
-                continue;
+            let wait = match state.idle {
+                Some((at, _)) if at != self.progress.load(Ordering::Relaxed) => {
+                    state.idle = None;
+                    None
+                }
+                Some((_, since)) if state.parked => {
+                    let idle_for = since.elapsed();
+                    if idle_for >= self.stall_wait {
+                        state.stalled = true;
+                        state.idle = None;
+                        if let Some(waker) = state.waker.take() {
+                            waker.wake();
+                        }
+                        continue;
+                    }
+                    Some(self.stall_wait - idle_for)
+                }
+                // Running: look again when it parks, or a stall wait later.
+                Some(_) => Some(self.stall_wait),
+                None => None,
             };
-            let parked_for = since.elapsed();
-            if parked_for < self.stall_wait {
-                state = self
-                    .changed
-                    .wait_timeout(state, self.stall_wait - parked_for)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                continue;
-            }
-            state.stalled = true;
-            state.parked_since = None;
-            if let Some(waker) = state.waker.take() {
-                waker.wake();
-            }
+            state = match wait {
+                Some(wait) => {
+                    self.changed
+                        .wait_timeout(state, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
+            };
         }
     }
 }
