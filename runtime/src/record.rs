@@ -33,6 +33,8 @@ pub(crate) struct Recording {
     outside_calls: AtomicU64,
     /// Connections tasks made with sockets of their own (warned about once).
     foreign_sockets: AtomicU64,
+    /// Main's `Exit` is logged: the runtime is shutting down.
+    exited: std::sync::atomic::AtomicBool,
 }
 
 impl Recording {
@@ -53,6 +55,7 @@ impl Recording {
             adoptions: Adoptions::default(),
             outside_calls: AtomicU64::new(0),
             foreign_sockets: AtomicU64::new(0),
+            exited: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,6 +71,11 @@ impl Recording {
     /// An intercepted call outside any task: replay can order it only
     /// by luck. Counted, and said once on stderr.
     fn outside_call(&self, kind: &EventKind) {
+        // Sockets dropped while the runtime shuts down, after main's exit,
+        // are nobody's task and nothing replay needs.
+        if self.exited.load(Ordering::Relaxed) {
+            return;
+        }
         if self.outside_calls.fetch_add(1, Ordering::Relaxed) == 0 {
             eprintln!(
                 "deja: warning: {} was called outside any task (a thread the service started, or spawn_blocking); \
@@ -225,6 +233,9 @@ impl Recording {
 
     /// Record `kind` for an explicit task (drops of task wrappers).
     pub(crate) fn record_for(&self, task: TaskId, kind: EventKind) {
+        if matches!(kind, EventKind::Exit { .. }) {
+            self.exited.store(true, Ordering::Relaxed);
+        }
         self.recorder.record(task, kind);
     }
 
