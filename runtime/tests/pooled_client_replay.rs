@@ -253,6 +253,9 @@ fn handlers_sharing_a_pooled_client_replay_or_say_where_they_part() {
                 digests.insert(digest);
             }
             Err(Error::Diverged(divergence)) => {
+                if diverged == 0 {
+                    eprintln!("{divergence}");
+                }
                 assert!(divergence.expected.is_some() || !divergence.actual.is_empty());
                 diverged += 1;
             }

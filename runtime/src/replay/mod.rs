@@ -501,6 +501,7 @@ impl Replay {
         }
         let task = self.resolve(context::task_id(), call);
         let mut gate = self.gate.borrow_mut();
+        let passed = gate.released();
         match gate.poll(task, call) {
             Ok(Gated::Ready(event)) => {
                 let event = event.clone();
@@ -533,6 +534,8 @@ impl Replay {
                 if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
                     wakers.push(cx.waker().clone());
                 }
+                drop(waiters);
+                self.woke_if_passed(passed);
                 Poll::Pending
             }
             Err(divergence) => {
@@ -550,8 +553,8 @@ impl Replay {
             return None;
         }
         let task = self.resolve(task, call);
-
         let mut gate = self.gate.borrow_mut();
+        let passed = gate.released();
         match gate.claim(task, call) {
             Ok(Claimed::Event(event)) => {
                 let event = event.clone();
@@ -563,12 +566,25 @@ impl Replay {
                 self.watch(&event);
                 Some(event)
             }
-            Ok(Claimed::BeyondLog | Claimed::Unrecorded) => None,
+            Ok(Claimed::BeyondLog | Claimed::Unrecorded) => {
+                drop(gate);
+                self.woke_if_passed(passed);
+                None
+            }
             Err(divergence) => {
                 drop(gate);
                 self.set_stop(Stop::Diverged(divergence));
                 None
             }
+        }
+    }
+
+    /// The gate passed events without releasing one (library clock
+    /// readings the replay did not make): the cursor moved, so whoever it
+    /// points at now must be woken.
+    fn woke_if_passed(&self, passed_before: usize) {
+        if self.gate.borrow().released() != passed_before {
+            self.wake_cursor();
         }
     }
 
