@@ -291,9 +291,17 @@ impl Postgres {
             return None;
         };
         let account = postgres_account().unwrap_or_else(|why| panic!("{test}: {why}"));
+        // The `postgres` user must reach the directory, and a unix socket's
+        // path must stay under 108 bytes: /tmp when TMPDIR may be neither.
+        let base = std::env::temp_dir();
+        let base = if account.is_some() || base.as_os_str().len() > 60 {
+            PathBuf::from("/tmp")
+        } else {
+            base
+        };
         let dir = tempfile::Builder::new()
             .prefix("deja-pg-")
-            .tempdir()
+            .tempdir_in(&base)
             .expect("temporary directory for the cluster");
         let root = dir.path().to_path_buf();
         let data = root.join("data");
