@@ -615,7 +615,11 @@ impl Gate {
     /// call (a read asks the gate when first polled), so the order alone
     /// would swap two connections' tasks whose bytes came in the other
     /// order. `None` once the log's are used up.
-    pub fn next_adoption(&mut self, call: &Call<'_>) -> Option<TaskId> {
+    ///
+    /// With `exact`, only a task whose first call matches is handed out
+    /// (`None` otherwise, and nothing is taken): a read still pending is
+    /// not logged, so a task may poll one before its first logged call.
+    pub fn next_adoption(&mut self, call: &Call<'_>, exact: bool) -> Option<TaskId> {
         let first_call_matches = |task: &TaskId| {
             let Some(track) = self.tasks.get(task) else {
                 return false;
@@ -632,11 +636,11 @@ impl Gate {
                 .find(|kind| !is_reading(kind))
                 .is_some_and(|kind| match_call(call, kind) != Match::Other)
         };
-        let position = self
-            .adoptions
-            .iter()
-            .position(first_call_matches)
-            .unwrap_or(0);
+        let position = match self.adoptions.iter().position(first_call_matches) {
+            Some(position) => position,
+            None if exact => return None,
+            None => 0,
+        };
         self.adoptions.remove(position)
     }
 

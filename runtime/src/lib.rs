@@ -15,7 +15,10 @@
 //! clock and entropy reads (`std::time`, uuid, `rand::rng()`, std
 //! `HashMap` keys) are interposed at the C library and recorded per task.
 //! With features `axum` and `hyper`, `axum::serve` takes a
-//! [`net::TcpListener`] and hyper-util's client a `net::Connector`.
+//! [`net::TcpListener`] and hyper-util's client a `net::Connector`; with
+//! `postgres` and `redis`, `net::postgres::connect` and
+//! `net::redis::connect` give tokio-postgres and redis clients on deja
+//! sockets.
 //!
 //! Converting a tokio service is a matter of imports:
 //!

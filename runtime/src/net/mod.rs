@@ -5,7 +5,7 @@
 //! of every write, errors and EOF). Replay opens no socket at all: every
 //! result comes from the log.
 //!
-//! Two optional integrations, off by default:
+//! Optional integrations, off by default:
 //!
 //! - feature `axum`: [`TcpListener`] implements `axum::serve::Listener`, so
 //!   `axum::serve(listener, router)` (and its graceful shutdown) runs on
@@ -13,12 +13,22 @@
 //! - feature `hyper`: `Connector` connects hyper-util's pooled
 //!   `client::legacy::Client` over deja [`TcpStream`]s (plain HTTP; TLS
 //!   comes later).
+//! - feature `postgres`: `postgres::connect(&config)`, tokio-postgres's
+//!   `Client` and `Connection` over a deja [`TcpStream`] (password
+//!   authentication, SCRAM-SHA-256 included; no TLS yet).
+//! - feature `redis`: `redis::connect(url)`, the redis crate's
+//!   `MultiplexedConnection` over a deja [`TcpStream`], with its default
+//!   response timeout.
 
 mod addr;
 #[cfg(feature = "axum")]
 mod axum;
 #[cfg(feature = "hyper")]
 mod hyper;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod tcp;
 mod udp;
 

@@ -245,22 +245,46 @@ impl Replay {
     /// on its provisional id, the recording's task whose first call this
     /// is ([`Gate::next_adoption`]), which takes its `TaskAdopted` event.
     fn resolve(&self, task: TaskId, call: &Call<'_>) -> TaskId {
+        self.try_resolve(task, call, false).unwrap_or(task)
+    }
+
+    /// [`Replay::resolve`]; with `may_wait`, `None` when no recorded
+    /// adopted task starts with `call` (a read still pending when the
+    /// recording's task made its first logged call): the task waits,
+    /// provisional, and tries again when it is woken.
+    fn try_resolve(&self, task: TaskId, call: &Call<'_>, may_wait: bool) -> Option<TaskId> {
         if !is_provisional(task) {
-            return task;
+            return Some(task);
         }
-        let Some(ctx) = self.provisional.borrow_mut().remove(&task) else {
-            return task;
+        let Some(ctx) = self.provisional.borrow().get(&task).cloned() else {
+            return Some(task);
         };
-        let next = self.gate.borrow_mut().next_adoption(call);
+        let next = self.gate.borrow_mut().next_adoption(call, may_wait);
         let real = match next {
             Some(real) => {
+                self.provisional.borrow_mut().remove(&task);
                 self.claim(real, &Call::Adopt);
                 real
             }
-            None => self.beyond_log_task(),
+            None if may_wait => return None,
+            None => {
+                self.provisional.borrow_mut().remove(&task);
+                self.beyond_log_task()
+            }
         };
         ctx.set_id(&self.root_seed(), real);
-        real
+        // Calls it left waiting under the provisional id wait under the
+        // real one now.
+        let mut waiters = self.waiters.borrow_mut();
+        if let Some(wakers) = waiters.remove(&task) {
+            waiters.entry(real).or_default().extend(wakers);
+        }
+        drop(waiters);
+        let mut pending = self.pending.borrow_mut();
+        if let Some(text) = pending.remove(&task) {
+            pending.entry(real).or_insert(text);
+        }
+        Some(real)
     }
 
     /// A clock reading made through the C library: a task's comes from
@@ -499,7 +523,12 @@ impl Replay {
         if self.stopped() {
             return Poll::Pending;
         }
-        let task = self.resolve(context::task_id(), call);
+        let provisional = context::task_id();
+        let Some(task) = self.try_resolve(provisional, call, call.waits_for_input()) else {
+            // Not known yet: wait, and try again at the next adoption.
+            self.wait_at_gate(provisional, call, cx);
+            return Poll::Pending;
+        };
         let mut gate = self.gate.borrow_mut();
         let passed = gate.released();
         match gate.poll(task, call) {
@@ -523,18 +552,7 @@ impl Replay {
             }
             Ok(Gated::Wait) => {
                 drop(gate);
-                // Reuse the task's buffer: a task waits at the gate often.
-                let mut pending = self.pending.borrow_mut();
-                let text = pending.entry(task).or_default();
-                text.clear();
-                let _ = write!(text, "{call}");
-                drop(pending);
-                let mut waiters = self.waiters.borrow_mut();
-                let wakers = waiters.entry(task).or_default();
-                if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-                    wakers.push(cx.waker().clone());
-                }
-                drop(waiters);
+                self.wait_at_gate(task, call, cx);
                 self.woke_if_passed(passed);
                 Poll::Pending
             }
@@ -576,6 +594,22 @@ impl Replay {
                 self.set_stop(Stop::Diverged(divergence));
                 None
             }
+        }
+    }
+
+    /// `task` waits at the gate with `call`: noted for stall reports, and
+    /// its waker kept for when the cursor reaches it.
+    fn wait_at_gate(&self, task: TaskId, call: &Call<'_>, cx: &Context<'_>) {
+        // Reuse the task's buffer: a task waits at the gate often.
+        let mut pending = self.pending.borrow_mut();
+        let text = pending.entry(task).or_default();
+        text.clear();
+        let _ = write!(text, "{call}");
+        drop(pending);
+        let mut waiters = self.waiters.borrow_mut();
+        let wakers = waiters.entry(task).or_default();
+        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            wakers.push(cx.waker().clone());
         }
     }
 
@@ -642,9 +676,27 @@ impl Replay {
         let gate = self.gate.borrow();
         match gate.cursor_task() {
             Some(task) => {
+                // An adoption next: the tasks still waiting under a
+                // provisional id try again (see `Replay::try_resolve`).
+                let adoption = matches!(
+                    gate.cursor_event().map(|event| &event.kind),
+                    Some(EventKind::TaskAdopted { .. })
+                );
                 drop(gate);
-                let wakers = self.waiters.borrow_mut().remove(&task);
-                for waker in wakers.into_iter().flatten() {
+                let mut waiters = self.waiters.borrow_mut();
+                let mut wakers = waiters.remove(&task).unwrap_or_default();
+                if adoption {
+                    let provisional: Vec<TaskId> = waiters
+                        .keys()
+                        .copied()
+                        .filter(|&t| is_provisional(t))
+                        .collect();
+                    for waiting in provisional {
+                        wakers.extend(waiters.remove(&waiting).unwrap_or_default());
+                    }
+                }
+                drop(waiters);
+                for waker in wakers {
                     waker.wake();
                 }
             }
