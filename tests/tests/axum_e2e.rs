@@ -15,15 +15,10 @@
 //! - `timeouts_fired_in_the_recording_fire_in_replay`: a slow upstream
 //!   (0-120 ms against the 50 ms `TimeoutLayer`) gives a mix of 200 and
 //!   408; 4 replays each exit 0 with one digest and the same log, or stop
-//!   with a divergence report (about half the recordings here: which
-//!   timeout fires first when several handlers wait is decided in tokio's
-//!   timer and task queues, which replay does not reproduce yet).
-//!
-//! Not yet: the issue's 16 clients. At 4 clients about a third of the
-//! recordings replay, at 8 none: tasks of hyper, hyper-util and axum hand
-//! each other work between two logged events in an order tokio's
-//! scheduler picks, and replay's order differs (ARCHITECTURE.md, "What
-//! deja guarantees"). Every such replay stops with a divergence report.
+//!   with a divergence report (about half of these recordings here: with
+//!   many handlers waiting on the pool and on their timeouts at once,
+//!   hyper-util's pool hands connections out in an order replay does not
+//!   always reproduce; ARCHITECTURE.md, "What deja guarantees").
 
 #![allow(clippy::disallowed_methods)]
 
@@ -38,9 +33,8 @@ use deja_fixtures::axum_shop::{parse_answer, Answer};
 use deja_fixtures::kv_server::{clean_command, KvServer};
 use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT};
 
-/// Concurrent keep-alive clients: where every recording replays today
-/// (see the module docs for more).
-const CLIENTS: usize = 2;
+/// Concurrent keep-alive clients.
+const CLIENTS: usize = 16;
 const REQUESTS: usize = 10;
 /// Longest one replay may take before it counts as hung (a good one
 /// takes well under a second).
