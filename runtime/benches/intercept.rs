@@ -7,6 +7,9 @@
 //!
 //! Run with `cargo bench -p deja --bench intercept`.
 
+// criterion_group! makes an undocumented function.
+#![allow(missing_docs)]
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 
 fn live_thread(c: &mut Criterion) {

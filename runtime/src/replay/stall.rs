@@ -76,7 +76,7 @@ impl StallWatch {
         let progress = self.progress.load(Ordering::Relaxed);
         let mut state = self.lock();
         state.parked = true;
-        if !state.idle.is_some_and(|(at, _)| at == progress) {
+        if state.idle.is_none_or(|(at, _)| at != progress) {
             // On the replay thread the clock is virtual: read the real one.
             state.idle = Some((progress, crate::intercept::internal(Instant::now)));
         }
