@@ -165,7 +165,14 @@ async fn client(
         let mut conn = TcpStream::connect(addr).await?;
         if scenario == Scenario::Timeout {
             // Library-style waiting: tokio's own timer.
-            let wait = deja::rand::rng().random_range(0..30);
+            // Well before or well after the handler's 15 ms: a timer that
+            // tokio fires late on a loaded machine still decides alike
+            // (replay fires library timers on time: ARCHITECTURE.md).
+            let wait = if deja::rand::rng().random_bool(0.5) {
+                1
+            } else {
+                45
+            };
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
         conn.write_all(format!("c{client}r{request}\n").as_bytes())
