@@ -331,3 +331,180 @@ fn a_blocking_task_that_waits_for_the_simulation_fails_the_run() {
     assert_eq!(host, "waiter");
     assert!(message.contains("blocking task"), "{message}");
 }
+
+/// The logs of hosts that use tokio replay like recordings: the adopted
+/// tasks get their ids back in replay, and their timers fire where the
+/// simulation fired them.
+#[test]
+fn the_logs_of_hosts_that_use_tokio_replay() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let runs: Runs = Arc::default();
+    let mut sim = simulation(4, Work::Sleep, &runs);
+    sim.log_dir(dir.path()).always_write_logs();
+    let report = sim.run().expect("the simulation passes");
+    let simulated = runs.lock().unwrap()[0].lock().unwrap().clone();
+    assert_eq!(report.logs.len(), 2);
+
+    let replayed = Arc::new(Mutex::new(Vec::new()));
+    let mut runtime = deja::Builder::new()
+        .mode(deja::Mode::Replay)
+        .trace_dir(&report.logs[1])
+        .service("client")
+        .stall_wait(Duration::from_secs(2))
+        .build()
+        .expect("a replay runtime");
+    runtime
+        .block_on(client(Arc::clone(&replayed)))
+        .expect("the client replays to its end")
+        .expect("and succeeds");
+    assert_eq!(*replayed.lock().unwrap(), simulated);
+
+    let mut runtime = deja::Builder::new()
+        .mode(deja::Mode::Replay)
+        .trace_dir(&report.logs[0])
+        .service("server")
+        .stall_wait(Duration::from_secs(2))
+        .build()
+        .expect("a replay runtime");
+    match runtime.block_on(server(Work::Sleep)) {
+        Err(deja::Error::RecordingEnded { .. }) => {}
+        other => panic!("expected the server's log to end cleanly, got {other:?}"),
+    }
+    let stats = runtime.replay_stats().expect("replay stats");
+    assert_eq!(stats.events, stats.log_events, "every event replayed");
+}
+
+/// axum's `serve` in one host, hyper-util's pooled client in another:
+/// library code as it is, spawning with `tokio::spawn` and timing with
+/// `tokio::time`, deterministic per seed.
+#[cfg(all(feature = "axum", feature = "hyper"))]
+mod axum_and_hyper {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::extract::Path;
+    use axum::routing::get;
+    use axum::Router;
+    use deja::net::{Connector, TcpListener};
+    use deja::rand::Rng;
+    use deja::sim::{Latency, Sim, SimReport};
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    use super::HANDLER_TIMEOUT;
+
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    /// Concurrent callers, and requests each.
+    const CALLERS: usize = 2;
+    const CALLS: usize = 10;
+
+    fn app() -> Router {
+        Router::new().route(
+            "/work/{ms}",
+            get(|Path(ms): Path<u64>| async move {
+                match tokio::time::timeout(
+                    HANDLER_TIMEOUT,
+                    tokio::time::sleep(Duration::from_millis(ms)),
+                )
+                .await
+                {
+                    Ok(()) => format!("{ms} done"),
+                    Err(_) => format!("{ms} timeout"),
+                }
+            }),
+        )
+    }
+
+    async fn caller(client: Client<Connector, Empty<Bytes>>) -> Result<Vec<String>, Error> {
+        let mut bodies = Vec::new();
+        for _ in 0..CALLS {
+            let pause = deja::rand::rng().random_range(1..20);
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            let work: u64 = deja::rand::rng().random_range(0..100);
+            let response = client
+                .get(format!("http://server:80/work/{work}").parse()?)
+                .await?;
+            let body = response.into_body().collect().await?.to_bytes();
+            bodies.push(String::from_utf8(body.to_vec())?);
+        }
+        Ok(bodies)
+    }
+
+    fn simulation(seed: u64, runs: &Arc<Mutex<Vec<Vec<String>>>>) -> Sim {
+        let runs = Arc::clone(runs);
+        let mut sim = Sim::new(seed);
+        sim.net().latency(Latency::Uniform(
+            Duration::from_millis(1),
+            Duration::from_millis(10),
+        ));
+        sim.host("server", || async {
+            let listener = TcpListener::bind("0.0.0.0:80").await?;
+            axum::serve(listener, app()).await
+        });
+        sim.client("client", async move {
+            let client: Client<Connector, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build(Connector::new());
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|_| tokio::spawn(caller(client.clone())))
+                .collect();
+            let mut bodies = Vec::new();
+            for caller in callers {
+                bodies.extend(caller.await??);
+            }
+            runs.lock().unwrap().push(bodies);
+            Ok::<(), Error>(())
+        });
+        sim
+    }
+
+    /// Runs `seed` on a thread of its own.
+    fn run_on_a_new_thread(seed: u64, runs: &Arc<Mutex<Vec<Vec<String>>>>) -> SimReport {
+        let runs = Arc::clone(runs);
+        std::thread::spawn(move || {
+            simulation(seed, &runs)
+                .run()
+                .map_err(|failure| failure.to_string())
+        })
+        .join()
+        .expect("the simulation does not panic")
+        .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Each run on a thread of its own, not both on one as
+    /// `check_determinism` does: hyper keeps its `Date` header in a
+    /// thread-local cache (read from the clock when first used on the
+    /// thread, then once a second), which a second run on the same thread
+    /// inherits from the first, and the check would report that.
+    #[test]
+    fn axum_serve_and_the_pooled_hyper_client_are_deterministic_in_a_simulation() {
+        let runs = Arc::new(Mutex::new(Vec::new()));
+        for seed in 0..10 {
+            let first = run_on_a_new_thread(seed, &runs);
+            let second = run_on_a_new_thread(seed, &runs);
+            assert_eq!(first.digest, second.digest, "seed {seed}: {first:?}\n{second:?}");
+            assert!(first.tokio_ticks > 0, "{first:?}");
+        }
+        let runs = runs.lock().unwrap();
+        assert_eq!(runs.len(), 20, "every run finished");
+        let (mut done, mut timed_out) = (0, 0);
+        for pair in runs.chunks(2) {
+            assert_eq!(pair[0], pair[1], "both runs of a seed answer alike");
+            assert_eq!(pair[0].len(), CALLERS * CALLS);
+            for body in &pair[0] {
+                let (work, outcome) = body.split_once(' ').expect("work and outcome");
+                let work: u64 = work.parse().expect("a number");
+                let expected = if work <= 50 { "done" } else { "timeout" };
+                assert_eq!(outcome, expected, "{body}");
+                if work <= 50 {
+                    done += 1;
+                } else {
+                    timed_out += 1;
+                }
+            }
+        }
+        assert!(done > 0 && timed_out > 0, "{done} done, {timed_out} timed out");
+    }
+}
