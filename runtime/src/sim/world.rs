@@ -692,16 +692,12 @@ impl World {
     /// may have started tokio timers (they read the clock through the C
     /// library, as `tokio::time` does): its step tells whether they did.
     fn tick_polled_runtimes(&self) {
-        let hosts: Vec<Rc<Host>> = self
-            .hosts
-            .borrow()
-            .iter()
-            .filter_map(|slot| slot.current.as_ref())
-            .filter(|host| host.polled.replace(false) && host.reads_libc_clock.get())
-            .cloned()
-            .collect();
-        for host in hosts {
-            self.schedule_tick(&host);
+        for slot in self.hosts.borrow().iter() {
+            if let Some(host) = &slot.current {
+                if host.polled.replace(false) && host.reads_libc_clock.get() {
+                    self.schedule_tick(host);
+                }
+            }
         }
     }
 
@@ -723,10 +719,15 @@ impl World {
 
     /// Let the blocking tasks spawned by the last poll or step run to
     /// completion, now, in virtual time zero.
+    #[inline]
     fn settle_blocking(&self) {
-        if self.blocking_in_flight.load(Ordering::Acquire) == 0 {
-            return;
+        if self.blocking_in_flight.load(Ordering::Acquire) != 0 {
+            self.settle_blocking_now();
         }
+    }
+
+    #[inline(never)]
+    fn settle_blocking_now(&self) {
         let hosts: Vec<Rc<Host>> = self
             .hosts
             .borrow()
