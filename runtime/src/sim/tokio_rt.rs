@@ -11,10 +11,10 @@
 //!   runtime that has work (tasks woken from outside it, or a tick): one
 //!   `block_on` of [`Step`], which runs the runtime's ready tasks and
 //!   returns once none is left. The runtime is built with an
-//!   `on_thread_park` hook that wakes the step's future: tokio then polls
-//!   its driver with a zero timeout instead of sleeping (tokio ≥ 1.50:
-//!   "before_park scheduled work, so we don't block"), and `block_on`
-//!   returns. No step ever sleeps in real time.
+//!   `on_thread_park` hook that wakes the step's future: tokio then turns
+//!   its driver with a zero timeout instead of sleeping (tokio#7835 and
+//!   tokio#8222: 1.51.4, 1.52.4 and later; this was written against
+//!   1.54.1), and `block_on` returns. No step ever sleeps in real time.
 //! * **Time.** While a step runs, the clock readings made outside any
 //!   task (tokio's scheduler and timer driver) read the host's virtual
 //!   monotonic clock, unlogged ([`driver_clock`]); the runtime is built
@@ -189,6 +189,9 @@ impl HostRuntime {
     }
 
     fn shut_down(&mut self) {
+        // Blocking threads still at the gate (spawned by the drops of the
+        // host's tasks as it stopped) go on, and run outside the
+        // simulation's order: the host is gone by then.
         self.gate.open();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
@@ -326,12 +329,17 @@ fn parked() {
 }
 
 /// `on_thread_unpark`: the driver's last turn is over. It read the clock
-/// once more to compute how long to wait when its wheel held a timer.
+/// once more to compute how long to wait when its wheel held a timer: one
+/// reading means an empty wheel. No reading at all means the turn was
+/// skipped (tokio 1.50.0 to 1.51.3 and 1.52.0 to 1.52.3 skip it when the
+/// park hook schedules work, see tokio#8222): the wheel is unknown, and
+/// counted as holding timers (the host is then ticked while it lives:
+/// slower, never wrong).
 fn unparked() {
     let _ = DRIVING.try_with(|slot| {
         if let Some(state) = slot.borrow_mut().as_mut() {
             if let Some(at_park) = state.reads_at_park.take() {
-                state.timers_pending = state.reads - at_park >= 2;
+                state.timers_pending = state.reads - at_park != 1;
             }
         }
     });
