@@ -332,6 +332,29 @@ fn a_blocking_task_that_waits_for_the_simulation_fails_the_run() {
     assert!(message.contains("blocking task"), "{message}");
 }
 
+/// A simulation run from inside a tokio runtime cannot step the hosts'
+/// runtimes (tokio refuses a `block_on` within a `block_on`): the run
+/// fails, saying where to run it from.
+#[test]
+fn a_simulation_inside_a_tokio_runtime_fails_with_a_hint() {
+    let outer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let failure = outer.block_on(async {
+        let mut sim = Sim::new(0);
+        sim.write_logs(false);
+        sim.client("nested", async {
+            tokio::spawn(async {}).await.expect("the task");
+        });
+        sim.run().expect_err("no block_on within a block_on")
+    });
+    let FailureKind::Library { message, .. } = &failure.kind else {
+        panic!("{failure}");
+    };
+    assert!(message.contains("plain #[test]"), "{message}");
+}
+
 /// The logs of hosts that use tokio replay like recordings: the adopted
 /// tasks get their ids back in replay, and their timers fire where the
 /// simulation fired them.

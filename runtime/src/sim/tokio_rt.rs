@@ -24,7 +24,14 @@
 //!   boundary of the host's clock ([`TOKIO_TICK_NS`]), which fires each
 //!   timer at the very tick tokio would. Whether the wheel holds timers is
 //!   read off the driver: its park reads the clock twice when it has a
-//!   timer to wait for, once when it has none.
+//!   timer to wait for, once when it has none. A timer that a deja task
+//!   starts is found the same way: before virtual time moves, a host whose
+//!   deja tasks ran and have read the clock through the C library (as
+//!   `tokio::time` does for its deadlines) gets a tick.
+//! * **Tasks** that library code spawns are adopted by the host at their
+//!   first intercepted call (`Host::adopt`), as a recording adopts them.
+//!   A crash, or the end of the run, shuts the runtime down: its tasks are
+//!   dropped in the host's context.
 //! * **Blocking tasks** (`spawn_blocking`, and tokio's own, e.g. DNS) run
 //!   on tokio's blocking threads, held at a gate until the poll or step
 //!   that spawned them has ended; then they run one thread at a time, to

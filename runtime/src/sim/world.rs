@@ -661,11 +661,14 @@ impl World {
                 (outcome, runtime.timers_pending.get())
             };
             if let Some(message) = outcome.panic {
+                let hint = if message.contains("from within a runtime") {
+                    " (a simulation cannot run inside a tokio runtime: run it from a plain #[test] or fn main, not #[tokio::test] or block_on)"
+                } else {
+                    ""
+                };
                 self.fail(FailureKind::Library {
                     host: host.name.clone(),
-                    message: format!(
-                        "stepping its tokio runtime panicked: {message} (a simulation cannot run inside a tokio runtime: call it from a plain #[test], not #[tokio::test] or block_on)"
-                    ),
+                    message: format!("stepping its tokio runtime panicked: {message}{hint}"),
                 });
             } else if outcome.runaway {
                 self.fail(FailureKind::Library {
