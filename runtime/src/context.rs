@@ -168,9 +168,10 @@ fn adopted_task() -> Option<Arc<TaskCtx>> {
     let tokio_id = tokio::task::try_id()?;
     CONTEXT
         .try_with(|ctx| match &*ctx.borrow() {
-            Ctx::Live | Ctx::Sim(_) => None,
+            Ctx::Live => None,
             Ctx::Record(recording) => recording.adopt(tokio_id),
             Ctx::Replay(replay) => replay.adopt(tokio_id),
+            Ctx::Sim(host) => host.adopt(tokio_id),
         })
         .ok()
         .flatten()

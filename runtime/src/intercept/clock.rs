@@ -77,10 +77,12 @@ fn reading(clock: Clock, real: impl FnOnce() -> i64) -> Option<i64> {
                 Some(value)
             }
             Ctx::Replay(replay) => Some(replay.libc_clock(clock, super::reading_task())),
-            Ctx::Sim(host) => {
-                context::current_task()?;
-                Some(host.libc_clock(clock))
-            }
+            Ctx::Sim(host) => match context::current_task() {
+                Some(_) => Some(host.libc_clock(clock)),
+                // tokio's scheduler and timer driver, while the world
+                // steps the host's runtime: its virtual clock, unlogged.
+                None => crate::sim::tokio_rt::driver_clock(host, clock),
+            },
         })
         .flatten()
     })

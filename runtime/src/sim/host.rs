@@ -10,8 +10,9 @@ use std::net::IpAddr;
 use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::context;
+use crate::context::{self, Adoptions, TaskCtx};
 use crate::sim::executor::TaskKey;
+use crate::sim::tokio_rt::HostRuntime;
 
 /// Most events a host incarnation keeps in memory for failure logs and
 /// the determinism check: about 100 MiB of small events. Past it the
@@ -46,6 +47,17 @@ pub(crate) struct Host {
     log: RefCell<HostLog>,
     /// Executor keys of this incarnation's tasks (a crash aborts them).
     pub(crate) tasks: RefCell<Vec<TaskKey>>,
+    /// The incarnation's tokio runtime (`None` before it is built and
+    /// once the incarnation ended).
+    pub(crate) runtime: RefCell<Option<HostRuntime>>,
+    /// Tasks library code started with `tokio::spawn`.
+    adoptions: Adoptions,
+    /// One of the host's deja tasks ran since the world last looked.
+    pub(crate) polled: Cell<bool>,
+    /// The host's tasks read the clock through the C library: they may
+    /// start tokio timers (whose deadlines come from such readings), so
+    /// after they run the world steps the host's runtime to find out.
+    pub(crate) reads_libc_clock: Cell<bool>,
 }
 
 pub(crate) struct HostLog {
@@ -98,6 +110,10 @@ impl Host {
                 kept_bytes: 0,
             }),
             tasks: RefCell::default(),
+            runtime: RefCell::new(None),
+            adoptions: Adoptions::default(),
+            polled: Cell::new(false),
+            reads_libc_clock: Cell::new(false),
         }
     }
 
@@ -172,6 +188,7 @@ impl Host {
     /// A clock reading made through the C library by one of this host's
     /// tasks: simulated, and logged like [`Host::record_clock_mono`].
     pub(crate) fn libc_clock(&self, clock: crate::intercept::Clock) -> i64 {
+        self.reads_libc_clock.set(true);
         match clock {
             crate::intercept::Clock::Mono => {
                 let ns = self.mono_ns();
@@ -190,6 +207,28 @@ impl Host {
     /// from the host's seed, and logged.
     pub(crate) fn libc_entropy(&self, out: &mut [u8]) {
         crate::rand::sim_entropy(self, out);
+    }
+
+    /// The context of a task library code started with `tokio::spawn` in
+    /// this host's runtime, adopted (a new logical id, and its
+    /// `TaskAdopted` event) at its first intercepted call. The event's
+    /// `tokio_id` is 0: tokio numbers tasks with one counter for the
+    /// whole process, which parallel tests share, so its ids differ from
+    /// run to run and would fail the determinism check.
+    pub(crate) fn adopt(&self, tokio_id: tokio::task::Id) -> Option<std::sync::Arc<TaskCtx>> {
+        self.adoptions.get_or_adopt(tokio_id, || {
+            let child = self.next_task();
+            self.record_for(child, EventKind::TaskAdopted { tokio_id: 0 });
+            TaskCtx::new(&self.root_seed, child)
+        })
+    }
+
+    /// A handle of the incarnation's tokio runtime, if it has one.
+    pub(crate) fn tokio_handle(&self) -> Option<tokio::runtime::Handle> {
+        self.runtime
+            .borrow()
+            .as_ref()
+            .map(|runtime| runtime.handle().clone())
     }
 
     pub(crate) fn next_task(&self) -> TaskId {

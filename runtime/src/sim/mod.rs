@@ -47,6 +47,32 @@
 //!
 //! Many seeds at once: [`Sweep`]. Does the code depend on anything but
 //! the seed? [`check_determinism`].
+//!
+//! # Library code
+//!
+//! Every host (each incarnation) has a tokio current-thread runtime of
+//! its own, entered while its tasks run, so library code that calls
+//! `tokio::spawn`, `tokio::time::{sleep, timeout, interval}`,
+//! `tokio::task::yield_now` or `spawn_blocking` (axum's `serve`,
+//! hyper-util's pooled client, tower's timeouts) runs in a host as it is:
+//!
+//! * Its tasks run when no deja task can, on the simulation's thread; they
+//!   are logged as tasks of the host, adopted at their first intercepted
+//!   call (as in a recording).
+//! * Its timers run on the host's virtual clock, with tokio's millisecond
+//!   granularity: while a host has tokio timers waiting, the simulation
+//!   steps its timer driver at every millisecond of virtual time
+//!   ([`SimReport::tokio_ticks`]). A simulation that does not use tokio
+//!   has no such steps.
+//! * A blocking task runs to completion, in no virtual time, while the
+//!   simulation waits, right after the poll that spawned it; it runs on a
+//!   real thread, so its clock and entropy are the machine's. One that
+//!   waits for the simulation fails the run ([`Sim::blocking_wait`]).
+//! * A crash drops the host's runtime with its tasks and timers.
+//!
+//! Without `--cfg tokio_unstable`, which branch of a library's
+//! `tokio::select!` goes first when two are ready is tokio's own random
+//! choice, not the seed's.
 
 mod capture;
 mod chaos;
@@ -56,6 +82,7 @@ pub(crate) mod host;
 pub(crate) mod net;
 mod policy;
 mod sweep;
+pub(crate) mod tokio_rt;
 pub(crate) mod world;
 
 use std::collections::HashMap;
@@ -70,6 +97,7 @@ pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
 pub use policy::{Latency, LinkPolicy};
 pub use sweep::{Sweep, SweepReport, LOGGED_FAILURES_MAX};
+pub use tokio_rt::BLOCKING_WAIT_DEFAULT;
 
 pub(crate) use host::Host;
 
@@ -199,6 +227,7 @@ pub struct Sim {
     keep_write_bytes: bool,
     fail_on_task_panic: bool,
     quiet: bool,
+    blocking_wait: Duration,
     config_errors: Vec<String>,
 }
 
@@ -240,6 +269,7 @@ impl Sim {
             keep_write_bytes: true,
             fail_on_task_panic: true,
             quiet: false,
+            blocking_wait: BLOCKING_WAIT_DEFAULT,
             config_errors: Vec::new(),
         }
     }
@@ -408,6 +438,16 @@ impl Sim {
         self
     }
 
+    /// Real time one blocking task (`tokio::task::spawn_blocking` in a
+    /// host) may take before the run fails (default
+    /// [`BLOCKING_WAIT_DEFAULT`]). Blocking tasks run to completion while
+    /// the simulation waits, one at a time, in no virtual time: one that
+    /// waits for the simulation never ends.
+    pub fn blocking_wait(&mut self, limit: Duration) -> &mut Self {
+        self.blocking_wait = limit;
+        self
+    }
+
     /// Do not print failures (sweeps print their own summary).
     pub fn quiet(&mut self, quiet: bool) -> &mut Self {
         self.quiet = quiet;
@@ -527,6 +567,7 @@ impl Sim {
             slots,
             self.fail_on_task_panic,
             self.keep_write_bytes,
+            self.blocking_wait,
         ));
         let installed = Installed::new(&world);
         for (index, at) in starts.into_iter().enumerate() {
@@ -680,6 +721,14 @@ pub enum FailureKind {
     },
     /// The simulation was declared wrong (an unknown host, a duplicate).
     Config(String),
+    /// Library code in a host did something the simulation cannot run
+    /// (a blocking task that never ends, ...).
+    Library {
+        /// The host.
+        host: String,
+        /// What happened.
+        message: String,
+    },
 }
 
 impl fmt::Display for FailureKind {
@@ -712,6 +761,7 @@ impl fmt::Display for FailureKind {
                 waiting.join(", ")
             ),
             FailureKind::Config(what) => write!(f, "bad simulation: {what}"),
+            FailureKind::Library { host, message } => write!(f, "host {host:?}: {message}"),
         }
     }
 }
@@ -739,6 +789,12 @@ pub struct SimReport {
     pub dropped_datagrams: u64,
     /// Faults that happened (crashes, restarts, partitions, heals).
     pub faults: u64,
+    /// Ticks of the hosts' tokio timer drivers (one per millisecond of
+    /// virtual time while a host's tokio timers wait; 0 when no host uses
+    /// tokio's timers).
+    pub tokio_ticks: u64,
+    /// Steps of the hosts' tokio runtimes (0 when no host uses tokio).
+    pub tokio_steps: u64,
     /// The run directories written, one per host incarnation (see
     /// [`Sim::always_write_logs`]; a failed run writes them by default).
     pub logs: Vec<PathBuf>,
@@ -795,6 +851,8 @@ impl SimReport {
             hosts,
             dropped_datagrams: world.net.borrow().dropped_datagrams,
             faults: world.faults.get(),
+            tokio_ticks: world.tokio_ticks.get(),
+            tokio_steps: world.tokio_steps.get(),
             logs: Vec::new(),
         }
     }
@@ -837,7 +895,7 @@ impl fmt::Display for SimFailure {
             if message.contains("Tokio") || message.contains("reactor") {
                 writeln!(
                     f,
-                    "hint: tokio's timers, spawn and sockets need a tokio runtime; inside a simulation use deja::time, deja::spawn and deja::net"
+                    "hint: each simulated host has a tokio runtime, entered while its tasks run; a future made outside the simulation (passed to Sim::client as is, not in an async block) or a thread has none"
                 )?;
             }
         }

@@ -15,7 +15,10 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use deja_recorder::{EventKind, TaskId};
 use rand_chacha::ChaCha20Rng;
@@ -26,6 +29,7 @@ use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
 use crate::context::{self, Ctx, TaskCtx};
 use crate::sim::executor::{Executor, TaskKey};
+use crate::sim::tokio_rt::{HostRuntime, TOKIO_TICK_NS};
 
 /// Polls allowed at one virtual instant: more means tasks keep waking
 /// each other without time ever moving (a livelock), which would
@@ -81,6 +85,9 @@ pub(crate) enum Item {
     Packet(Packet),
     Control(Control),
     Start(usize),
+    /// Step the timer driver of host `.0`'s incarnation `.1` (see
+    /// `tokio_rt.rs`).
+    TokioTick(usize, u32),
 }
 
 #[derive(Debug)]
@@ -158,6 +165,12 @@ pub(crate) struct World {
     pub(crate) polls: Cell<u64>,
     pub(crate) items: Cell<u64>,
     pub(crate) faults: Cell<u64>,
+    /// Blocking threads of every host runtime, started and not ended.
+    blocking_in_flight: Arc<AtomicU64>,
+    /// Real time one blocking task may take.
+    blocking_wait: Duration,
+    pub(crate) tokio_ticks: Cell<u64>,
+    pub(crate) tokio_steps: Cell<u64>,
 }
 
 impl std::fmt::Debug for World {
@@ -177,6 +190,7 @@ impl World {
         hosts: Vec<HostSlot>,
         fail_on_task_panic: bool,
         keep_write_bytes: bool,
+        blocking_wait: Duration,
     ) -> World {
         World {
             seed,
@@ -198,6 +212,10 @@ impl World {
             polls: Cell::new(0),
             items: Cell::new(0),
             faults: Cell::new(0),
+            blocking_in_flight: Arc::default(),
+            blocking_wait,
+            tokio_ticks: Cell::new(0),
+            tokio_steps: Cell::new(0),
         }
     }
 
@@ -290,8 +308,8 @@ impl World {
         let (host, future) = {
             let mut hosts = self.hosts.borrow_mut();
             let slot = &mut hosts[index];
-            if slot.current.is_some() {
-                return;
+            if slot.current.is_some() || matches!(slot.entry, Entry::Client(None)) {
+                return; // running, or a client that ran (clients run once)
             }
             let incarnation = u32::try_from(slot.incarnations.len()).unwrap_or(u32::MAX);
             let root_seed = host_seed(self.seed, index, incarnation);
@@ -306,10 +324,22 @@ impl World {
                     .saturating_add(slot.skew_ns),
                 root_seed,
             ));
+            match HostRuntime::build(&host, &self.blocking_in_flight) {
+                Ok(runtime) => *host.runtime.borrow_mut() = Some(runtime),
+                Err(err) => {
+                    self.fail(FailureKind::Library {
+                        host: slot.name.clone(),
+                        message: format!("its tokio runtime could not be built: {err}"),
+                    });
+                    return;
+                }
+            }
             let future = match &mut slot.entry {
                 Entry::Server(factory) => {
                     let factory = Rc::clone(factory);
                     let _enter = context::enter(Ctx::Sim(Rc::clone(&host)));
+                    let handle = host.tokio_handle();
+                    let _runtime = handle.as_ref().map(tokio::runtime::Handle::enter);
                     Some(factory())
                 }
                 Entry::Client(future) => future.take(),
@@ -355,6 +385,7 @@ impl World {
     ) -> TaskKey {
         let key = self.executor.spawn(Box::pin(InHost {
             host: Rc::clone(host),
+            runtime: host.tokio_handle(),
             future: Some(future),
         }));
         let mut tasks = host.tasks.borrow_mut();
@@ -381,6 +412,11 @@ impl World {
         let tasks = std::mem::take(&mut *host.tasks.borrow_mut());
         for key in tasks {
             self.executor.abort(key);
+        }
+        // Then the tasks library code started: gone with the runtime.
+        let runtime = host.runtime.borrow_mut().take();
+        if let Some(mut runtime) = runtime {
+            runtime.shutdown(&host);
         }
         if !crashed {
             // Sockets dropped by the tasks above closed normally; what is
@@ -468,6 +504,7 @@ impl World {
                 self.executor.poll_task(key);
                 self.polls.set(self.polls.get() + 1);
                 polls_at_instant += 1;
+                self.settle_blocking();
                 self.apply_controls();
                 if self.failed() {
                     return self.take_failure();
@@ -477,6 +514,21 @@ impl World {
                         polls: polls_at_instant,
                     });
                 }
+            }
+            // No deja task can run: run what the hosts' tokio runtimes
+            // have ready, then look at deja's tasks again.
+            let steps = self.step_runtimes();
+            if steps > 0 {
+                polls_at_instant += steps;
+                if self.failed() {
+                    return self.take_failure();
+                }
+                if polls_at_instant > POLLS_PER_INSTANT_MAX {
+                    return Some(FailureKind::Livelock {
+                        polls: polls_at_instant,
+                    });
+                }
+                continue;
             }
             for invariant in invariants.iter_mut() {
                 if let Err(message) = (invariant.check)() {
@@ -489,6 +541,9 @@ impl World {
             if self.has_clients() && self.clients_running() == 0 {
                 return None;
             }
+            // Before time moves: hosts whose tasks ran may have started
+            // tokio timers.
+            self.tick_polled_runtimes();
             // Idle: move time to the next thing that happens.
             let next = self.agenda.borrow_mut().pop();
             let Some(Reverse(Scheduled { at, item, .. })) = next else {
@@ -558,6 +613,145 @@ impl World {
             }
             Item::Control(control) => self.apply(control),
             Item::Start(index) => self.start_host(index),
+            Item::TokioTick(index, incarnation) => {
+                let host = self.hosts.borrow()[index].current.clone();
+                let Some(host) = host.filter(|host| host.incarnation == incarnation) else {
+                    return; // the incarnation ended
+                };
+                if let Some(runtime) = host.runtime.borrow().as_ref() {
+                    runtime.tick_at.set(None);
+                    runtime.due.set(true);
+                    self.tokio_ticks.set(self.tokio_ticks.get() + 1);
+                };
+            }
+        }
+    }
+
+    // --- the hosts' tokio runtimes (see tokio_rt.rs) -----------------------
+
+    /// Step, in host order, every host runtime with work; the number of
+    /// steps taken.
+    fn step_runtimes(self: &Rc<World>) -> u64 {
+        let mut steps = 0;
+        let count = self.hosts.borrow().len();
+        for index in 0..count {
+            let host = {
+                let hosts = self.hosts.borrow();
+                match &hosts[index].current {
+                    Some(host)
+                        if host
+                            .runtime
+                            .borrow()
+                            .as_ref()
+                            .is_some_and(HostRuntime::has_work) =>
+                    {
+                        Rc::clone(host)
+                    }
+                    _ => continue,
+                }
+            };
+            steps += 1;
+            self.tokio_steps.set(self.tokio_steps.get() + 1);
+            let (outcome, timers_pending) = {
+                let runtime = host.runtime.borrow();
+                let Some(runtime) = runtime.as_ref() else {
+                    continue;
+                };
+                let outcome = runtime.step(&host);
+                (outcome, runtime.timers_pending.get())
+            };
+            if let Some(message) = outcome.panic {
+                let hint = if message.contains("from within a runtime") {
+                    " (a simulation cannot run inside a tokio runtime: run it from a plain #[test] or fn main, not #[tokio::test] or block_on)"
+                } else {
+                    ""
+                };
+                self.fail(FailureKind::Library {
+                    host: host.name.clone(),
+                    message: format!("stepping its tokio runtime panicked: {message}{hint}"),
+                });
+            } else if outcome.runaway {
+                self.fail(FailureKind::Library {
+                    host: host.name.clone(),
+                    message: format!(
+                        "livelock: its tokio tasks kept waking each other without virtual time moving ({} clock readings by tokio's scheduler in one step; a yield_now loop waiting for the clock to move?)",
+                        super::tokio_rt::STEP_CLOCK_READS_MAX
+                    ),
+                });
+            }
+            if timers_pending {
+                self.schedule_tick(&host);
+            }
+            self.settle_blocking();
+            self.apply_controls();
+            if self.failed() {
+                return steps;
+            }
+        }
+        steps
+    }
+
+    /// A tick for every host whose deja tasks ran since the last look and
+    /// may have started tokio timers (they read the clock through the C
+    /// library, as `tokio::time` does): its step tells whether they did.
+    fn tick_polled_runtimes(&self) {
+        for slot in self.hosts.borrow().iter() {
+            if let Some(host) = &slot.current {
+                if host.polled.replace(false) && host.reads_libc_clock.get() {
+                    self.schedule_tick(host);
+                }
+            }
+        }
+    }
+
+    /// Schedule a tick of `host`'s timer driver at the next millisecond
+    /// boundary of its clock, unless one is already on the agenda.
+    fn schedule_tick(&self, host: &Rc<Host>) {
+        let runtime = host.runtime.borrow();
+        let Some(runtime) = runtime.as_ref() else {
+            return;
+        };
+        if runtime.tick_at.get().is_some() {
+            return;
+        }
+        let next = (host.mono_ns() / TOKIO_TICK_NS + 1).saturating_mul(TOKIO_TICK_NS);
+        let at = host.started_at.saturating_add(next);
+        runtime.tick_at.set(Some(at));
+        self.schedule(at, Item::TokioTick(host.index, host.incarnation));
+    }
+
+    /// Let the blocking tasks spawned by the last poll or step run to
+    /// completion, now, in virtual time zero.
+    #[inline]
+    fn settle_blocking(&self) {
+        if self.blocking_in_flight.load(Ordering::Acquire) != 0 {
+            self.settle_blocking_now();
+        }
+    }
+
+    #[inline(never)]
+    fn settle_blocking_now(&self) {
+        let hosts: Vec<Rc<Host>> = self
+            .hosts
+            .borrow()
+            .iter()
+            .filter_map(|slot| slot.current.clone())
+            .collect();
+        for host in hosts {
+            let settled = match host.runtime.borrow().as_ref() {
+                Some(runtime) => runtime.settle_blocking(self.blocking_wait),
+                None => Ok(()),
+            };
+            if settled.is_err() {
+                self.fail(FailureKind::Library {
+                    host: host.name.clone(),
+                    message: format!(
+                        "a blocking task (tokio::task::spawn_blocking, or tokio's own, e.g. a DNS lookup) ran for more than {:?} of real time. In a simulation a blocking task runs to completion while the simulation waits: one that waits for the simulation (a channel, a socket, a lock held by a task) never ends",
+                        self.blocking_wait
+                    ),
+                });
+                return;
+            }
         }
     }
 
@@ -572,6 +766,14 @@ impl World {
         for host in &hosts {
             host.stop();
         }
+        self.executor.shutdown();
+        for host in &hosts {
+            let runtime = host.runtime.borrow_mut().take();
+            if let Some(mut runtime) = runtime {
+                runtime.shutdown(host);
+            }
+        }
+        // Drops of the runtimes' tasks may have spawned deja tasks.
         self.executor.shutdown();
         self.timers.borrow_mut().clear();
         self.agenda.borrow_mut().clear();
@@ -591,9 +793,12 @@ fn host_seed(seed: u64, index: usize, incarnation: u32) -> [u8; 32] {
     out
 }
 
-/// A task of one host: its polls and its drop run in the host's context.
+/// A task of one host: its polls and its drop run in the host's context,
+/// and in its tokio runtime's (so `tokio::spawn` and `tokio::time` find
+/// the host's runtime).
 struct InHost {
     host: Rc<Host>,
+    runtime: Option<tokio::runtime::Handle>,
     future: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
@@ -601,7 +806,9 @@ impl Future for InHost {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.host.polled.set(true);
         let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+        let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
         match self.future.as_mut() {
             Some(future) => future.as_mut().poll(cx),
             None => Poll::Ready(()),
@@ -613,6 +820,7 @@ impl Drop for InHost {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
             let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+            let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
             drop(future);
         }
     }
