@@ -170,7 +170,10 @@ fn check_answers(runs: &[Vec<Answer>], blocking: bool) {
             assert!(answer.round_trip >= worked, "{answer:?}");
         }
     }
-    assert!(done > 0 && timed_out > 0, "{done} done, {timed_out} timed out");
+    assert!(
+        done > 0 && timed_out > 0,
+        "{done} done, {timed_out} timed out"
+    );
     // Different seeds, different schedules.
     assert!(runs.chunks(2).any(|pair| pair[0] != runs[0]));
 }
@@ -219,7 +222,11 @@ fn a_simulation_without_tokio_pays_no_ticks() {
         Ok::<(), io::Error>(())
     });
     let report = sim.run().expect("the echo runs");
-    assert_eq!((report.tokio_steps, report.tokio_ticks), (0, 0), "{report:?}");
+    assert_eq!(
+        (report.tokio_steps, report.tokio_ticks),
+        (0, 0),
+        "{report:?}"
+    );
 }
 
 /// `interval` and `yield_now` in `tokio::spawn`ed tasks; a crash drops the
@@ -305,7 +312,8 @@ fn a_yield_loop_in_a_tokio_task_is_a_livelock() {
 #[test]
 fn a_blocking_task_that_waits_for_the_simulation_fails_the_run() {
     let mut sim = Sim::new(0);
-    sim.blocking_wait(Duration::from_millis(300)).write_logs(false);
+    sim.blocking_wait(Duration::from_millis(300))
+        .write_logs(false);
     sim.client("waiter", async {
         let (send, receive) = std::sync::mpsc::channel::<u64>();
         let waiting = tokio::task::spawn_blocking(move || receive.recv());
@@ -502,7 +510,10 @@ mod axum_and_hyper {
         for seed in 0..10 {
             let first = run_on_a_new_thread(seed, &runs);
             let second = run_on_a_new_thread(seed, &runs);
-            assert_eq!(first.digest, second.digest, "seed {seed}: {first:?}\n{second:?}");
+            assert_eq!(
+                first.digest, second.digest,
+                "seed {seed}: {first:?}\n{second:?}"
+            );
             assert!(first.tokio_ticks > 0, "{first:?}");
         }
         let runs = runs.lock().unwrap();
@@ -523,6 +534,9 @@ mod axum_and_hyper {
                 }
             }
         }
-        assert!(done > 0 && timed_out > 0, "{done} done, {timed_out} timed out");
+        assert!(
+            done > 0 && timed_out > 0,
+            "{done} done, {timed_out} timed out"
+        );
     }
 }

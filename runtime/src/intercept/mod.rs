@@ -13,7 +13,7 @@
 //! | who reads | live | record | replay | sim |
 //! |---|---|---|---|---|
 //! | a task (deja's or tokio's) | real | real, logged | from the log | simulated |
-//! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy from the root seed | real |
+//! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy from the root seed | virtual while the world steps the host's runtime; otherwise real |
 //!
 //! `connect` is interposed too, to catch libraries that open their own
 //! sockets (see `socket.rs`).

@@ -425,10 +425,7 @@ impl BlockingGate {
     fn wait_for_permit(&self) {
         let mut state = self.lock();
         while state.permits == 0 && !state.open {
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(|p| p.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.permits = state.permits.saturating_sub(1);
     }
