@@ -20,13 +20,14 @@
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
+mod common;
+use common::{record_with, replay_with};
+
 use std::io;
-use std::path::{Path, PathBuf};
 
 use deja::io::{AsyncReadExt, AsyncWriteExt};
 use deja::net::{TcpListener, TcpStream};
 use deja::time::{sleep, Duration};
-use deja::{Builder, Error, Mode};
 
 /// Two connections, accepted first; then the second one sends, then the
 /// first. Each is served by a `tokio::spawn`ed handler (as axum does).
@@ -67,49 +68,11 @@ async fn service() -> io::Result<()> {
     Ok(())
 }
 
-fn record(out: &Path) -> PathBuf {
-    let out = out.to_path_buf();
-    std::thread::spawn(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Record)
-            .trace_dir(&out)
-            .service("adoption-order")
-            .build()
-            .expect("record runtime");
-        let dir = runtime.run_dir().expect("run dir").to_path_buf();
-        runtime
-            .block_on(service())
-            .expect("recorded run")
-            .expect("the service works");
-        dir
-    })
-    .join()
-    .expect("record thread")
-}
-
-fn replay(dir: &Path) -> Result<(), Error> {
-    let dir = dir.to_path_buf();
-    std::thread::spawn(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Replay)
-            .trace_dir(&dir)
-            .service("adoption-order")
-            .stall_wait(std::time::Duration::from_millis(300))
-            .build()
-            .expect("replay runtime");
-        runtime
-            .block_on(service())
-            .map(|answers| answers.expect("the service works in replay"))
-    })
-    .join()
-    .expect("replay thread")
-}
-
 #[test]
 fn tokio_spawned_handlers_that_read_in_another_order_than_spawned_replay() {
     let out = tempfile::tempdir().expect("tempdir");
-    let dir = record(out.path());
-    if let Err(err) = replay(&dir) {
+    let dir = record_with(out.path(), "adoption-order", service);
+    if let (Err(err), _) = replay_with(&dir, "adoption-order", service) {
         panic!("replay failed: {err}");
     }
 }

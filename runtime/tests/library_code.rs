@@ -19,7 +19,13 @@ use std::sync::{Arc, Mutex};
 
 use deja::io::{AsyncReadExt, AsyncWriteExt};
 use deja::net::{TcpListener, TcpStream};
-use deja::{Builder, Error, Mode};
+use deja::Error;
+
+mod common;
+use common::{record_with, replay_with};
+
+/// The service name the recordings are made under.
+const SERVICE: &str = "library-code";
 
 /// Concurrent clients, and requests each.
 const CLIENTS: usize = 16;
@@ -225,66 +231,10 @@ async fn service(scenario: Scenario, changed: bool, out: Arc<Mutex<Answers>>) ->
     Ok(())
 }
 
-/// Runs `f` on a thread of its own, as a process's main thread would be:
-/// thread-locals that libraries seed once per thread (`rand::rng()`, std
-/// `HashMap` keys) start fresh, as they do in `deja record` and `deja
-/// replay`, which run the service in a new process each time.
-fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(f).join().expect("the run's thread")
-}
-
-/// Record `service` with default settings on a fresh thread; the run
-/// directory.
-fn record_with<Fut>(out: &Path, service: impl FnOnce() -> Fut + Send + 'static) -> PathBuf
-where
-    Fut: std::future::Future<Output = io::Result<()>>,
-{
-    let out = out.to_path_buf();
-    on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Record)
-            .trace_dir(&out)
-            .service("library-code")
-            .build()
-            .expect("record runtime");
-        let dir = runtime.run_dir().expect("run dir").to_path_buf();
-        runtime
-            .block_on(service())
-            .expect("recorded run")
-            .expect("the service works");
-        dir
-    })
-}
-
-/// Replay `dir` with `service` on a fresh thread: how it ended, and its
-/// figures.
-fn replay_with<Fut>(
-    dir: &Path,
-    service: impl FnOnce() -> Fut + Send + 'static,
-) -> (Result<(), Error>, deja::ReplayStats)
-where
-    Fut: std::future::Future<Output = io::Result<()>>,
-{
-    let dir = dir.to_path_buf();
-    on_fresh_thread(move || {
-        let mut runtime = Builder::new()
-            .mode(Mode::Replay)
-            .trace_dir(&dir)
-            .service("library-code")
-            .stall_wait(std::time::Duration::from_millis(300))
-            .build()
-            .expect("replay runtime");
-        let result = runtime
-            .block_on(service())
-            .map(|output| output.expect("the service works in replay"));
-        (result, runtime.replay_stats().unwrap_or_default())
-    })
-}
-
 fn record(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
     let answers = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&answers);
-    let dir = record_with(out, move || service(scenario, false, seen));
+    let dir = record_with(out, SERVICE, move || service(scenario, false, seen));
     let answers = answers.lock().unwrap().clone();
     (dir, answers)
 }
@@ -292,7 +242,7 @@ fn record(scenario: Scenario, out: &Path) -> (PathBuf, Answers) {
 fn replay(scenario: Scenario, dir: &Path, changed: bool) -> (Result<(), Error>, Answers, u64) {
     let answers = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::clone(&answers);
-    let (result, stats) = replay_with(dir, move || service(scenario, changed, seen));
+    let (result, stats) = replay_with(dir, SERVICE, move || service(scenario, changed, seen));
     let answers = answers.lock().unwrap().clone();
     (result, answers, stats.digest)
 }
@@ -414,13 +364,13 @@ fn a_library_with_a_socket_of_its_own_is_named_not_a_panic() {
         Ok::<(), io::Error>(())
     };
     let out = tempfile::tempdir().expect("tempdir");
-    let dir = record_with(out.path(), service);
+    let dir = record_with(out.path(), SERVICE, service);
     world.join().expect("the upstream answered");
     let stats = deja_replayer::analysis::RunStats::compute(&dir).expect("stats");
     assert_eq!(stats.unseen.foreign_sockets, 1);
     assert_eq!(stats.unseen.foreign_peers, vec![upstream_addr.to_string()]);
 
-    let (result, stats) = replay_with(&dir, service);
+    let (result, stats) = replay_with(&dir, SERVICE, service);
     let foreign = stats.foreign_sockets;
     assert_eq!(foreign, 1, "replay counts the refused connection");
     match result {
@@ -473,7 +423,7 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
         Ok::<(), io::Error>(())
     };
     let out = tempfile::tempdir().expect("tempdir");
-    let dir = record_with(out.path(), service);
+    let dir = record_with(out.path(), SERVICE, service);
     let events: Vec<_> = deja::recorder::RunReader::open(&dir)
         .expect("log")
         .map(|event| event.expect("event").kind)
@@ -488,6 +438,6 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
         })
         .collect();
     assert_eq!(marks, ["ran_during_main=no", "ran_after_await=yes"]);
-    let (replayed, _) = replay_with(&dir, service);
+    let (replayed, _) = replay_with(&dir, SERVICE, service);
     replayed.expect("the recording replays");
 }
