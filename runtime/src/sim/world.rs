@@ -729,14 +729,18 @@ impl World {
         }
     }
 
-    #[inline(never)]
-    fn settle_blocking_now(&self) {
-        let hosts: Vec<Rc<Host>> = self
-            .hosts
+    /// Every host's current incarnation (hosts that are down have none).
+    fn current_hosts(&self) -> Vec<Rc<Host>> {
+        self.hosts
             .borrow()
             .iter()
             .filter_map(|slot| slot.current.clone())
-            .collect();
+            .collect()
+    }
+
+    #[inline(never)]
+    fn settle_blocking_now(&self) {
+        let hosts = self.current_hosts();
         for host in hosts {
             let settled = match host.runtime.borrow().as_ref() {
                 Some(runtime) => runtime.settle_blocking(self.blocking_wait),
@@ -757,12 +761,7 @@ impl World {
 
     /// End of the simulation: stop logging everywhere, drop every task.
     pub(crate) fn shutdown(&self) {
-        let hosts: Vec<Rc<Host>> = self
-            .hosts
-            .borrow()
-            .iter()
-            .filter_map(|slot| slot.current.clone())
-            .collect();
+        let hosts = self.current_hosts();
         for host in &hosts {
             host.stop();
         }
