@@ -64,6 +64,13 @@ impl RunMeta {
         }
     }
 
+    /// Name the run `run_id`, made safe for a directory name as
+    /// [`RunMeta::new`] does: `DEJA_RUN_ID=x/../../y` must not put the run
+    /// outside the trace directory.
+    pub fn set_run_id(&mut self, run_id: &str) {
+        self.run_id = sanitize(run_id);
+    }
+
     /// Describe the current process: host, pid, now, argv, and the
     /// `DEJA_*` variables plus [`RECORDED_ENV_DEFAULT`].
     pub fn current(service: &str) -> RunMeta {
@@ -227,6 +234,14 @@ impl RunMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_id_cannot_climb_out_of_the_trace_directory() {
+        let mut meta = RunMeta::new("svc", "r");
+        meta.set_run_id("x/../../escape2");
+        assert!(!meta.run_id.contains('/'), "{}", meta.run_id);
+        assert_eq!(meta.run_id, "x_.._.._escape2");
+    }
 
     #[test]
     fn shell_lines_quote_only_what_needs_it() {

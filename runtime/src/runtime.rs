@@ -462,7 +462,7 @@ impl Builder {
                     .unwrap_or_else(|| PathBuf::from(TRACE_DIR_DEFAULT));
                 let mut meta = RunMeta::current(&self.service_name());
                 if let Some(run_id) = &self.run_id {
-                    meta.run_id = run_id.clone();
+                    meta.set_run_id(run_id);
                 }
                 let root_seed = crate::rand::os_seed();
                 meta.root_seed = Some(root_seed);
