@@ -202,3 +202,24 @@ fn an_unwritable_output_is_an_error_naming_the_path() {
         "{err}"
     );
 }
+
+/// A FIFO where a segment belongs is refused at once: opening it plainly
+/// would wait for a writer, and every command would hang.
+#[test]
+fn a_fifo_in_place_of_a_segment_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("00000000.deja");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let run = dir.path().to_path_buf();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(deja_recorder::RunReader::open(&run).map(|_| ()));
+    });
+    let outcome = result
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the reader answers instead of hanging");
+    let err = outcome.expect_err("a FIFO is no segment");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+}

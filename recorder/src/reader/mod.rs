@@ -388,6 +388,25 @@ impl Iterator for RunReader {
 
 impl std::iter::FusedIterator for RunReader {}
 
+/// Open `path` for reading if it is a regular file. A FIFO put where a
+/// segment or `index.json` belongs would block a plain `open` until some
+/// writer comes (every command would hang): it is opened without
+/// blocking, and refused, like a device or a directory.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a directory)",
+        ));
+    }
+    Ok(file)
+}
+
 /// The run's segment files, in order, checked for holes.
 fn list_segments(dir: &Path) -> Result<Vec<PathBuf>, ReadError> {
     let io_error = |source| ReadError::Io {

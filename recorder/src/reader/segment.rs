@@ -84,7 +84,7 @@ impl SegmentReader {
             path: path.clone(),
             source,
         };
-        let file = File::open(&path).map_err(io_error)?;
+        let file = super::open_regular(&path).map_err(io_error)?;
         let file_len = file.metadata().map_err(io_error)?.len();
         let mut decompressor = zstd::bulk::Decompressor::new().map_err(io_error)?;
         decompressor

@@ -10,7 +10,6 @@
 //! where the window starts. The reader accepts such a directory although
 //! its segments do not start at 0.
 
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -48,13 +47,22 @@ pub struct FlightWindow {
     pub reason: String,
 }
 
+/// Largest `flight.json` read: a few hundred bytes in practice.
+const FLIGHT_FILE_BYTES_MAX: u64 = 64 << 10;
+
 impl FlightWindow {
     /// Read the window description of `dir`, if it is a kept window.
     /// A missing file is `Ok(None)`; an unreadable or malformed one is an
     /// error message naming the file.
     pub fn read(dir: &Path) -> Result<Option<FlightWindow>, String> {
         let path = dir.join(FLIGHT_FILE_NAME);
-        match fs::read(&path) {
+        let read = crate::reader::open_regular(&path).and_then(|file| {
+            use std::io::Read as _;
+            let mut bytes = Vec::new();
+            file.take(FLIGHT_FILE_BYTES_MAX).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        });
+        match read {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|err| {
                 format!("{}: not a flight window description: {err}", path.display())
             }),
@@ -77,6 +85,7 @@ mod tests {
     use crate::reader::{LogEnd, RunReader};
     use crate::writer::{LogWriter, WriterConfig};
     use crate::RunMeta;
+    use std::fs;
 
     /// Mark events with hard-to-compress values, ~2 KiB each.
     fn events(from: u64, count: u64) -> Vec<Event> {

@@ -46,7 +46,7 @@ pub fn read_recorder_summary(run_dir: &Path) -> Option<RecorderSummary> {
     struct IndexRecorder {
         recorder: Option<RecorderSummary>,
     }
-    let file = std::fs::File::open(run_dir.join(INDEX_FILE_NAME)).ok()?;
+    let file = crate::reader::open_regular(&run_dir.join(INDEX_FILE_NAME)).ok()?;
     let mut json = Vec::new();
     file.take(INDEX_BYTES_MAX).read_to_end(&mut json).ok()?;
     serde_json::from_slice::<IndexRecorder>(&json)
