@@ -223,3 +223,32 @@ fn a_fifo_in_place_of_a_segment_is_refused_not_waited_on() {
     let err = outcome.expect_err("a FIFO is no segment");
     assert!(err.to_string().contains("not a regular file"), "{err}");
 }
+
+/// A run whose first frame was cut out whole (no checksum covers that)
+/// reads as corruption naming the missing start, not as a good log.
+#[test]
+fn a_run_that_does_not_start_at_seq_zero_is_corrupt() {
+    use deja_recorder::{Event, EventKind, LogWriter, RunMeta, TaskId, WriterConfig};
+    let out = tempfile::tempdir().unwrap();
+    let mut writer = LogWriter::create(
+        out.path(),
+        RunMeta::new("svc", "run"),
+        WriterConfig::default(),
+    )
+    .unwrap();
+    let event = |seq| Event {
+        seq,
+        task: TaskId::MAIN,
+        mono_ns: seq,
+        kind: EventKind::ClockMono { ns: seq },
+    };
+    writer.write(&[event(10), event(11)]).unwrap();
+    let dir = writer.dir().to_path_buf();
+    writer.finish().unwrap();
+    let err = deja_recorder::RunReader::open(&dir)
+        .unwrap()
+        .find_map(Result::err)
+        .expect("the missing start is an error");
+    assert!(err.is_corruption(), "{err}");
+    assert!(err.to_string().contains("not #0"), "{err}");
+}

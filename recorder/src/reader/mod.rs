@@ -179,6 +179,8 @@ pub struct RunReader {
     done: bool,
     last_seq: Option<u64>,
     stats: ReadStats,
+    /// The run must start at seq 0: every run but a kept flight window.
+    starts_at_zero: bool,
 }
 
 impl RunReader {
@@ -186,7 +188,9 @@ impl RunReader {
     pub fn open(dir: impl AsRef<Path>) -> Result<RunReader, ReadError> {
         let dir = dir.as_ref().to_path_buf();
         let segments = list_segments(&dir)?;
+        let starts_at_zero = !dir.join(crate::writer::flight::FLIGHT_FILE_NAME).is_file();
         let mut reader = RunReader {
+            starts_at_zero,
             dir,
             segments,
             next_segment: 0,
@@ -344,6 +348,15 @@ impl RunReader {
             }
         }
         let Some(last) = self.last_seq else {
+            // The first frame's header says where it starts, but nothing
+            // covers a segment's first frame being cut out whole.
+            let first = gap.map_or(event.seq, |(first, _)| first);
+            if self.starts_at_zero && first != 0 {
+                return Err(segment.corrupt_here(format!(
+                    "the run's first event is #{}, not #0: the start of the log is missing",
+                    event.seq
+                )));
+            }
             return Ok(());
         };
         let expected_first = match gap {
