@@ -10,33 +10,7 @@
 //!   (the `hyper` feature's [`Connector`](super::Connector), which this
 //!   feature turns on) gives a tonic `Channel` over deja streams.
 //!
-//! ```no_run
-//! use deja::net::{Connector, TcpListener, TcpListenerStream};
-//! use tonic::transport::{Endpoint, Server};
-//!
-//! # fn service() -> tonic::service::Routes { tonic::service::Routes::default() }
-//! let mut runtime = deja::Builder::new().build()?;
-//! runtime.block_on(async {
-//!     // The server: any tonic service (here `service()`, say a
-//!     // `GreeterServer` from tonic-build) on a deja listener.
-//!     let listener = TcpListener::bind("127.0.0.1:50051").await?;
-//!     let server = deja::spawn(
-//!         Server::builder()
-//!             .add_routes(service())
-//!             .serve_with_incoming(TcpListenerStream::new(listener)),
-//!     );
-//!
-//!     // A client: a channel over deja streams, for any generated client
-//!     // (`GreeterClient::new(channel)`).
-//!     let channel = Endpoint::from_static("http://127.0.0.1:50051")
-//!         .connect_with_connector(Connector::new())
-//!         .await?;
-//!     # drop(channel);
-//!     server.await??;
-//!     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-//! })??;
-//! # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
-//! ```
+//! [`TcpListenerStream`] shows both.
 
 use std::fmt;
 use std::future::Future;
@@ -59,11 +33,40 @@ type Accepting = Pin<Box<dyn Future<Output = io::Result<(TcpStream, SocketAddr)>
 ///
 /// Every accept is the listener's [`accept`](TcpListener::accept), so it is
 /// recorded (and replayed). An accept error is an item of the stream, as
-/// with tokio-stream's: tonic ends the server on it. The stream never ends
-/// by itself; tonic stops polling it at shutdown.
+/// with tokio-stream's: tonic skips it (logging it at `trace` level) and
+/// polls again at once, which accepts again. The stream never ends by
+/// itself; tonic drops it at shutdown.
 ///
 /// An accept in progress is kept between polls, so no connection is lost
 /// when the stream is polled again.
+///
+/// ```no_run
+/// use deja::net::{Connector, TcpListener, TcpListenerStream};
+/// use tonic::transport::{Endpoint, Server};
+///
+/// # fn service() -> tonic::service::Routes { tonic::service::Routes::default() }
+/// let mut runtime = deja::Builder::new().build()?;
+/// runtime.block_on(async {
+///     // The server: tonic services (here `service()`; with tonic-build,
+///     // `.add_service(GreeterServer::new(greeter))`) on a deja listener.
+///     let listener = TcpListener::bind("127.0.0.1:50051").await?;
+///     let server = deja::spawn(
+///         Server::builder()
+///             .add_routes(service())
+///             .serve_with_incoming(TcpListenerStream::new(listener)),
+///     );
+///
+///     // A client: a channel over deja streams, for any generated client
+///     // (`GreeterClient::new(channel)`).
+///     let channel = Endpoint::from_static("http://127.0.0.1:50051")
+///         .connect_with_connector(Connector::new())
+///         .await?;
+///     # drop(channel);
+///     server.await??;
+///     Ok::<(), Box<dyn std::error::Error>>(())
+/// })??;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct TcpListenerStream {
     listener: Arc<TcpListener>,
     accepting: Option<Accepting>,
