@@ -1,4 +1,4 @@
-#![cfg(all(feature = "axum", feature = "hyper"))]
+#![cfg(feature = "hyper")]
 //! Found by the axum-shop end-to-end test: a service whose request
 //! handlers share hyper-util's pooled legacy client on
 //! `deja::net::Connector` to call an upstream, recorded under concurrent

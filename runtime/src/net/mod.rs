@@ -19,6 +19,11 @@
 //! - feature `redis`: `redis::connect(url)`, the redis crate's
 //!   `MultiplexedConnection` over a deja [`TcpStream`], with its default
 //!   response timeout.
+//! - feature `tonic`: [`TcpListenerStream`] for tonic's
+//!   `Server::serve_with_incoming` on a deja listener (with tonic's
+//!   `Connected` for [`TcpStream`], so handlers see the peer), and tonic's
+//!   `Endpoint::connect_with_connector` with `Connector` (it turns on
+//!   `hyper`).
 
 mod addr;
 #[cfg(feature = "axum")]
@@ -30,8 +35,12 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod tcp;
+#[cfg(feature = "tonic")]
+mod tonic;
 mod udp;
 
+#[cfg(feature = "tonic")]
+pub use self::tonic::TcpListenerStream;
 pub use addr::ToAddr;
 #[cfg(feature = "hyper")]
 pub use hyper::{Connecting, Connector};
