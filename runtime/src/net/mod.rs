@@ -19,7 +19,7 @@
 //! - feature `redis`: `redis::connect(url)`, the redis crate's
 //!   `MultiplexedConnection` over a deja [`TcpStream`], with its default
 //!   response timeout.
-//! - feature `tonic`: [`TcpListenerStream`] for tonic's
+//! - feature `tonic`: `TcpListenerStream` for tonic's
 //!   `Server::serve_with_incoming` on a deja listener (with tonic's
 //!   `Connected` for [`TcpStream`], so handlers see the peer), and tonic's
 //!   `Endpoint::connect_with_connector` with `Connector` (it turns on
