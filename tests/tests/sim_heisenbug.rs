@@ -105,7 +105,7 @@ fn assert_replayed(result: &Result<std::io::Result<()>, Error>) {
 }
 
 /// The seed runs the same twice: same digest as the sweep saw.
-fn assert_deterministic(failure: &SimFailure, make: impl Fn(u64) -> Sim) {
+fn assert_deterministic(failure: &SimFailure, make: impl Fn(u64) -> Sim + Sync) {
     for _ in 0..2 {
         let mut sim = make(failure.seed);
         sim.write_logs(false).quiet(true);

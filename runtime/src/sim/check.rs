@@ -16,12 +16,25 @@ const CONTEXT_EVENTS: usize = 5;
 /// Run seed `seed` (built by `make`) twice and compare the whole event
 /// history of every host. `Ok` with the first run's report when both
 /// runs are identical (whether or not the simulation itself failed).
+///
+/// Each run has a thread of its own, as each run of a service has a
+/// process of its own: what libraries cache per thread (hyper's `Date`
+/// header, `rand::rng()`'s state) starts fresh in both, instead of the
+/// second run inheriting the first's.
 pub fn check_determinism(
     seed: u64,
-    make: impl Fn(u64) -> Sim,
+    make: impl Fn(u64) -> Sim + Sync,
 ) -> Result<SimReport, Box<Nondeterminism>> {
-    let (first, first_events) = make(seed).simulate_captured();
-    let (second, second_events) = make(seed).simulate_captured();
+    let run = || {
+        std::thread::scope(
+            |scope| match scope.spawn(|| make(seed).simulate_captured()).join() {
+                Ok(outcome) => outcome,
+                Err(panic) => std::panic::resume_unwind(panic),
+            },
+        )
+    };
+    let (first, first_events) = run();
+    let (second, second_events) = run();
     let report = |result: Result<SimReport, Box<super::SimFailure>>| match result {
         Ok(report) => report,
         Err(failure) => failure.report,
