@@ -413,7 +413,7 @@ mod axum_and_hyper {
     use axum::Router;
     use deja::net::{Connector, TcpListener};
     use deja::rand::Rng;
-    use deja::sim::{Latency, Sim, SimReport};
+    use deja::sim::{Latency, Sim};
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
     use hyper_util::client::legacy::Client;
