@@ -33,11 +33,14 @@ use deja_fixtures::axum_shop::{parse_answer, Answer};
 use deja_fixtures::kv_server::{clean_command, KvServer};
 use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT};
 
-/// Concurrent keep-alive clients. The issue asks for 16: recordings made
-/// with 16 replay when the machine is quiet, but under CPU contention
-/// (this suite's other tests running beside it) their tasks' I/O comes in
-/// larger batches, and replay wakes tasks in another order (ARCHITECTURE.md,
-/// "What deja guarantees"); with 2 every recording replays.
+/// Concurrent keep-alive clients of the exact test. The issue asks for
+/// 16: recordings made with 16 replayed 9 times in 10 while other tests
+/// loaded both cores (the tenth stopped with a report: under load tokio
+/// takes in more I/O per driver turn, and replay wakes tasks in another
+/// order; ARCHITECTURE.md, "What deja guarantees"), which is too often
+/// to fail CI on; [`sixteen_clients_replay_or_say_where_they_part`] runs
+/// 16 and holds them to "replays or reports". With 2 every recording
+/// replays.
 const CLIENTS: usize = 2;
 const REQUESTS: usize = 10;
 /// Longest one replay may take before it counts as hung (a good one
@@ -307,6 +310,14 @@ fn replay_times(
         let stderr = String::from_utf8_lossy(&output.stderr);
         let diverged = output.status.code() == Some(3) && stderr.contains("replay diverged");
         if diverged && expect == Expect::ExactOrReported {
+            if reported == 0 {
+                let report: Vec<&str> = stderr
+                    .lines()
+                    .skip_while(|line| !line.starts_with("deja:"))
+                    .take(3)
+                    .collect();
+                eprintln!("replay {round} of {times}: {}", report.join("\n    "));
+            }
             reported += 1;
             continue;
         }
