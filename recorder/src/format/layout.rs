@@ -45,6 +45,9 @@ pub(crate) struct SegmentPrefix {
     pub(crate) body_len: u32,
     crc: u32,
     version_and_len: [u8; 8],
+    /// The version field as read: checked against the header's checksum
+    /// (which covers it) before it is believed (see [`Self::decode_body`]).
+    version: u32,
 }
 
 /// Why a header, frame header or footer was rejected.
@@ -61,10 +64,11 @@ impl SegmentPrefix {
             return Err(LayoutError::NotADejaLog);
         }
         let version = u32_at(bytes, 8);
-        if version != FORMAT_VERSION {
+        let body_len = u32_at(bytes, 12);
+        if version != FORMAT_VERSION && body_len as usize > HEADER_BODY_BYTES_MAX {
+            // Another version's header, too long to check here.
             return Err(LayoutError::UnsupportedVersion(version));
         }
-        let body_len = u32_at(bytes, 12);
         if body_len as usize > HEADER_BODY_BYTES_MAX {
             return Err(LayoutError::Corrupt(format!(
                 "segment header claims a {body_len}-byte body, over the {HEADER_BODY_BYTES_MAX}-byte limit"
@@ -74,15 +78,27 @@ impl SegmentPrefix {
             body_len,
             crc: u32_at(bytes, 16),
             version_and_len: bytes[8..16].try_into().expect("8 bytes"),
+            version,
         })
     }
 
     pub(crate) fn decode_body(&self, body: &[u8]) -> Result<SegmentHeader, LayoutError> {
         let crc = crc32c::crc32c_append(crc32c::crc32c(&self.version_and_len), body);
+        if crc != self.crc && self.version != FORMAT_VERSION {
+            // The checksum covers the version field: a version that does
+            // not check out is damage, not another deja's log.
+            return Err(LayoutError::Corrupt(format!(
+                "segment header checksum mismatch: its version field reads {}, which the checksum does not confirm (damaged)",
+                self.version
+            )));
+        }
         if crc != self.crc {
             return Err(LayoutError::Corrupt(
                 "segment header checksum mismatch".into(),
             ));
+        }
+        if self.version != FORMAT_VERSION {
+            return Err(LayoutError::UnsupportedVersion(self.version));
         }
         match codec::decode_from::<SegmentHeader>(body) {
             Ok((header, used)) if used == body.len() => Ok(header),
@@ -275,6 +291,37 @@ mod tests {
         assert_eq!(
             prefix.decode_body(&bytes[SEGMENT_PREFIX_BYTES..]),
             Ok(header)
+        );
+    }
+
+    #[test]
+    fn a_damaged_version_field_is_corruption_and_a_checked_one_is_another_version() {
+        let header = SegmentHeader {
+            segment_index: 0,
+            run: RunMeta::for_tests("svc"),
+        };
+        let mut bytes = header.encode();
+        // A flipped bit in the version field: the checksum says so.
+        bytes[8] ^= 1;
+        let prefix = SegmentPrefix::decode(bytes[..SEGMENT_PREFIX_BYTES].try_into().unwrap())
+            .expect("prefix");
+        match prefix.decode_body(&bytes[SEGMENT_PREFIX_BYTES..]) {
+            Err(LayoutError::Corrupt(why)) => assert!(why.contains("version field"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Another version, written with its checksum: not damage.
+        let mut bytes = header.encode();
+        bytes[8..12].copy_from_slice(&(FORMAT_VERSION + 1).to_le_bytes());
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(&bytes[8..16]),
+            &bytes[SEGMENT_PREFIX_BYTES..],
+        );
+        bytes[16..20].copy_from_slice(&crc.to_le_bytes());
+        let prefix = SegmentPrefix::decode(bytes[..SEGMENT_PREFIX_BYTES].try_into().unwrap())
+            .expect("prefix");
+        assert_eq!(
+            prefix.decode_body(&bytes[SEGMENT_PREFIX_BYTES..]),
+            Err(LayoutError::UnsupportedVersion(FORMAT_VERSION + 1))
         );
     }
 
