@@ -860,7 +860,7 @@ fn replay_runtime(
     watch: &Arc<StallWatch>,
     root_seed: &[u8; 32],
 ) -> Result<tokio::runtime::Runtime, Error> {
-    let _build = crate::intercept::RuntimeBuild::at(crate::replay::REPLAY_MONO_BASE_NS as u64);
+    let _build = crate::intercept::RuntimeBuild::at(crate::intercept::virtual_mono(0) as u64);
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
     let parked = Arc::clone(watch);

@@ -1,19 +1,22 @@
-//! Reproduction (issue 17, found with tokio-postgres): a `tokio::spawn`ed
+//! Regression (issue 17, found with tokio-postgres): a `tokio::spawn`ed
 //! task whose first poll is a read that is not ready yet.
 //!
 //! Recording logs nothing for a pending read, so such a task is adopted
-//! later, at its first recorded event. Replay asks the gate for the read at
-//! that first poll, and the gate call adopts the task there: it takes the
-//! next recorded adoption, which belongs to another task. That other task
-//! then claims under the wrong logical id, and its entropy comes from the
-//! root seed instead of the log (other values than recorded, no
-//! divergence reported).
+//! later, at its first recorded event. Replay used to adopt it at that
+//! first poll, taking the next recorded adoption, which belonged to
+//! another task (whose entropy then came from the root seed, with no
+//! divergence reported). Replay now keeps such a task on a provisional id
+//! until one of its calls matches a recorded task's first event
+//! (`Replay::try_resolve`).
 //!
 //! This is the shape of tokio-postgres's `Connection` future spawned with
 //! `tokio::spawn` (it polls its socket first), next to tasks that draw
 //! `rand::rng()` or read the clock.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
+
+mod common;
+use common::on_fresh_thread;
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -48,10 +51,6 @@ async fn service(out: Seen) -> io::Result<()> {
     let read = reader.await.expect("reader")?;
     *out.lock().unwrap() = Some((drawn, read));
     Ok(())
-}
-
-fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    std::thread::spawn(f).join().expect("the run's thread")
 }
 
 #[test]

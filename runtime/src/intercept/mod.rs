@@ -44,6 +44,17 @@ pub(crate) enum Clock {
     Wall,
 }
 
+/// Where `CLOCK_MONOTONIC` starts, as the service sees it, in the modes
+/// whose clock is virtual (replay: the recording's origin maps here;
+/// sim: a host's start does): a machine up for a day. Fixed, so every
+/// replay or simulation reads the same values.
+const VIRTUAL_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
+
+/// A virtual monotonic reading `ns` into the run, on the C library's scale.
+pub(crate) fn virtual_mono(ns: u64) -> i64 {
+    VIRTUAL_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX))
+}
+
 thread_local! {
     /// Set while deja's own code runs on this thread (and while an
     /// interposer handles a call): readings made then are real and

@@ -76,10 +76,6 @@ const REDACTED_REPORTS_MAX: u64 = 100;
 /// retrying would print a line per try); the rest are counted.
 const FOREIGN_SOCKET_REPORTS_MAX: u64 = 10;
 
-/// Where `CLOCK_MONOTONIC` starts in a replay, as the service sees it: the
-/// recording's origin maps here. Fixed, so every replay reads the same.
-pub(crate) const REPLAY_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
-
 /// Provisional ids of adopted tasks in replay start here: far above any
 /// recorded id and below the ids of tasks spawned past the log's end.
 const PROVISIONAL_TASKS: u64 = 1 << 61;
@@ -232,9 +228,9 @@ impl Replay {
                 TaskCtx::new(&self.root_seed(), provisional)
             })
             .inspect(|task| {
-                let mut provisional = self.provisional.borrow_mut();
                 if is_provisional(task.id()) {
-                    provisional
+                    self.provisional
+                        .borrow_mut()
                         .entry(task.id())
                         .or_insert_with(|| std::sync::Arc::clone(task));
                 }
@@ -297,17 +293,17 @@ impl Replay {
         let recorded = task
             .and_then(|task| self.claim(task, &call))
             .and_then(|event| match event.kind {
-                EventKind::LibClockMono { ns } => {
-                    Some(REPLAY_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX)))
-                }
+                EventKind::LibClockMono { ns } => Some(crate::intercept::virtual_mono(ns)),
                 EventKind::LibClockWall { unix_ns } => Some(unix_ns),
                 _ => None,
             });
         recorded.unwrap_or_else(|| {
-            let now = i64::try_from(self.outside_now_ns()).unwrap_or(i64::MAX);
+            let now = self.outside_now_ns();
             match clock {
-                Clock::Mono => REPLAY_MONO_BASE_NS.saturating_add(now),
-                Clock::Wall => self.start_wall_ns.saturating_add(now),
+                Clock::Mono => crate::intercept::virtual_mono(now),
+                Clock::Wall => self
+                    .start_wall_ns
+                    .saturating_add(i64::try_from(now).unwrap_or(i64::MAX)),
             }
         })
     }

@@ -193,7 +193,7 @@ impl Host {
             crate::intercept::Clock::Mono => {
                 let ns = self.mono_ns();
                 self.record(EventKind::LibClockMono { ns });
-                SIM_MONO_BASE_NS.saturating_add(i64::try_from(ns).unwrap_or(i64::MAX))
+                crate::intercept::virtual_mono(ns)
             }
             crate::intercept::Clock::Wall => {
                 let unix_ns = self.wall_ns();
@@ -255,11 +255,6 @@ impl Host {
         (std::mem::take(&mut log.events), log.cut)
     }
 }
-
-/// Where a simulated host's monotonic clock starts, as the C library's
-/// `CLOCK_MONOTONIC` shows it: a machine up for a day. Fixed, so a
-/// simulation's readings are the same in every run.
-pub(crate) const SIM_MONO_BASE_NS: i64 = 86_400 * 1_000_000_000;
 
 /// Host `index`'s address: 10.0.0.1, 10.0.0.2, ... in the order hosts
 /// were declared.

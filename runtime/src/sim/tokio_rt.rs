@@ -51,7 +51,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use super::host::{Host, SIM_MONO_BASE_NS};
+use super::host::Host;
 use crate::context::{self, Ctx};
 use crate::intercept::Clock;
 
@@ -374,9 +374,7 @@ pub(crate) fn driver_clock(host: &Host, clock: Clock) -> Option<i64> {
         waker.wake();
     }
     Some(match clock {
-        Clock::Mono => {
-            SIM_MONO_BASE_NS.saturating_add(i64::try_from(host.mono_ns()).unwrap_or(i64::MAX))
-        }
+        Clock::Mono => crate::intercept::virtual_mono(host.mono_ns()),
         Clock::Wall => host.wall_ns(),
     })
 }
