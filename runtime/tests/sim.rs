@@ -826,6 +826,66 @@ fn a_sweep_reports_every_failing_seed_and_logs_the_first_few() {
     );
 }
 
+/// A sweep split into shards runs each seed exactly once across them, and
+/// the shards' records merge into the unsharded sweep's.
+#[test]
+fn shards_of_a_sweep_cover_it_exactly_and_merge_into_it() {
+    use deja_replayer::sweep::merge;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |shard: Option<u64>| {
+        let mut sweep = deja::sim::Sweep::new(0..30)
+            .jobs(2)
+            .quiet(true)
+            .collect_all()
+            .log_dir(dir.path());
+        if let Some(index) = shard {
+            sweep = sweep.shard(index, 4);
+        }
+        sweep
+    };
+    let whole = sweep(None).run(dice);
+    assert_eq!(whole.seeds_run, 30);
+    assert!(!whole.failing_seeds().is_empty());
+
+    let mut covered = Vec::new();
+    let mut records = Vec::new();
+    for index in [3, 1, 4, 2] {
+        let junit = dir.path().join(format!("shard-{index}.xml"));
+        let report_file = dir.path().join(format!("shard-{index}.json"));
+        let shard = sweep(Some(index)).junit(&junit).report(&report_file);
+        let seeds = shard.seeds();
+        let report = shard.run(dice);
+        assert_eq!(report.seeds_run, seeds.end - seeds.start);
+        covered.extend(seeds);
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert_eq!(
+            xml.matches("<testcase ").count() as u64,
+            report.seeds_run,
+            "{xml}"
+        );
+        assert_eq!(
+            xml.matches("<failure ").count(),
+            report.failures.len(),
+            "{xml}"
+        );
+        let record = deja::sim::SweepRecord::read(&report_file).unwrap();
+        assert_eq!(&record, report.record());
+        records.push(record);
+    }
+    covered.sort_unstable();
+    assert_eq!(covered, (0..30).collect::<Vec<_>>(), "each seed once");
+
+    let merged = merge(records).unwrap();
+    let mut expected = whole.record().clone();
+    // Wall time and failure output (log paths) are the only differences.
+    expected.wall_ms = merged.wall_ms;
+    for (merged, whole) in merged.failures.iter().zip(&mut expected.failures) {
+        whole.output.clone_from(&merged.output);
+    }
+    assert_eq!(merged, expected);
+}
+
 /// Every host has a tokio runtime on virtual time: tokio's timers work
 /// in a simulation (runtime/tests/sim_tokio.rs has the rest).
 #[test]

@@ -95,6 +95,7 @@ use std::time::Duration;
 
 pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
+pub use deja_replayer::sweep::{Shard, SweepRecord, SHARD_ENV};
 pub use policy::{Latency, LinkPolicy};
 pub use sweep::{Sweep, SweepReport, LOGGED_FAILURES_MAX};
 pub use tokio_rt::BLOCKING_WAIT_DEFAULT;
@@ -107,8 +108,11 @@ use world::{Entry, HostSlot, Installed, Item, World};
 /// The simulated wall clock at time zero: 2026-01-01T00:00:00Z.
 pub const EPOCH_DEFAULT_UNIX_S: i64 = 1_767_225_600;
 /// Virtual time after which a simulation with clients still running
-/// fails (and one without clients ends).
-pub const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(3600);
+/// fails (and one without clients ends): a day, so that workloads of a
+/// round hour or two (a heartbeat hour, a lease renewed for an hour) pass
+/// without tuning, while a client stuck behind a periodic timer still
+/// ends in seconds of CPU. [`Sim::time_limit`] changes it.
+pub const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 /// How long a connect waits for an answer across a partition.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 
@@ -251,7 +255,13 @@ impl Sim {
     /// A simulation of `seed`; `DEJA_SEED` in the environment overrides
     /// it, so a failing seed reruns with `DEJA_SEED=N cargo test ...`.
     pub fn new(seed: u64) -> Sim {
-        let seed = seed_override().unwrap_or(seed);
+        let seed = match seed_override() {
+            Some(forced) => {
+                announce_seed_override(forced, seed);
+                forced
+            }
+            None => seed,
+        };
         Sim {
             seed,
             hosts: Vec::new(),
@@ -658,6 +668,18 @@ impl Sim {
     }
 }
 
+/// `DEJA_SEED` replacing a seed the code chose is said once per process,
+/// unless `deja sim` set it (`DEJA_MODE=sim`: choosing seeds is its job).
+fn announce_seed_override(forced: u64, given: u64) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let by_deja_sim = std::env::var("DEJA_MODE").is_ok_and(|mode| mode == "sim");
+    if forced != given && !by_deja_sim {
+        SAID.call_once(|| {
+            eprintln!("deja sim: DEJA_SEED={forced} overrides the seed {given} given to Sim::new")
+        });
+    }
+}
+
 /// `DEJA_SEED`, if set and a number.
 pub(crate) fn seed_override() -> Option<u64> {
     std::env::var("DEJA_SEED").ok()?.trim().parse().ok()
@@ -756,7 +778,7 @@ impl fmt::Display for FailureKind {
             ),
             FailureKind::TimeLimit { limit_ns, waiting } => write!(
                 f,
-                "time limit of {:.3}s virtual reached with client(s) {} still running",
+                "time limit of {:.3}s virtual reached with client(s) {} still running (Sim::time_limit raises it)",
                 *limit_ns as f64 / 1e9,
                 waiting.join(", ")
             ),
