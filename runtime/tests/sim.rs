@@ -570,7 +570,7 @@ fn udp_sim(seed: u64, configure: impl FnOnce(&mut Sim)) -> Vec<u32> {
     });
     sim.client("sender", async {
         let socket = UdpSocket::bind("0.0.0.0:0").await?;
-        let target = "10.0.0.1:53".parse().unwrap();
+        let target: std::net::SocketAddr = "10.0.0.1:53".parse().unwrap();
         for i in 0..200u32 {
             socket.send_to(&i.to_le_bytes(), target).await?;
             sleep(Duration::from_micros(100)).await;
@@ -621,6 +621,93 @@ fn udp_is_lost_duplicated_and_reordered_as_configured() {
         }),
         "the same seed drops and reorders the same datagrams"
     );
+}
+
+/// tokio's UDP surface in a simulation: `send_to` and `connect` take
+/// `"host:port"`, `lookup_host` answers from the simulated hosts, and a
+/// connected socket hears only its peer.
+fn named_udp_sim(seed: u64, heard: &Arc<Mutex<Vec<String>>>) -> Sim {
+    let heard = Arc::clone(heard);
+    let mut sim = Sim::new(seed);
+    sim.net().latency(Latency::Uniform(
+        Duration::from_millis(1),
+        Duration::from_millis(3),
+    ));
+    sim.host("echo", || async {
+        let socket = UdpSocket::bind("0.0.0.0:9000").await?;
+        let mut buf = [0u8; 64];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await?;
+            socket.send_to(&buf[..n], from).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), io::Error>(())
+    });
+    sim.host("noise", || async {
+        // Datagrams to the client's port that its connected socket drops.
+        let socket = UdpSocket::bind("0.0.0.0:0").await?;
+        for i in 0..20u32 {
+            socket
+                .send_to(format!("noise {i}").as_bytes(), "client:4000")
+                .await?;
+            sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim.client("client", async move {
+        let echo: Vec<_> = deja::net::lookup_host("echo:9000").await?.collect();
+        assert_eq!(echo, vec!["10.0.0.1:9000".parse().unwrap()]);
+        let unknown = deja::net::lookup_host("nowhere:1")
+            .await
+            .err()
+            .expect("no such host");
+        assert_eq!(unknown.kind(), io::ErrorKind::NotFound);
+        let socket = UdpSocket::bind("0.0.0.0:4000").await?;
+        socket.send_to(b"by name", "echo:9000").await?;
+        let mut buf = [0u8; 64];
+        // Not connected yet: the noise host's datagrams arrive too.
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await?;
+            if from == echo[0] {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                heard.lock().unwrap().push(format!("{from} {text}"));
+                break;
+            }
+            assert!(buf[..n].starts_with(b"noise"));
+        }
+        socket.connect("echo:9000").await?;
+        assert_eq!(socket.peer_addr()?, echo[0]);
+        for i in 0..10 {
+            socket.send(format!("ping {i}").as_bytes()).await?;
+            let n = socket.recv(&mut buf).await?;
+            heard
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim
+}
+
+#[test]
+fn udp_takes_names_and_a_connected_socket_hears_only_its_peer() {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    for seed in 0..5 {
+        check_determinism(seed, |seed| named_udp_sim(seed, &heard))
+            .unwrap_or_else(|difference| panic!("seed {seed}: {difference}"));
+    }
+    let heard = heard.lock().unwrap();
+    let mut expected = vec!["10.0.0.1:9000 by name".to_string()];
+    expected.extend((0..10).map(|i| format!("ping {i}")));
+    for run in heard.chunks(expected.len()) {
+        assert_eq!(
+            run,
+            expected.as_slice(),
+            "noise never reaches a connected socket"
+        );
+    }
+    assert_eq!(heard.len(), 10 * expected.len());
 }
 
 #[test]

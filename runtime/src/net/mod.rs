@@ -1,4 +1,5 @@
-//! The network: drop-in `TcpListener`, `TcpStream` and `UdpSocket`.
+//! The network: drop-in `TcpListener`, `TcpStream`, `UdpSocket` and
+//! `lookup_host`.
 //!
 //! Record mode wraps tokio's sockets and logs every result (accepted
 //! peers, the exact bytes and chunking of every read, the length and hash
@@ -30,6 +31,7 @@ mod addr;
 mod axum;
 #[cfg(feature = "hyper")]
 mod hyper;
+mod lookup;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
@@ -44,6 +46,7 @@ pub use self::tonic::TcpListenerStream;
 pub use addr::ToAddr;
 #[cfg(feature = "hyper")]
 pub use hyper::{Connecting, Connector};
+pub use lookup::{lookup_host, LOOKUP_ADDRS_MAX};
 pub use tcp::{OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 

@@ -863,6 +863,30 @@ pub(crate) fn close(socket: SimSocket) {
     });
 }
 
+/// `lookup_host`: a simulated host's name resolves to its address
+/// (`"payment:7000"` to `10.0.0.2:7000`), an address to itself.
+pub(crate) fn lookup(text: &str) -> io::Result<Vec<SocketAddr>> {
+    let host = current_host()?;
+    let answer = match text.parse::<SocketAddr>() {
+        Ok(addr) => Ok(vec![addr]),
+        Err(_) => with_net(|_, net| {
+            let (index, port) = net.resolve(host.index, text)?;
+            let ip = if index == host.index && split_host_port(text)?.0 == "localhost" {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                host_ip(index)
+            };
+            Ok::<_, io::Error>(vec![SocketAddr::new(ip, port)])
+        })
+        .and_then(|answer| answer),
+    };
+    host.record(EventKind::Lookup {
+        host: text.to_string(),
+        result: answer.as_ref().map(Clone::clone).map_err(kind),
+    });
+    answer
+}
+
 /// `UdpSocket::bind`.
 pub(crate) fn udp_bind(text: &str) -> io::Result<(ConnId, SocketAddr, SimSocket)> {
     let host = current_host()?;
