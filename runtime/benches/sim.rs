@@ -294,7 +294,11 @@ fn main() {
         .copied()
         .filter(|name| std::env::args().skip(1).any(|arg| arg == *name))
         .collect();
-    let chosen = if chosen.is_empty() { all.to_vec() } else { chosen };
+    let chosen = if chosen.is_empty() {
+        all.to_vec()
+    } else {
+        chosen
+    };
     println!(
         "{:<17} {:>8} {:>8} {:>10}  what",
         "workload", "wall s", "cpu s", "peak MiB"

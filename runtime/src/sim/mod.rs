@@ -93,6 +93,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use capture::{CAPTURE_BUFFER_EVENTS, CHECKPOINT_EVENTS};
 pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
 pub use deja_replayer::sweep::{Shard, SweepRecord, SHARD_ENV};
@@ -233,6 +234,9 @@ pub struct Sim {
     quiet: bool,
     blocking_wait: Duration,
     config_errors: Vec<String>,
+    /// Set by `Sweep` and `check_determinism`, which can run a seed again:
+    /// what to keep instead of streaming capture to logs.
+    capture: Option<capture::CaptureMode>,
 }
 
 impl fmt::Debug for Sim {
@@ -281,6 +285,7 @@ impl Sim {
             quiet: false,
             blocking_wait: BLOCKING_WAIT_DEFAULT,
             config_errors: Vec::new(),
+            capture: None,
         }
     }
 
@@ -570,6 +575,17 @@ impl Sim {
                 exited: None,
             })
             .collect();
+        let log_dir = self
+            .log_dir
+            .clone()
+            .unwrap_or_else(capture::default_log_dir);
+        let mode = match self.capture.take() {
+            Some(mode) => mode,
+            None if self.write_logs || self.logs_always => capture::CaptureMode::Logs(Rc::new(
+                capture::LogPlan::new(log_dir.clone(), context.clone()),
+            )),
+            None => capture::CaptureMode::Off,
+        };
         let world = Rc::new(World::new(
             seed,
             self.epoch_unix_ns,
@@ -578,6 +594,7 @@ impl Sim {
             self.fail_on_task_panic,
             self.keep_write_bytes,
             self.blocking_wait,
+            mode.clone(),
         ));
         let installed = Installed::new(&world);
         for (index, at) in starts.into_iter().enumerate() {
@@ -590,18 +607,20 @@ impl Sim {
         world.shutdown();
         let report = SimReport::of(&world, started.elapsed());
         capture::hand_over(&world);
-        let (logs, log_error) = if self.logs_always || (failure.is_some() && self.write_logs) {
-            let dir = self
-                .log_dir
-                .clone()
-                .unwrap_or_else(capture::default_log_dir);
-            match capture::write_logs(&world, &dir, &context) {
-                Ok(logs) => (logs, None),
-                Err(err) => (Vec::new(), Some(err.to_string())),
+        let (logs, log_error) = match &mode {
+            capture::CaptureMode::Logs(plan)
+                if self.logs_always || (failure.is_some() && self.write_logs) =>
+            {
+                match capture::write_logs(&world, &log_dir) {
+                    Ok(logs) => (logs, plan.error()),
+                    Err(err) => (Vec::new(), Some(err.to_string())),
+                }
             }
-        } else {
-            (Vec::new(), None)
+            _ => (Vec::new(), None),
         };
+        if let capture::CaptureMode::Logs(plan) = &mode {
+            plan.discard();
+        }
         let mut report = report;
         report.logs.clone_from(&logs);
         let result = match failure {
@@ -622,14 +641,17 @@ impl Sim {
         result
     }
 
-    /// Run the events of every host, twice over, keeping them: for
+    /// Run without printing or writing logs, keeping what `mode` says,
+    /// and hand over every host's checkpoints (and kept events): for
     /// [`check_determinism`].
     pub(crate) fn simulate_captured(
         mut self,
+        mode: capture::CaptureMode,
     ) -> (Result<SimReport, Box<SimFailure>>, Vec<HostEvents>) {
         self.write_logs = false;
         self.logs_always = false;
         self.quiet = true;
+        self.capture = Some(mode);
         let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = Rc::clone(&events);
         capture::CAPTURED.with(|slot| *slot.borrow_mut() = Some(sink));
@@ -637,6 +659,16 @@ impl Sim {
         capture::CAPTURED.with(|slot| slot.borrow_mut().take());
         let events = std::mem::take(&mut *events.borrow_mut());
         (result, events)
+    }
+
+    /// Run keeping only the hashes, for a caller that can build the
+    /// simulation again to write its logs (`Sweep`). A simulation that
+    /// writes its logs whether or not it fails streams them as usual.
+    pub(crate) fn run_hashed(mut self) -> Result<SimReport, Box<SimFailure>> {
+        if !self.logs_always {
+            self.capture = Some(capture::CaptureMode::Off);
+        }
+        self.run()
     }
 
     fn replay(mut self, target: capture::ReplayTarget) -> Result<SimReport, Box<SimFailure>> {
@@ -689,11 +721,14 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One host incarnation's kept events, for the determinism check.
+/// One host incarnation's checkpoints and kept events, for the
+/// determinism check.
 #[derive(Debug)]
 pub(crate) struct HostEvents {
     pub(crate) host: String,
     pub(crate) incarnation: u32,
+    /// Digests after every [`CHECKPOINT_EVENTS`] events.
+    pub(crate) checkpoints: Vec<u64>,
     pub(crate) events: Vec<deja_recorder::Event>,
 }
 
@@ -820,6 +855,10 @@ pub struct SimReport {
     /// The run directories written, one per host incarnation (see
     /// [`Sim::always_write_logs`]; a failed run writes them by default).
     pub logs: Vec<PathBuf>,
+    /// Most events one host incarnation held in memory at once: at most
+    /// [`CAPTURE_BUFFER_EVENTS`] while logs are captured (the rest is on
+    /// disk), 0 when only hashes are kept (sweeps, determinism checks).
+    pub events_held_max: u64,
 }
 
 /// One host incarnation in a [`SimReport`].
@@ -847,9 +886,11 @@ impl SimReport {
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         let mut hosts = Vec::new();
         let mut events = 0;
+        let mut held_max = 0;
         for slot in world.hosts.borrow().iter() {
             for host in &slot.incarnations {
-                let (count, host_digest) = host.summary();
+                let (count, host_digest, held) = host.summary();
+                held_max = held_max.max(held as u64);
                 digest.update(slot.name.as_bytes());
                 digest.update(&host.incarnation.to_le_bytes());
                 digest.update(&host_digest.to_le_bytes());
@@ -876,6 +917,7 @@ impl SimReport {
             tokio_ticks: world.tokio_ticks.get(),
             tokio_steps: world.tokio_steps.get(),
             logs: Vec::new(),
+            events_held_max: held_max,
         }
     }
 }

@@ -24,6 +24,7 @@ use deja_recorder::{EventKind, TaskId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use super::capture::CaptureMode;
 use super::host::Host;
 use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
@@ -171,6 +172,8 @@ pub(crate) struct World {
     blocking_wait: Duration,
     pub(crate) tokio_ticks: Cell<u64>,
     pub(crate) tokio_steps: Cell<u64>,
+    /// What the hosts keep of their events besides the hashes.
+    capture: CaptureMode,
 }
 
 impl std::fmt::Debug for World {
@@ -191,6 +194,7 @@ impl World {
         fail_on_task_panic: bool,
         keep_write_bytes: bool,
         blocking_wait: Duration,
+        capture: CaptureMode,
     ) -> World {
         World {
             seed,
@@ -216,6 +220,7 @@ impl World {
             blocking_wait,
             tokio_ticks: Cell::new(0),
             tokio_steps: Cell::new(0),
+            capture,
         }
     }
 
@@ -324,6 +329,7 @@ impl World {
                     .saturating_add(slot.skew_ns),
                 root_seed,
             ));
+            host.set_capture(self.capture.for_host(self.seed, &host));
             match HostRuntime::build(&host, &self.blocking_in_flight) {
                 Ok(runtime) => *host.runtime.borrow_mut() = Some(runtime),
                 Err(err) => {
