@@ -78,6 +78,7 @@ mod capture;
 mod chaos;
 mod check;
 pub(crate) mod executor;
+mod hash;
 pub(crate) mod host;
 pub(crate) mod net;
 mod policy;

@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -25,6 +25,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 use super::capture::CaptureMode;
+use super::hash::FastMap;
 use super::host::Host;
 use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
@@ -154,7 +155,7 @@ pub(crate) struct World {
     rng: RefCell<ChaCha20Rng>,
     agenda: RefCell<BinaryHeap<Reverse<Scheduled>>>,
     next_order: Cell<u64>,
-    timers: RefCell<HashMap<u64, TimerSlot>>,
+    timers: RefCell<FastMap<u64, TimerSlot>>,
     next_timer: Cell<u64>,
     pub(crate) net: RefCell<Net>,
     pub(crate) hosts: RefCell<Vec<HostSlot>>,
