@@ -944,36 +944,33 @@ pub(crate) fn udp_send(
                 )
             })?;
             let port = target.port();
-            let policy = net.policy(host.index, to_host).clone();
             if net.partitioned(host.index, to_host) {
                 net.dropped_datagrams += 1;
                 return Ok(buf.len());
             }
-            let copies = world.with_rng(|rng| {
+            let policy = net.policy(host.index, to_host);
+            // At most two copies, drawn in order; no allocation per datagram.
+            let copies: [Option<u64>; 2] = world.with_rng(|rng| {
                 if policy.loss > 0.0 && rng.random_bool(policy.loss) {
-                    return Vec::new();
+                    return [None, None];
                 }
-                let count = if policy.duplicate > 0.0 && rng.random_bool(policy.duplicate) {
-                    2
-                } else {
-                    1
+                let twice = policy.duplicate > 0.0 && rng.random_bool(policy.duplicate);
+                let mut draw = || {
+                    let mut latency = policy.latency.draw(rng);
+                    if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
+                        let window =
+                            u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
+                        latency = latency.saturating_add(rng.random_range(0..=window));
+                    }
+                    latency
                 };
-                (0..count)
-                    .map(|_| {
-                        let mut latency = policy.latency.draw(rng);
-                        if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
-                            let window =
-                                u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
-                            latency = latency.saturating_add(rng.random_range(0..=window));
-                        }
-                        latency
-                    })
-                    .collect()
+                let first = draw();
+                [Some(first), twice.then(draw)]
             });
-            if copies.is_empty() {
+            if copies[0].is_none() {
                 net.dropped_datagrams += 1;
             }
-            for latency in copies {
+            for latency in copies.into_iter().flatten() {
                 world.schedule(
                     world.now().saturating_add(latency),
                     Item::Packet(Packet::Datagram {
