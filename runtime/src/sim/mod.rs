@@ -427,7 +427,10 @@ impl Sim {
         self
     }
 
-    /// Write logs when the run fails (default true).
+    /// Write logs when the run fails (default true). While it may write
+    /// them, a run streams each host's events to a staging log on disk
+    /// past [`CAPTURE_BUFFER_EVENTS`]; with `false` it keeps only their
+    /// hashes (the digest).
     pub fn write_logs(&mut self, write: bool) -> &mut Self {
         self.write_logs = write;
         self
