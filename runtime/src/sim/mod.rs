@@ -590,7 +590,7 @@ impl Sim {
             )),
             None => capture::CaptureMode::Off,
         };
-        let world = Rc::new(World::new(
+        let mut world = World::new(
             seed,
             self.epoch_unix_ns,
             net,
@@ -598,8 +598,9 @@ impl Sim {
             self.fail_on_task_panic,
             self.keep_write_bytes,
             self.blocking_wait,
-            mode.clone(),
-        ));
+        );
+        world.capture = mode.clone();
+        let world = Rc::new(world);
         let installed = Installed::new(&world);
         for (index, at) in starts.into_iter().enumerate() {
             world.schedule(at, Item::Start(index));

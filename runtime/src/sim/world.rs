@@ -173,8 +173,9 @@ pub(crate) struct World {
     blocking_wait: Duration,
     pub(crate) tokio_ticks: Cell<u64>,
     pub(crate) tokio_steps: Cell<u64>,
-    /// What the hosts keep of their events besides the hashes.
-    capture: CaptureMode,
+    /// What the hosts keep of their events besides the hashes (set
+    /// before the run starts).
+    pub(crate) capture: CaptureMode,
 }
 
 impl std::fmt::Debug for World {
@@ -195,7 +196,6 @@ impl World {
         fail_on_task_panic: bool,
         keep_write_bytes: bool,
         blocking_wait: Duration,
-        capture: CaptureMode,
     ) -> World {
         World {
             seed,
@@ -221,7 +221,7 @@ impl World {
             blocking_wait,
             tokio_ticks: Cell::new(0),
             tokio_steps: Cell::new(0),
-            capture,
+            capture: CaptureMode::Off,
         }
     }
 
