@@ -105,6 +105,9 @@ pub(crate) struct LogPlan {
     context: RunContext,
     /// Created at the first spill; removed when the plan goes.
     staging: RefCell<Option<PathBuf>>,
+    /// The log directory did not exist before the first spill: a run
+    /// that passed leaves no empty `deja-runs` behind.
+    made_dir: std::cell::Cell<bool>,
     error: RefCell<Option<String>>,
 }
 
@@ -114,6 +117,7 @@ impl LogPlan {
             dir,
             context,
             staging: RefCell::new(None),
+            made_dir: std::cell::Cell::new(false),
             error: RefCell::new(None),
         }
     }
@@ -131,6 +135,7 @@ impl LogPlan {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let dir = self.dir.join(name);
+        self.made_dir.set(!self.dir.exists());
         std::fs::create_dir_all(&dir).map_err(|source| WriteError::Io {
             path: dir.clone(),
             source,
@@ -144,6 +149,10 @@ impl LogPlan {
     pub(crate) fn discard(&self) {
         if let Some(dir) = self.staging.borrow_mut().take() {
             let _ = std::fs::remove_dir_all(dir);
+            if self.made_dir.get() {
+                // Fails, as it should, once it holds logs.
+                let _ = std::fs::remove_dir(&self.dir);
+            }
         }
     }
 
@@ -159,9 +168,7 @@ impl LogPlan {
 
 impl Drop for LogPlan {
     fn drop(&mut self) {
-        if let Some(dir) = self.staging.get_mut().take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        self.discard();
     }
 }
 
