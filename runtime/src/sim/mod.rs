@@ -78,6 +78,7 @@ mod capture;
 mod chaos;
 mod check;
 pub(crate) mod executor;
+mod hash;
 pub(crate) mod host;
 pub(crate) mod net;
 mod policy;
@@ -93,6 +94,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use capture::{CAPTURE_BUFFER_EVENTS, CHECKPOINT_EVENTS};
 pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
 pub use deja_replayer::sweep::{Shard, SweepRecord, SHARD_ENV};
@@ -233,6 +235,9 @@ pub struct Sim {
     quiet: bool,
     blocking_wait: Duration,
     config_errors: Vec<String>,
+    /// Set by `Sweep` and `check_determinism`, which can run a seed again:
+    /// what to keep instead of streaming capture to logs.
+    capture: Option<capture::CaptureMode>,
 }
 
 impl fmt::Debug for Sim {
@@ -281,6 +286,7 @@ impl Sim {
             quiet: false,
             blocking_wait: BLOCKING_WAIT_DEFAULT,
             config_errors: Vec::new(),
+            capture: None,
         }
     }
 
@@ -421,7 +427,10 @@ impl Sim {
         self
     }
 
-    /// Write logs when the run fails (default true).
+    /// Write logs when the run fails (default true). While it may write
+    /// them, a run streams each host's events to a staging log on disk
+    /// past [`CAPTURE_BUFFER_EVENTS`]; with `false` it keeps only their
+    /// hashes (the digest).
     pub fn write_logs(&mut self, write: bool) -> &mut Self {
         self.write_logs = write;
         self
@@ -570,7 +579,18 @@ impl Sim {
                 exited: None,
             })
             .collect();
-        let world = Rc::new(World::new(
+        let log_dir = self
+            .log_dir
+            .clone()
+            .unwrap_or_else(capture::default_log_dir);
+        let mode = match self.capture.take() {
+            Some(mode) => mode,
+            None if self.write_logs || self.logs_always => capture::CaptureMode::Logs(Rc::new(
+                capture::LogPlan::new(log_dir.clone(), context.clone()),
+            )),
+            None => capture::CaptureMode::Off,
+        };
+        let mut world = World::new(
             seed,
             self.epoch_unix_ns,
             net,
@@ -578,7 +598,9 @@ impl Sim {
             self.fail_on_task_panic,
             self.keep_write_bytes,
             self.blocking_wait,
-        ));
+        );
+        world.capture = mode.clone();
+        let world = Rc::new(world);
         let installed = Installed::new(&world);
         for (index, at) in starts.into_iter().enumerate() {
             world.schedule(at, Item::Start(index));
@@ -590,18 +612,20 @@ impl Sim {
         world.shutdown();
         let report = SimReport::of(&world, started.elapsed());
         capture::hand_over(&world);
-        let (logs, log_error) = if self.logs_always || (failure.is_some() && self.write_logs) {
-            let dir = self
-                .log_dir
-                .clone()
-                .unwrap_or_else(capture::default_log_dir);
-            match capture::write_logs(&world, &dir, &context) {
-                Ok(logs) => (logs, None),
-                Err(err) => (Vec::new(), Some(err.to_string())),
+        let (logs, log_error) = match &mode {
+            capture::CaptureMode::Logs(plan)
+                if self.logs_always || (failure.is_some() && self.write_logs) =>
+            {
+                match capture::write_logs(&world, &log_dir) {
+                    Ok(logs) => (logs, plan.error()),
+                    Err(err) => (Vec::new(), Some(err.to_string())),
+                }
             }
-        } else {
-            (Vec::new(), None)
+            _ => (Vec::new(), None),
         };
+        if let capture::CaptureMode::Logs(plan) = &mode {
+            plan.discard();
+        }
         let mut report = report;
         report.logs.clone_from(&logs);
         let result = match failure {
@@ -622,14 +646,17 @@ impl Sim {
         result
     }
 
-    /// Run the events of every host, twice over, keeping them: for
+    /// Run without printing or writing logs, keeping what `mode` says,
+    /// and hand over every host's checkpoints (and kept events): for
     /// [`check_determinism`].
     pub(crate) fn simulate_captured(
         mut self,
+        mode: capture::CaptureMode,
     ) -> (Result<SimReport, Box<SimFailure>>, Vec<HostEvents>) {
         self.write_logs = false;
         self.logs_always = false;
         self.quiet = true;
+        self.capture = Some(mode);
         let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = Rc::clone(&events);
         capture::CAPTURED.with(|slot| *slot.borrow_mut() = Some(sink));
@@ -637,6 +664,16 @@ impl Sim {
         capture::CAPTURED.with(|slot| slot.borrow_mut().take());
         let events = std::mem::take(&mut *events.borrow_mut());
         (result, events)
+    }
+
+    /// Run keeping only the hashes, for a caller that can build the
+    /// simulation again to write its logs (`Sweep`). A simulation that
+    /// writes its logs whether or not it fails streams them as usual.
+    pub(crate) fn run_hashed(mut self) -> Result<SimReport, Box<SimFailure>> {
+        if !self.logs_always {
+            self.capture = Some(capture::CaptureMode::Off);
+        }
+        self.run()
     }
 
     fn replay(mut self, target: capture::ReplayTarget) -> Result<SimReport, Box<SimFailure>> {
@@ -689,11 +726,14 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One host incarnation's kept events, for the determinism check.
+/// One host incarnation's checkpoints and kept events, for the
+/// determinism check.
 #[derive(Debug)]
 pub(crate) struct HostEvents {
     pub(crate) host: String,
     pub(crate) incarnation: u32,
+    /// Digests after every [`CHECKPOINT_EVENTS`] events.
+    pub(crate) checkpoints: Vec<u64>,
     pub(crate) events: Vec<deja_recorder::Event>,
 }
 
@@ -820,6 +860,10 @@ pub struct SimReport {
     /// The run directories written, one per host incarnation (see
     /// [`Sim::always_write_logs`]; a failed run writes them by default).
     pub logs: Vec<PathBuf>,
+    /// Most events one host incarnation held in memory at once: at most
+    /// [`CAPTURE_BUFFER_EVENTS`] while logs are captured (the rest is on
+    /// disk), 0 when only hashes are kept (sweeps, determinism checks).
+    pub events_held_max: u64,
 }
 
 /// One host incarnation in a [`SimReport`].
@@ -847,9 +891,11 @@ impl SimReport {
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         let mut hosts = Vec::new();
         let mut events = 0;
+        let mut held_max = 0;
         for slot in world.hosts.borrow().iter() {
             for host in &slot.incarnations {
-                let (count, host_digest) = host.summary();
+                let (count, host_digest, held) = host.summary();
+                held_max = held_max.max(held as u64);
                 digest.update(slot.name.as_bytes());
                 digest.update(&host.incarnation.to_le_bytes());
                 digest.update(&host_digest.to_le_bytes());
@@ -876,6 +922,7 @@ impl SimReport {
             tokio_ticks: world.tokio_ticks.get(),
             tokio_steps: world.tokio_steps.get(),
             logs: Vec::new(),
+            events_held_max: held_max,
         }
     }
 }

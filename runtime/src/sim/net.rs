@@ -21,6 +21,7 @@ use deja_recorder::{
 use rand::Rng;
 use tokio::io::ReadBuf;
 
+use super::hash::FastMap;
 use super::host::{host_ip, Host};
 use super::policy::{Latency, LinkPolicy};
 use super::world::{with_world, Item, World};
@@ -130,11 +131,14 @@ struct UdpQueue {
 pub(crate) struct Net {
     names: Vec<String>,
     default_policy: LinkPolicy,
-    links: HashMap<(usize, usize), LinkPolicy>,
+    /// A host's traffic to itself.
+    loopback_policy: LinkPolicy,
+    links: FastMap<(usize, usize), LinkPolicy>,
     connect_timeout: u64,
     partitions: BTreeSet<(usize, usize)>,
     listeners: BTreeMap<(usize, u16), Listener>,
-    ends: HashMap<u64, End>,
+    /// Iterated only through [`Net::ends_where`], in key order.
+    ends: FastMap<u64, End>,
     udp: BTreeMap<(usize, u16), UdpQueue>,
     next_key: u64,
     next_port: Vec<u16>,
@@ -157,6 +161,10 @@ impl Net {
         Net {
             names,
             default_policy,
+            loopback_policy: LinkPolicy {
+                latency: LOOPBACK_LATENCY,
+                ..LinkPolicy::default()
+            },
             links: links
                 .into_iter()
                 .map(|((a, b), p)| (pair(a, b), p))
@@ -164,7 +172,7 @@ impl Net {
             connect_timeout,
             partitions: BTreeSet::new(),
             listeners: BTreeMap::new(),
-            ends: HashMap::new(),
+            ends: FastMap::default(),
             udp: BTreeMap::new(),
             next_key: 0,
             next_port: vec![EPHEMERAL_PORT_FIRST; hosts],
@@ -172,17 +180,28 @@ impl Net {
         }
     }
 
-    fn policy(&self, a: usize, b: usize) -> LinkPolicy {
+    fn policy(&self, a: usize, b: usize) -> &LinkPolicy {
         if a == b {
-            return LinkPolicy {
-                latency: LOOPBACK_LATENCY,
-                ..LinkPolicy::default()
-            };
+            return &self.loopback_policy;
         }
-        self.links
-            .get(&pair(a, b))
-            .unwrap_or(&self.default_policy)
-            .clone()
+        if self.links.is_empty() {
+            return &self.default_policy;
+        }
+        self.links.get(&pair(a, b)).unwrap_or(&self.default_policy)
+    }
+
+    /// The keys of the ends `keep` picks, in key order: what happens to
+    /// them (resets, their wakers, latency draws) must not follow the
+    /// hash table's order.
+    fn ends_where(&self, keep: impl Fn(&End) -> bool) -> Vec<u64> {
+        let mut keys: Vec<u64> = self
+            .ends
+            .iter()
+            .filter(|(_, end)| keep(end))
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     pub(crate) fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -195,8 +214,8 @@ impl Net {
             return;
         }
         self.partitions.insert(pair(a, b));
-        for end in self.ends.values_mut() {
-            if pair(end.host, end.peer_host) == pair(a, b) {
+        for key in self.ends_where(|end| pair(end.host, end.peer_host) == pair(a, b)) {
+            if let Some(end) = self.ends.get_mut(&key) {
                 reset(end);
             }
         }
@@ -212,13 +231,7 @@ impl Net {
 
     /// Host `index` is gone: its sockets vanish, its peers get resets.
     pub(crate) fn crash_host(&mut self, world: &World, index: usize) {
-        let keys: Vec<u64> = self
-            .ends
-            .iter()
-            .filter(|(_, end)| end.host == index)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in keys {
+        for key in self.ends_where(|end| end.host == index) {
             if let Some(end) = self.ends.remove(&key) {
                 if self.ends.contains_key(&(key ^ 1)) {
                     let at = world.now() + self.draw_latency(world, index, end.peer_host);
@@ -231,8 +244,8 @@ impl Net {
     }
 
     fn draw_latency(&self, world: &World, a: usize, b: usize) -> u64 {
-        let policy = self.policy(a, b);
-        world.with_rng(|rng| policy.latency.draw(rng))
+        let latency = self.policy(a, b).latency;
+        world.with_rng(|rng| latency.draw(rng))
     }
 
     fn ephemeral_port(&mut self, host: usize) -> u16 {
@@ -281,12 +294,25 @@ impl Net {
         Ok(port)
     }
 
+    /// The host `ip` is, as seen from `from`: an index, not a name, so a
+    /// datagram's destination needs no formatting and parsing.
+    fn host_of_ip(&self, from: usize, ip: IpAddr) -> Option<usize> {
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Some(from);
+        }
+        let IpAddr::V4(v4) = ip else {
+            return None;
+        };
+        // Hosts are 10.0.0.1, 10.0.0.2, ... (see `host_ip`).
+        let index = u32::from(v4).checked_sub(0x0a00_0001)? as usize;
+        (index < self.names.len() && host_ip(index) == ip).then_some(index)
+    }
+
     /// The host and port `text` names, as seen from `from`.
     fn resolve(&self, from: usize, text: &str) -> io::Result<(usize, u16)> {
         let (name, port) = split_host_port(text)?;
         let host = match name.parse::<IpAddr>() {
-            Ok(ip) if ip.is_loopback() || ip.is_unspecified() => Some(from),
-            Ok(ip) => (0..self.names.len()).find(|index| host_ip(*index) == ip),
+            Ok(ip) => self.host_of_ip(from, ip),
             Err(_) if name == "localhost" => Some(from),
             Err(_) => self.names.iter().position(|known| known == name),
         };
@@ -306,22 +332,25 @@ impl Net {
         };
         let (a, b) = (end.host, end.peer_host);
         let policy = self.policy(a, b);
+        let (bandwidth, loss, split_writes, retransmit) = (
+            policy.bandwidth,
+            policy.loss,
+            policy.split_writes,
+            policy.retransmit,
+        );
+        let latency = policy.latency;
         let now = world.now();
         let len = bytes.len() as u64;
-        let transmit = policy
-            .bandwidth
-            .map_or(0, |bw| len.saturating_mul(1_000_000_000) / bw);
+        let transmit = bandwidth.map_or(0, |bw| len.saturating_mul(1_000_000_000) / bw);
         let (latency, lost, split) = world.with_rng(|rng| {
-            let latency = policy.latency.draw(rng);
-            let lost = policy.loss > 0.0 && rng.random_bool(policy.loss);
-            let split = (policy.split_writes > 0.0
-                && bytes.len() > 1
-                && rng.random_bool(policy.split_writes))
-            .then(|| rng.random_range(1..bytes.len()));
+            let latency = latency.draw(rng);
+            let lost = loss > 0.0 && rng.random_bool(loss);
+            let split = (split_writes > 0.0 && bytes.len() > 1 && rng.random_bool(split_writes))
+                .then(|| rng.random_range(1..bytes.len()));
             (latency, lost, split)
         });
         let retransmit = if lost {
-            u64::try_from(policy.retransmit.as_nanos()).unwrap_or(u64::MAX)
+            u64::try_from(retransmit.as_nanos()).unwrap_or(u64::MAX)
         } else {
             0
         };
@@ -932,37 +961,40 @@ pub(crate) fn udp_send(
         ))
     } else {
         with_net(|world, net| {
-            let (to_host, port) = net.resolve(host.index, &target.to_string())?;
-            let policy = net.policy(host.index, to_host);
+            let to_host = net.host_of_ip(host.index, target.ip()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{target}: no simulated host has this name or address"),
+                )
+            })?;
+            let port = target.port();
             if net.partitioned(host.index, to_host) {
                 net.dropped_datagrams += 1;
                 return Ok(buf.len());
             }
-            let copies = world.with_rng(|rng| {
+            let policy = net.policy(host.index, to_host);
+            // At most two copies, drawn in order; no allocation per datagram.
+            let copies: [Option<u64>; 2] = world.with_rng(|rng| {
                 if policy.loss > 0.0 && rng.random_bool(policy.loss) {
-                    return Vec::new();
+                    return [None, None];
                 }
-                let count = if policy.duplicate > 0.0 && rng.random_bool(policy.duplicate) {
-                    2
-                } else {
-                    1
+                let twice = policy.duplicate > 0.0 && rng.random_bool(policy.duplicate);
+                let mut draw = || {
+                    let mut latency = policy.latency.draw(rng);
+                    if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
+                        let window =
+                            u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
+                        latency = latency.saturating_add(rng.random_range(0..=window));
+                    }
+                    latency
                 };
-                (0..count)
-                    .map(|_| {
-                        let mut latency = policy.latency.draw(rng);
-                        if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
-                            let window =
-                                u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
-                            latency = latency.saturating_add(rng.random_range(0..=window));
-                        }
-                        latency
-                    })
-                    .collect()
+                let first = draw();
+                [Some(first), twice.then(draw)]
             });
-            if copies.is_empty() {
+            if copies[0].is_none() {
                 net.dropped_datagrams += 1;
             }
-            for latency in copies {
+            for latency in copies.into_iter().flatten() {
                 world.schedule(
                     world.now().saturating_add(latency),
                     Item::Packet(Packet::Datagram {

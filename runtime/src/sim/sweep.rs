@@ -186,16 +186,10 @@ impl Sweep {
                     if seed >= share_end {
                         return;
                     }
-                    let mut sim = make(seed);
-                    sim.quiet(true);
-                    if let Some(dir) = &self.log_dir {
-                        sim.log_dir(dir);
-                    }
-                    let failed_so_far = failures.lock().unwrap_or_else(|p| p.into_inner()).len();
-                    if failed_so_far >= LOGGED_FAILURES_MAX {
-                        sim.write_logs(false);
-                    }
-                    let result = sim.run();
+                    let result = self.run_seed(make, seed, || {
+                        failures.lock().unwrap_or_else(|p| p.into_inner()).len()
+                            < LOGGED_FAILURES_MAX
+                    });
                     let mut totals = totals.lock().unwrap_or_else(|p| p.into_inner());
                     match result {
                         Ok(report) => {
@@ -252,6 +246,55 @@ impl Sweep {
             eprintln!("{}", report.summary());
         }
         report
+    }
+
+    /// Run `seed` keeping only hashes; a failure runs it again with
+    /// capture on to write its logs (if `log_it` says to and the
+    /// simulation writes logs at all), so a sweep's memory does not grow
+    /// with the length of its runs.
+    fn run_seed<F>(
+        &self,
+        make: &F,
+        seed: u64,
+        log_it: impl FnOnce() -> bool,
+    ) -> Result<super::SimReport, Box<SimFailure>>
+    where
+        F: Fn(u64) -> Sim + Sync,
+    {
+        let build = || {
+            let mut sim = make(seed);
+            sim.quiet(true);
+            if let Some(dir) = &self.log_dir {
+                sim.log_dir(dir);
+            }
+            sim
+        };
+        let sim = build();
+        let writes_logs = sim.write_logs;
+        let failure = match sim.run_hashed() {
+            Err(failure) if failure.logs.is_empty() && writes_logs && log_it() => failure,
+            result => return result,
+        };
+        let again = match build().run() {
+            Err(again) if again.report.digest == failure.report.digest => again,
+            Err(again) => {
+                let mut failure = failure;
+                failure.log_error = Some(format!(
+                    "running seed {seed} again to write its logs ended otherwise (digest {:016x}, not {:016x}): the seed is not deterministic (check_determinism finds where)",
+                    again.report.digest, failure.report.digest
+                ));
+                return Err(failure);
+            }
+            Ok(report) => {
+                let mut failure = failure;
+                failure.log_error = Some(format!(
+                    "running seed {seed} again to write its logs passed (digest {:016x}): the seed is not deterministic (check_determinism finds where)",
+                    report.digest
+                ));
+                return Err(failure);
+            }
+        };
+        Err(again)
     }
 
     /// The report and JUnit files, if asked for; a file that cannot be
