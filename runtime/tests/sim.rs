@@ -248,6 +248,90 @@ fn a_partition_fails_writes_to_the_minority_until_it_heals() {
     assert_eq!(got, expected);
 }
 
+/// A hold delays traffic instead of cutting it: the connection made
+/// before the hold answers after the heal, nothing resets, and the answer
+/// comes no earlier than the heal.
+#[test]
+fn a_hold_delays_traffic_until_the_heal_and_keeps_connections() {
+    let answered: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let mut sim = Sim::new(3);
+    sim.net().latency(Latency::Fixed(Duration::from_millis(1)));
+    sim.host("counter", counter);
+    sim.hold_at(Duration::from_secs(1), "client", "counter")
+        .heal_at(Duration::from_secs(4), "client", "counter");
+    let seen = Arc::clone(&answered);
+    sim.client("client", async move {
+        let stream = TcpStream::connect(("counter", PORT)).await?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        for at_ms in [500u64, 2000, 2500, 5000] {
+            let now = deja::sim::elapsed().expect("simulating");
+            sleep(Duration::from_millis(at_ms).saturating_sub(now)).await;
+            write.write_all(b"INCR\n").await?;
+            let line = lines.next_line().await?.expect("an answer");
+            seen.lock()
+                .unwrap()
+                .push((line, deja::sim::elapsed().expect("simulating")));
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim.run().expect("a hold resets nothing");
+    let answered = answered.lock().unwrap().clone();
+    let counts: Vec<&str> = answered.iter().map(|(line, _)| line.as_str()).collect();
+    assert_eq!(counts, ["1", "2", "3", "4"], "one connection throughout");
+    assert!(answered[0].1 < Duration::from_secs(1));
+    // Sent during the hold: answered only after the heal (plus a round trip).
+    assert!(answered[1].1 >= Duration::from_secs(4), "{answered:?}");
+    assert!(answered[1].1 < Duration::from_millis(4100), "{answered:?}");
+    assert!(answered[3].1 < Duration::from_millis(5100), "{answered:?}");
+}
+
+/// A segment lost again and again backs off (each retransmission timeout
+/// twice the last) and, after eight losses in a row, resets the
+/// connection; the same seed does it at the same moment.
+#[test]
+fn heavy_loss_backs_off_and_finally_resets_the_connection() {
+    let run = |seed: u64| {
+        let outcome: Arc<Mutex<Option<(io::ErrorKind, Duration)>>> = Arc::default();
+        let mut sim = Sim::new(seed);
+        sim.net()
+            .latency(Latency::Fixed(Duration::from_millis(1)))
+            .loss(0.9)
+            .retransmit_timeout(Duration::from_millis(10));
+        sim.host("counter", counter);
+        let seen = Arc::clone(&outcome);
+        sim.client("client", async move {
+            let stream = TcpStream::connect(("counter", PORT)).await?;
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            for _ in 0..1000 {
+                let answer = match write.write_all(b"INCR\n").await {
+                    Ok(()) => lines.next_line().await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = answer {
+                    let at = deja::sim::elapsed().expect("simulating");
+                    *seen.lock().unwrap() = Some((err.kind(), at));
+                    return Ok(());
+                }
+            }
+            Ok::<(), io::Error>(())
+        });
+        sim.run().expect("the client handles the reset");
+        let outcome = *outcome.lock().unwrap();
+        outcome
+    };
+    let (kind, at) = run(4).expect("90% loss resets the connection");
+    assert_eq!(kind, io::ErrorKind::ConnectionReset);
+    // Eight losses in a row wait 10+20+...+1280 ms = 2.55 s at least.
+    assert!(at >= Duration::from_millis(2550), "{at:?}");
+    assert_eq!(
+        run(4),
+        Some((kind, at)),
+        "the same seed resets at the same moment"
+    );
+}
+
 /// Counts `INCR`s in memory.
 async fn counter() -> io::Result<()> {
     let count = Arc::new(Mutex::new(0u64));

@@ -160,6 +160,7 @@ pub(crate) enum Control {
     Crash(usize),
     Restart(usize),
     Partition(usize, usize),
+    Hold(usize, usize),
     Heal(usize, usize),
     HealAll,
     Exited(usize, u32, Exited),
@@ -171,6 +172,7 @@ enum Fault {
     Crash(String),
     Restart(String),
     Partition(String, String),
+    Hold(String, String),
     Heal(String, String),
     HealAll,
 }
@@ -368,7 +370,18 @@ impl Sim {
         self
     }
 
-    /// Restore the link between `a` and `b` at `at`.
+    /// Hold the link between `a` and `b` at `at`: its packets wait until
+    /// it heals, then arrive in order; connections stay up (a partition
+    /// resets them). A connect across a hold times out after
+    /// `connect_timeout`.
+    pub fn hold_at(&mut self, at: Duration, a: &str, b: &str) -> &mut Self {
+        self.faults
+            .push((at, Fault::Hold(a.to_string(), b.to_string())));
+        self
+    }
+
+    /// Restore the link between `a` and `b` at `at` (ending a partition
+    /// or a hold).
     pub fn heal_at(&mut self, at: Duration, a: &str, b: &str) -> &mut Self {
         self.faults
             .push((at, Fault::Heal(a.to_string(), b.to_string())));
@@ -524,6 +537,9 @@ impl Sim {
                 Fault::Partition(a, b) => resolve(a, &mut errors)
                     .zip(resolve(b, &mut errors))
                     .map(|(a, b)| Control::Partition(a, b)),
+                Fault::Hold(a, b) => resolve(a, &mut errors)
+                    .zip(resolve(b, &mut errors))
+                    .map(|(a, b)| Control::Hold(a, b)),
                 Fault::Heal(a, b) => resolve(a, &mut errors)
                     .zip(resolve(b, &mut errors))
                     .map(|(a, b)| Control::Heal(a, b)),
@@ -1006,7 +1022,12 @@ pub fn partition(a: &str, b: &str) -> bool {
     control_by_name(&[a, b], |i| Control::Partition(i[0], i[1]))
 }
 
-/// Restore the link between `a` and `b` now.
+/// Hold the link between `a` and `b` now (see [`Sim::hold_at`]).
+pub fn hold(a: &str, b: &str) -> bool {
+    control_by_name(&[a, b], |i| Control::Hold(i[0], i[1]))
+}
+
+/// Restore the link between `a` and `b` now (ending a partition or a hold).
 pub fn heal(a: &str, b: &str) -> bool {
     control_by_name(&[a, b], |i| Control::Heal(i[0], i[1]))
 }

@@ -41,6 +41,13 @@ const UDP_PAYLOAD_BYTES_MAX: usize = 65_507;
 /// First ephemeral port handed out per host.
 const EPHEMERAL_PORT_FIRST: u16 = 49_152;
 /// One-way latency between two sockets of the same host.
+/// Retransmissions of one TCP segment before the connection gives up
+/// and resets both ends (Linux retries about 15 times over 15 minutes; a
+/// simulation that loses 8 in a row has made its point).
+pub(crate) const RETRANSMITS_MAX: u32 = 8;
+/// The longest a retransmission timeout grows to by doubling (Linux's
+/// `TCP_RTO_MAX`).
+const RETRANSMIT_TIMEOUT_MAX_NS: u64 = 120_000_000_000;
 const LOOPBACK_LATENCY: Latency = Latency::Fixed(std::time::Duration::from_micros(10));
 
 /// A simulated socket, as the shim's socket types hold it (plain data:
@@ -136,6 +143,10 @@ pub(crate) struct Net {
     links: FastMap<(usize, usize), LinkPolicy>,
     connect_timeout: u64,
     partitions: BTreeSet<(usize, usize)>,
+    /// Links on hold: their packets wait in `held`, in arrival order,
+    /// until the link heals; connections stay up.
+    holds: BTreeSet<(usize, usize)>,
+    held: BTreeMap<(usize, usize), Vec<Packet>>,
     listeners: BTreeMap<(usize, u16), Listener>,
     /// Iterated only through [`Net::ends_where`], in key order.
     ends: FastMap<u64, End>,
@@ -171,6 +182,8 @@ impl Net {
                 .collect(),
             connect_timeout,
             partitions: BTreeSet::new(),
+            holds: BTreeSet::new(),
+            held: BTreeMap::new(),
             listeners: BTreeMap::new(),
             ends: FastMap::default(),
             udp: BTreeMap::new(),
@@ -221,12 +234,63 @@ impl Net {
         }
     }
 
-    pub(crate) fn heal(&mut self, a: usize, b: usize) {
-        self.partitions.remove(&pair(a, b));
+    /// Hold the link between `a` and `b`: packets across it wait until
+    /// it heals, then arrive in the order they were sent. Connections
+    /// stay up; a connect across it times out if the hold outlasts
+    /// `connect_timeout`, as a SYN into a black hole does.
+    pub(crate) fn hold(&mut self, a: usize, b: usize) {
+        if a != b {
+            self.holds.insert(pair(a, b));
+        }
     }
 
-    pub(crate) fn heal_all(&mut self) {
+    pub(crate) fn heal(&mut self, world: &World, a: usize, b: usize) {
+        let link = pair(a, b);
+        self.partitions.remove(&link);
+        self.holds.remove(&link);
+        self.release(world, link);
+    }
+
+    pub(crate) fn heal_all(&mut self, world: &World) {
         self.partitions.clear();
+        self.holds.clear();
+        let links: Vec<(usize, usize)> = self.held.keys().copied().collect();
+        for link in links {
+            self.release(world, link);
+        }
+    }
+
+    /// A held link's packets leave, one latency from now, in the order
+    /// they arrived at the hold (the agenda keeps insertion order among
+    /// equal times).
+    fn release(&mut self, world: &World, link: (usize, usize)) {
+        let Some(packets) = self.held.remove(&link) else {
+            return;
+        };
+        let at = world.now() + self.draw_latency(world, link.0, link.1);
+        for packet in packets {
+            world.schedule(at, Item::Packet(packet));
+        }
+    }
+
+    /// The link a packet crosses, if it crosses one (not a local timer,
+    /// not a host's traffic to itself).
+    fn link_of(&self, packet: &Packet) -> Option<(usize, usize)> {
+        let (a, b) = match packet {
+            Packet::ConnectTimeout { .. } => return None,
+            Packet::Syn { from, to_host, .. } => (self.ends.get(from)?.host, *to_host),
+            Packet::SynAck { to, .. }
+            | Packet::Data { to, .. }
+            | Packet::Fin { to }
+            | Packet::Rst { to } => {
+                let end = self.ends.get(to)?;
+                (end.host, end.peer_host)
+            }
+            Packet::Datagram { to_host, from, .. } => {
+                (self.host_of_ip(*to_host, from.ip())?, *to_host)
+            }
+        };
+        (a != b).then(|| pair(a, b))
     }
 
     /// Host `index` is gone: its sockets vanish, its peers get resets.
@@ -342,18 +406,18 @@ impl Net {
         let now = world.now();
         let len = bytes.len() as u64;
         let transmit = bandwidth.map_or(0, |bw| len.saturating_mul(1_000_000_000) / bw);
-        let (latency, lost, split) = world.with_rng(|rng| {
+        let (latency, losses, split) = world.with_rng(|rng| {
             let latency = latency.draw(rng);
-            let lost = loss > 0.0 && rng.random_bool(loss);
+            // Each retransmission may be lost too.
+            let mut losses = 0;
+            while loss > 0.0 && losses < RETRANSMITS_MAX && rng.random_bool(loss) {
+                losses += 1;
+            }
             let split = (split_writes > 0.0 && bytes.len() > 1 && rng.random_bool(split_writes))
                 .then(|| rng.random_range(1..bytes.len()));
-            (latency, lost, split)
+            (latency, losses, split)
         });
-        let retransmit = if lost {
-            u64::try_from(retransmit.as_nanos()).unwrap_or(u64::MAX)
-        } else {
-            0
-        };
+        let retransmit = backoff_ns(retransmit, losses);
         let end = self.ends.get_mut(&key).expect("checked above");
         let start = now.max(end.busy_until);
         end.busy_until = start.saturating_add(transmit);
@@ -364,6 +428,12 @@ impl Net {
             .max(end.last_arrival);
         end.last_arrival = arrival;
         let to = key ^ 1;
+        if losses == RETRANSMITS_MAX {
+            // TCP gives up: both ends see the connection reset.
+            world.schedule(arrival, Item::Packet(Packet::Rst { to }));
+            world.schedule(arrival, Item::Packet(Packet::Rst { to: key }));
+            return;
+        }
         match split {
             Some(cut) => {
                 let mut first = bytes;
@@ -378,6 +448,15 @@ impl Net {
     /// A packet arrives; returns the wakers to wake.
     pub(crate) fn deliver(&mut self, world: &World, packet: Packet) -> Vec<Waker> {
         let mut wake = Vec::new();
+        if !self.holds.is_empty() {
+            if let Some(link) = self
+                .link_of(&packet)
+                .filter(|link| self.holds.contains(link))
+            {
+                self.held.entry(link).or_default().push(packet);
+                return wake;
+            }
+        }
         match packet {
             Packet::Syn {
                 from,
@@ -463,6 +542,19 @@ impl Net {
         }
         wake
     }
+}
+
+/// How late a segment lost `losses` times in a row arrives: the
+/// retransmission timeout doubles after each loss (exponential backoff),
+/// up to [`RETRANSMIT_TIMEOUT_MAX_NS`].
+fn backoff_ns(timeout: std::time::Duration, losses: u32) -> u64 {
+    let mut rto = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut total: u64 = 0;
+    for _ in 0..losses {
+        total = total.saturating_add(rto);
+        rto = rto.saturating_mul(2).min(RETRANSMIT_TIMEOUT_MAX_NS);
+    }
+    total
 }
 
 fn new_end(
@@ -1064,4 +1156,21 @@ pub(crate) fn half_close(key: u64) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmission_timeouts_double_up_to_the_cap() {
+        let rto = std::time::Duration::from_millis(200);
+        assert_eq!(backoff_ns(rto, 0), 0);
+        assert_eq!(backoff_ns(rto, 1), 200_000_000);
+        assert_eq!(backoff_ns(rto, 3), 1_400_000_000);
+        let long = std::time::Duration::from_secs(100);
+        // 100 s, then capped at 120 s.
+        assert_eq!(backoff_ns(long, 3), 340_000_000_000);
+        assert_eq!(backoff_ns(std::time::Duration::MAX, 2), u64::MAX);
+    }
 }

@@ -454,8 +454,9 @@ impl World {
                 self.start_host(index);
             }
             Control::Partition(a, b) => self.net.borrow_mut().partition(self, a, b),
-            Control::Heal(a, b) => self.net.borrow_mut().heal(a, b),
-            Control::HealAll => self.net.borrow_mut().heal_all(),
+            Control::Hold(a, b) => self.net.borrow_mut().hold(a, b),
+            Control::Heal(a, b) => self.net.borrow_mut().heal(self, a, b),
+            Control::HealAll => self.net.borrow_mut().heal_all(self),
             Control::Exited(index, incarnation, exited) => {
                 let current = {
                     let hosts = self.hosts.borrow();
