@@ -46,6 +46,9 @@ enum Scenario {
     ThreadRng,
     /// `uuid::Uuid::new_v4()`: OS entropy on every call.
     UuidV4,
+    /// `syscall(SYS_getrandom, ..)`, as getrandom 0.2 (under ring, so
+    /// rustls) draws OS entropy on Linux, past the C library's `getrandom`.
+    GetrandomSyscall,
     /// A std `HashMap` with `RandomState`, iterated.
     StdHashMap,
     /// 16 handlers append to one log under a `tokio::sync::Mutex`,
@@ -121,6 +124,15 @@ async fn handle(
                 format!("{request} {}", rand::rng().random::<u64>())
             }
             Scenario::UuidV4 => format!("{request} {}", uuid::Uuid::new_v4()),
+            Scenario::GetrandomSyscall => {
+                let mut bytes = [0u8; 16];
+                // SAFETY: `bytes` is writable for its length.
+                let got = unsafe {
+                    libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), bytes.len(), 0)
+                };
+                assert_eq!(got, 16, "getrandom(2) of 16 bytes");
+                format!("{request} {:032x}", u128::from_le_bytes(bytes))
+            }
             Scenario::StdHashMap => {
                 let words: std::collections::HashMap<String, usize> =
                     ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
@@ -320,6 +332,14 @@ fn uuid_v4_replays() {
     let answers = replays_exactly(Scenario::UuidV4);
     let ids: std::collections::BTreeSet<_> = answers.iter().map(|a| a.rsplit(' ').next()).collect();
     assert_eq!(ids.len(), answers.len(), "every uuid is new");
+}
+
+#[test]
+fn getrandom_system_call_replays() {
+    let answers = replays_exactly(Scenario::GetrandomSyscall);
+    let draws: std::collections::BTreeSet<_> =
+        answers.iter().map(|a| a.rsplit(' ').next()).collect();
+    assert_eq!(draws.len(), answers.len(), "every draw is new");
 }
 
 #[test]
