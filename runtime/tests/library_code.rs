@@ -461,3 +461,41 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
     let (replayed, _) = replay_with(&dir, SERVICE, service);
     replayed.expect("the recording replays");
 }
+
+/// Regression: a `main` that draws entropy first thing (a key or an id
+/// made at start) logs its draws right after the runtime build's, with
+/// nothing between them, and replay passed them all as the build's: the
+/// first draw of `main` then diverged. Only the build's one draw (std's
+/// `HashMap` keys) may be passed, and only when replay's build did not
+/// make it.
+#[test]
+fn draws_main_makes_first_thing_are_not_taken_for_the_build() {
+    async fn service(out: Arc<Mutex<Answers>>) -> io::Result<()> {
+        // The size of the build's draw, then a key's.
+        let id = uuid::Uuid::new_v4();
+        let mut key = [0u8; 32];
+        // SAFETY: `key` is writable for its length.
+        let got = unsafe { libc::syscall(libc::SYS_getrandom, key.as_mut_ptr(), key.len(), 0) };
+        assert_eq!(got, 32, "getrandom(2) of 32 bytes");
+        let drawn = format!(
+            "{id} {:032x}",
+            u128::from_le_bytes(key[..16].try_into().unwrap())
+        );
+        deja::mark("drawn", drawn.as_bytes());
+        out.lock().unwrap().push(drawn);
+        Ok(())
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&recorded);
+    let dir = record_with(out.path(), SERVICE, move || service(seen));
+    for round in 0..3 {
+        let replayed = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&replayed);
+        let (result, _) = replay_with(&dir, SERVICE, move || service(seen));
+        if let Err(err) = result {
+            panic!("replay {round} failed: {err}");
+        }
+        assert_eq!(*replayed.lock().unwrap(), *recorded.lock().unwrap());
+    }
+}
