@@ -24,6 +24,9 @@
 //!   `Connected` for [`TcpStream`], so handlers see the peer), and tonic's
 //!   `Endpoint::connect_with_connector` with `Connector` (it turns on
 //!   `hyper`).
+//! - feature `rustls`: [`tls`], tokio-rustls's `TlsAcceptor` and
+//!   `TlsConnector` over deja [`TcpStream`]s with ring (the handshake's
+//!   randomness and clock readings are recorded and replayed).
 
 mod addr;
 #[cfg(feature = "axum")]
@@ -35,6 +38,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod tcp;
+#[cfg(feature = "rustls")]
+pub mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
 mod udp;
