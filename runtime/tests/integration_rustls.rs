@@ -37,7 +37,7 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 mod common;
-use common::{on_fresh_thread, record_with, replay_with};
+use common::{record_with, replay_with};
 
 /// The service name the recordings are made under.
 const SERVICE: &str = "rustls-echo";
@@ -415,6 +415,7 @@ fn tls_both_ends_on_deja_replays_exactly() {
     // Both ends' randoms, key shares and signatures, and the tokens: far
     // more than the runtime's own few draws.
     let draws = entropy_events(&dir);
+    eprintln!("{draws} entropy events in the recording");
     assert!(
         draws >= CONNECTIONS * 4 + 2 * CONNECTIONS * REQUESTS,
         "{draws} entropy events"
@@ -442,7 +443,9 @@ fn tls_client_of_an_outside_server_replays_without_it() {
     let (addr, server) = outside_server(Arc::clone(&certs));
     let peer = Peer::Outside(addr);
     let (dir, recorded) = record(peer, Some(Arc::clone(&certs)), out.path());
-    let served = on_fresh_thread(move || server.join().expect("the outside server"))
+    let served = server
+        .join()
+        .expect("the outside server")
         .expect("the outside server ran");
     assert_eq!(served, CONNECTIONS);
     // The server is gone: replay must not need it.
