@@ -7,10 +7,11 @@
 //! The client opens three connections and makes several requests on each:
 //! a full TLS 1.3 handshake, one that resumes it with the ticket the first
 //! got, and a TLS 1.2 one. Every request carries a nonce and every answer
-//! a token, both drawn from ring's generator. The server is either in the
-//! recorded service too, or outside it (a tokio-rustls server on a plain
-//! tokio runtime on a thread of its own, which deja does not record and
-//! replay does not start). A recording must replay 10 times to the
+//! a token, both drawn from ring's generator. The server is in the
+//! recorded service too (with a certificate made beforehand or by the
+//! service itself, and with one client or four at once), or outside it (a
+//! tokio-rustls server on a plain tokio runtime on a thread of its own,
+//! which deja does not record and replay does not start). A recording must replay 10 times to the
 //! recorded answers (nonces, tokens, versions, resumption) and one digest;
 //! a client that sends another request, or offers ALPN, must diverge at
 //! the write that differs.
@@ -48,6 +49,8 @@ const CONNECTIONS: usize = 3;
 const REQUESTS: usize = 4;
 /// Replays of each recording.
 const REPLAYS: usize = 10;
+/// Clients at once against the in-service server, in the concurrent case.
+const CONCURRENT_CLIENTS: usize = 4;
 /// Any single step longer than this is a hang, not slowness.
 const STEP: Duration = Duration::from_secs(10);
 /// The name the server's certificate is for.
@@ -167,8 +170,20 @@ enum Peer {
     InService,
     /// In the service, which makes its certificate itself at start.
     InServiceOwnCert,
+    /// In the service, with `CONCURRENT_CLIENTS` clients at once, each a
+    /// `tokio::spawn`ed task.
+    InServiceConcurrent,
     /// Outside the service, at this address.
     Outside(SocketAddr),
+}
+
+impl Peer {
+    fn clients(self) -> usize {
+        match self {
+            Peer::InServiceConcurrent => CONCURRENT_CLIENTS,
+            _ => 1,
+        }
+    }
 }
 
 /// What a run saw.
@@ -179,11 +194,18 @@ struct Seen {
     handshakes: AtomicUsize,
 }
 
-/// The client: `CONNECTIONS` connections to `addr`, `REQUESTS` each.
-async fn client(addr: SocketAddr, certs: &Certs, change: Change, seen: &Seen) -> io::Result<()> {
+/// A client: `CONNECTIONS` connections to `addr`, `REQUESTS` each; what
+/// it saw.
+async fn client(
+    addr: SocketAddr,
+    certs: Arc<Certs>,
+    change: Change,
+    seen: Arc<Seen>,
+) -> io::Result<Vec<String>> {
     let alpn = change == Change::Alpn;
-    let tls13 = TlsConnector::from(client_config(certs, false, alpn));
-    let tls12 = TlsConnector::from(client_config(certs, true, alpn));
+    let tls13 = TlsConnector::from(client_config(&certs, false, alpn));
+    let tls12 = TlsConnector::from(client_config(&certs, true, alpn));
+    let mut answers = Vec::new();
     for c in 0..CONNECTIONS {
         let connector = if c == CONNECTIONS - 1 { &tls12 } else { &tls13 };
         let stream = timed("connect", TcpStream::connect(addr)).await?;
@@ -196,7 +218,7 @@ async fn client(addr: SocketAddr, certs: &Certs, change: Change, seen: &Seen) ->
             session.protocol_version(),
             session.handshake_kind()
         );
-        seen.answers.lock().unwrap().push(handshake);
+        answers.push(handshake);
         let mut tls = BufReader::new(tls);
         for r in 0..REQUESTS {
             let word = if change == Change::Request && c == 0 && r == 0 {
@@ -210,14 +232,11 @@ async fn client(addr: SocketAddr, certs: &Certs, change: Change, seen: &Seen) ->
             if timed("answer", tls.read_line(&mut answer)).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            seen.answers
-                .lock()
-                .unwrap()
-                .push(format!("{} -> {}", request.trim(), answer.trim()));
+            answers.push(format!("{} -> {}", request.trim(), answer.trim()));
         }
         timed("close", tls.get_mut().shutdown()).await?;
     }
-    Ok(())
+    Ok(answers)
 }
 
 /// The recorded service: the client, and in-service peers' server (an
@@ -235,13 +254,13 @@ async fn service(
     };
     let (addr, server) = match peer {
         Peer::Outside(addr) => (addr, None),
-        Peer::InService | Peer::InServiceOwnCert => {
+        Peer::InService | Peer::InServiceOwnCert | Peer::InServiceConcurrent => {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let acceptor = TlsAcceptor::from(server_config(&certs));
             let server = tokio::spawn(async move {
                 let mut connections = Vec::new();
-                for _ in 0..CONNECTIONS {
+                for _ in 0..CONNECTIONS * peer.clients() {
                     let (stream, _peer) = timed("accept", listener.accept()).await?;
                     let acceptor = acceptor.clone();
                     connections.push(tokio::spawn(async move {
@@ -257,7 +276,17 @@ async fn service(
             (addr, Some(server))
         }
     };
-    client(addr, &certs, change, &seen).await?;
+    // The change is the first client's.
+    let clients: Vec<_> = (0..peer.clients())
+        .map(|i| {
+            let change = if i == 0 { change } else { Change::None };
+            tokio::spawn(client(addr, Arc::clone(&certs), change, Arc::clone(&seen)))
+        })
+        .collect();
+    for client in clients {
+        let answers = client.await.map_err(io::Error::other)??;
+        seen.answers.lock().unwrap().extend(answers);
+    }
     if let Some(server) = server {
         timed("server", async { server.await.map_err(io::Error::other)? }).await?;
     }
@@ -299,7 +328,7 @@ fn record(peer: Peer, certs: Option<Arc<Certs>>, out: &Path) -> (PathBuf, Vec<St
         service(peer, certs, Change::None, run)
     });
     let answers = seen.answers.lock().unwrap().clone();
-    check_answers(&answers);
+    check_answers(&answers, peer.clients());
     (dir, answers)
 }
 
@@ -315,19 +344,23 @@ fn replay(
     (result, seen, stats.digest)
 }
 
-/// Every request answered; the handshakes were the ones planned.
-fn check_answers(answers: &[String]) {
-    assert_eq!(answers.len(), CONNECTIONS * (1 + REQUESTS), "{answers:#?}");
-    let handshakes: Vec<&String> = answers.iter().step_by(1 + REQUESTS).collect();
-    assert_eq!(
-        handshakes,
-        [
-            "connection 0: Some(TLSv1_3) Some(Full)",
-            "connection 1: Some(TLSv1_3) Some(Resumed)",
-            "connection 2: Some(TLSv1_2) Some(Full)",
-        ],
-        "a full handshake, a resumed one, TLS 1.2"
-    );
+/// Every request of every client answered; each client's handshakes
+/// were the ones planned.
+fn check_answers(answers: &[String], clients: usize) {
+    let per_client = CONNECTIONS * (1 + REQUESTS);
+    assert_eq!(answers.len(), clients * per_client, "{answers:#?}");
+    for client in answers.chunks(per_client) {
+        let handshakes: Vec<&String> = client.iter().step_by(1 + REQUESTS).collect();
+        assert_eq!(
+            handshakes,
+            [
+                "connection 0: Some(TLSv1_3) Some(Full)",
+                "connection 1: Some(TLSv1_3) Some(Resumed)",
+                "connection 2: Some(TLSv1_2) Some(Full)",
+            ],
+            "a full handshake, a resumed one, TLS 1.2"
+        );
+    }
     let tokens: BTreeSet<&str> = answers
         .iter()
         .filter(|a| a.contains(" -> "))
@@ -335,7 +368,7 @@ fn check_answers(answers: &[String]) {
         .collect();
     assert_eq!(
         tokens.len(),
-        CONNECTIONS * REQUESTS,
+        clients * CONNECTIONS * REQUESTS,
         "every token is new: {answers:#?}"
     );
 }
@@ -423,6 +456,24 @@ fn tls_both_ends_on_deja_replays_exactly() {
     replays_exactly(Peer::InService, certs.clone(), &dir, &recorded);
     diverges(Peer::InService, certs.clone(), &dir, Change::Request, 1..=1);
     diverges(Peer::InService, certs, &dir, Change::Alpn, 0..=0);
+}
+
+/// `CONCURRENT_CLIENTS` clients at once, each a task of its own: their
+/// handshakes and requests interleave, and replay them alike.
+#[test]
+fn tls_concurrent_clients_replay_exactly() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let certs = Some(Arc::new(make_certs()));
+    let peer = Peer::InServiceConcurrent;
+    let (dir, recorded) = record(peer, certs.clone(), out.path());
+    replays_exactly(peer, certs.clone(), &dir, &recorded);
+    diverges(
+        peer,
+        certs,
+        &dir,
+        Change::Alpn,
+        0..=CONCURRENT_CLIENTS * CONNECTIONS,
+    );
 }
 
 /// The server makes its key and certificate with rcgen inside the recorded
