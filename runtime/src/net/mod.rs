@@ -15,7 +15,8 @@
 //!   comes later).
 //! - feature `postgres`: `postgres::connect(&config)`, tokio-postgres's
 //!   `Client` and `Connection` over a deja [`TcpStream`] (password
-//!   authentication, SCRAM-SHA-256 included; no TLS yet).
+//!   authentication, SCRAM-SHA-256 included); with `rustls` too,
+//!   `postgres::connect_tls(&config, tls)` over TLS.
 //! - feature `redis`: `redis::connect(url)`, the redis crate's
 //!   `MultiplexedConnection` over a deja [`TcpStream`], with its default
 //!   response timeout.
