@@ -11,7 +11,8 @@
 //! recorded service too (with a certificate made beforehand or by the
 //! service itself, and with one client or four at once), or outside it (a
 //! tokio-rustls server on a plain tokio runtime on a thread of its own,
-//! which deja does not record and replay does not start). A recording must replay 10 times to the
+//! which deja does not record and replay does not start), or both ends
+//! are simulated hosts (a seed must run alike twice). A recording must replay 10 times to the
 //! recorded answers (nonces, tokens, versions, resumption) and one digest;
 //! a client that sends another request, or offers ALPN, must diverge at
 //! the write that differs.
@@ -197,7 +198,7 @@ struct Seen {
 /// A client: `CONNECTIONS` connections to `addr`, `REQUESTS` each; what
 /// it saw.
 async fn client(
-    addr: SocketAddr,
+    addr: String,
     certs: Arc<Certs>,
     change: Change,
     seen: Arc<Seen>,
@@ -208,7 +209,7 @@ async fn client(
     let mut answers = Vec::new();
     for c in 0..CONNECTIONS {
         let connector = if c == CONNECTIONS - 1 { &tls12 } else { &tls13 };
-        let stream = timed("connect", TcpStream::connect(addr)).await?;
+        let stream = timed("connect", TcpStream::connect(&addr)).await?;
         let name = ServerName::try_from(SERVER_NAME).expect("a DNS name");
         let tls = timed("handshake", connector.connect(name, stream)).await?;
         seen.handshakes.fetch_add(1, Ordering::SeqCst);
@@ -280,6 +281,7 @@ async fn service(
     let clients: Vec<_> = (0..peer.clients())
         .map(|i| {
             let change = if i == 0 { change } else { Change::None };
+            let addr = addr.to_string();
             tokio::spawn(client(addr, Arc::clone(&certs), change, Arc::clone(&seen)))
         })
         .collect();
@@ -504,4 +506,81 @@ fn tls_client_of_an_outside_server_replays_without_it() {
     replays_exactly(peer, certs.clone(), &dir, &recorded);
     diverges(peer, certs.clone(), &dir, Change::Request, 1..=1);
     diverges(peer, certs, &dir, Change::Alpn, 0..=0);
+}
+
+/// Seeds the simulation test checks, each run twice.
+const SIM_SEEDS: u64 = 4;
+
+/// The in-service server as a simulated host: an accept loop with a task
+/// per connection, for `CONNECTIONS` connections.
+async fn sim_server(certs: Arc<Certs>) -> io::Result<()> {
+    let listener = TcpListener::bind("0.0.0.0:7443").await?;
+    let acceptor = TlsAcceptor::from(server_config(&certs));
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (stream, _peer) = listener.accept().await?;
+        let acceptor = acceptor.clone();
+        connections.push(tokio::spawn(async move {
+            echo(acceptor.accept(stream).await?).await
+        }));
+    }
+    for connection in connections {
+        connection.await.map_err(io::Error::other)??;
+    }
+    Ok(())
+}
+
+/// TLS between two simulated hosts: ring's entropy and rustls's clock
+/// come from the seed, so a seed runs alike twice (every host's events,
+/// and the answers), and seeds differ (randoms, so tokens).
+#[test]
+fn tls_in_a_simulation_is_deterministic() {
+    use deja::sim::{check_determinism, Latency, Sim};
+    let certs = Arc::new(make_certs());
+    let runs: Arc<Mutex<Vec<Arc<Seen>>>> = Arc::default();
+    for seed in 0..SIM_SEEDS {
+        let report = check_determinism(seed, |seed| {
+            let seen = Arc::new(Seen::default());
+            runs.lock().unwrap().push(Arc::clone(&seen));
+            let mut sim = Sim::new(seed);
+            sim.net().latency(Latency::Uniform(
+                Duration::from_millis(1),
+                Duration::from_millis(5),
+            ));
+            let server_certs = Arc::clone(&certs);
+            sim.host("server", move || sim_server(Arc::clone(&server_certs)));
+            let client_certs = Arc::clone(&certs);
+            sim.client("client", async move {
+                let answers = client(
+                    "server:7443".into(),
+                    client_certs,
+                    Change::None,
+                    Arc::clone(&seen),
+                )
+                .await?;
+                *seen.answers.lock().unwrap() = answers;
+                Ok::<(), io::Error>(())
+            });
+            sim
+        })
+        .unwrap_or_else(|difference| panic!("seed {seed}: {difference}"));
+        assert!(report.tokio_steps > 0, "{report:?}");
+    }
+    let runs: Vec<Vec<String>> = runs
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|seen| seen.answers.lock().unwrap().clone())
+        .collect();
+    assert_eq!(runs.len() as u64, 2 * SIM_SEEDS);
+    for pair in runs.chunks(2) {
+        check_answers(&pair[0], 1);
+        assert_eq!(pair[0], pair[1], "both runs of a seed answer alike");
+    }
+    let distinct: BTreeSet<&Vec<String>> = runs.iter().collect();
+    assert_eq!(
+        distinct.len() as u64,
+        SIM_SEEDS,
+        "each seed draws its own tokens"
+    );
 }
