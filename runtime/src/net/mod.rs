@@ -11,8 +11,8 @@
 //!   `axum::serve(listener, router)` (and its graceful shutdown) runs on
 //!   deja sockets.
 //! - feature `hyper`: `Connector` connects hyper-util's pooled
-//!   `client::legacy::Client` over deja [`TcpStream`]s (plain HTTP; TLS
-//!   comes later).
+//!   `client::legacy::Client` over deja [`TcpStream`]s (HTTP; for HTTPS,
+//!   hyper-rustls's connector wraps it, see `tls` with `rustls`).
 //! - feature `postgres`: `postgres::connect(&config)`, tokio-postgres's
 //!   `Client` and `Connection` over a deja [`TcpStream`] (password
 //!   authentication, SCRAM-SHA-256 included); with `rustls` too,
@@ -25,7 +25,7 @@
 //!   `Connected` for [`TcpStream`], so handlers see the peer), and tonic's
 //!   `Endpoint::connect_with_connector` with `Connector` (it turns on
 //!   `hyper`).
-//! - feature `rustls`: [`tls`], tokio-rustls's `TlsAcceptor` and
+//! - feature `rustls`: `tls`, tokio-rustls's `TlsAcceptor` and
 //!   `TlsConnector` over deja [`TcpStream`]s with ring (the handshake's
 //!   randomness and clock readings are recorded and replayed).
 
