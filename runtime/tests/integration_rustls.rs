@@ -64,7 +64,7 @@ struct Certs {
     root: CertificateDer<'static>,
 }
 
-/// A test CA and a certificate for `localhost` it signed (ECDSA P-256,
+/// A test CA and a certificate for `localhost` and 127.0.0.1 it signed (ECDSA P-256,
 /// ring's key generation: entropy, recorded when made inside the service).
 fn make_certs() -> Certs {
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -74,7 +74,7 @@ fn make_certs() -> Certs {
     let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
         .expect("CA certificate");
     let key = KeyPair::generate().expect("server key");
-    let leaf = CertificateParams::new(vec![SERVER_NAME.to_string()])
+    let leaf = CertificateParams::new(vec![SERVER_NAME.to_string(), "127.0.0.1".to_string()])
         .expect("server params")
         .signed_by(&key, &ca)
         .expect("server certificate");
@@ -583,4 +583,165 @@ fn tls_in_a_simulation_is_deterministic() {
         SIM_SEEDS,
         "each seed draws its own tokens"
     );
+}
+
+/// HTTPS through hyper-util's pooled client: hyper-rustls's
+/// `HttpsConnector` around `deja::net::Connector` (`enforce_http(false)`),
+/// against a hyper server on tokio-rustls on a deja listener.
+#[cfg(feature = "hyper")]
+mod https {
+    use std::convert::Infallible;
+
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    use super::*;
+
+    /// Requests, each on a connection of its own (the pool keeps none
+    /// idle), so every one after the first resumes a TLS 1.3 session.
+    const HTTPS_REQUESTS: usize = 4;
+
+    /// The handler: the path, the body in capitals, a token from ring.
+    async fn handle(request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let path = request.uri().path().to_string();
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => Bytes::new(),
+        };
+        let answer = format!(
+            "{path} {} {}",
+            String::from_utf8_lossy(&body).to_uppercase(),
+            ring_hex(8)
+        );
+        Ok(Response::new(Full::new(Bytes::from(answer))))
+    }
+
+    /// The service: the HTTPS server and `HTTPS_REQUESTS` calls.
+    async fn service(certs: Arc<Certs>, changed: bool, seen: Arc<Seen>) -> io::Result<()> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let acceptor = TlsAcceptor::from(server_config(&certs));
+        let server = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            for _ in 0..HTTPS_REQUESTS {
+                let (stream, _peer) = timed("accept", listener.accept()).await?;
+                let acceptor = acceptor.clone();
+                connections.push(tokio::spawn(async move {
+                    let tls = timed("server handshake", acceptor.accept(stream)).await?;
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), hyper::service::service_fn(handle))
+                        .await
+                        .map_err(io::Error::other)
+                }));
+            }
+            for connection in connections {
+                connection.await.map_err(io::Error::other)??;
+            }
+            Ok::<(), io::Error>(())
+        });
+
+        let mut http = deja::net::Connector::new();
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(ClientConfig::clone(&client_config(&certs, false, false)))
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http);
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(https);
+        let mut answers = Vec::new();
+        for i in 0..HTTPS_REQUESTS {
+            let word = if changed && i == 1 { "other" } else { "body" };
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(format!("https://127.0.0.1:{}/echo/{i}", addr.port()))
+                .body(Full::new(Bytes::from(format!(
+                    "{word} {i} {}",
+                    ring_hex(4)
+                ))))
+                .map_err(io::Error::other)?;
+            let response = timed("request", async {
+                client.request(request).await.map_err(io::Error::other)
+            })
+            .await?;
+            let status = response.status();
+            let body = timed("body", async {
+                response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(io::Error::other)
+            })
+            .await?
+            .to_bytes();
+            if status != StatusCode::OK {
+                return Err(io::Error::other(format!("status {status}")));
+            }
+            answers.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        drop(client);
+        timed("server", async { server.await.map_err(io::Error::other)? }).await?;
+        *seen.answers.lock().unwrap() = answers;
+        Ok(())
+    }
+
+    fn replay(
+        certs: &Arc<Certs>,
+        dir: &Path,
+        changed: bool,
+    ) -> (Result<(), Error>, Vec<String>, u64) {
+        let seen = Arc::new(Seen::default());
+        let run = Arc::clone(&seen);
+        let certs = Arc::clone(certs);
+        let (result, stats) = replay_with(dir, SERVICE, move || service(certs, changed, run));
+        let answers = seen.answers.lock().unwrap().clone();
+        (result, answers, stats.digest)
+    }
+
+    #[test]
+    fn https_through_hyper_rustls_on_deja_connector_replays_exactly() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let certs = Arc::new(make_certs());
+        let seen = Arc::new(Seen::default());
+        let run = Arc::clone(&seen);
+        let record_certs = Arc::clone(&certs);
+        let dir = record_with(out.path(), SERVICE, move || {
+            service(record_certs, false, run)
+        });
+        let recorded = seen.answers.lock().unwrap().clone();
+        assert_eq!(recorded.len(), HTTPS_REQUESTS, "{recorded:?}");
+        for (i, answer) in recorded.iter().enumerate() {
+            assert!(
+                answer.starts_with(&format!("/echo/{i} BODY {i} ")),
+                "{answer}"
+            );
+        }
+
+        let mut digests = BTreeSet::new();
+        for round in 0..REPLAYS {
+            let (result, answers, digest) = replay(&certs, &dir, false);
+            if let Err(err) = result {
+                panic!("https replay {round} failed: {err}");
+            }
+            assert_eq!(answers, recorded, "https replay {round} saw other answers");
+            digests.insert(digest);
+        }
+        assert_eq!(digests.len(), 1, "https replays gave digests {digests:x?}");
+        eprintln!("https: {REPLAYS}/{REPLAYS} replays, one digest");
+
+        match replay(&certs, &dir, true).0 {
+            Err(Error::Diverged(divergence)) => {
+                let expected = divergence.expected.as_ref().map(|event| &event.kind);
+                assert!(
+                    matches!(expected, Some(EventKind::TcpWrite { .. })),
+                    "the divergence is at a write: {divergence}"
+                );
+            }
+            other => panic!("another request body must diverge, got {other:?}"),
+        }
+    }
 }

@@ -102,6 +102,47 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! HTTPS with hyper-util's client: hyper-rustls's `HttpsConnector`
+//! (`default-features = false, features = ["ring", "http1", "tls12"]`)
+//! around a `deja::net::Connector` (feature `hyper`) that lets it have
+//! `https` URIs (`enforce_http(false)`), as with hyper-util's
+//! `HttpConnector`:
+//!
+//! ```no_run
+//! # #[cfg(feature = "hyper")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! use http_body_util::Empty;
+//! use hyper::body::Bytes;
+//! use hyper_util::client::legacy::Client;
+//! use hyper_util::rt::TokioExecutor;
+//! use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+//!
+//! # fn roots() -> RootCertStore { RootCertStore::empty() }
+//! let mut runtime = deja::Builder::new().build()?;
+//! runtime.block_on(async {
+//!     let tls = ClientConfig::builder_with_provider(deja::net::tls::provider())
+//!         .with_safe_default_protocol_versions()?
+//!         .with_root_certificates(roots())
+//!         .with_no_client_auth();
+//!     let mut http = deja::net::Connector::new();
+//!     http.enforce_http(false); // the TCP stream of an https URI, for hyper-rustls
+//!     let https = hyper_rustls::HttpsConnectorBuilder::new()
+//!         .with_tls_config(tls)
+//!         .https_or_http()
+//!         .enable_http1()
+//!         .wrap_connector(http); // was `.build()`, with hyper-util's HttpConnector
+//!     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+//!     let response = client.get("https://api.internal/health".parse()?).await?;
+//!     println!("{}", response.status());
+//!     Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+//! })??;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "hyper"))]
+//! # fn main() {}
+//! ```
+
 use std::sync::Arc;
 
 use tokio_rustls::rustls::crypto::CryptoProvider;
