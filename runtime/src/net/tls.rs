@@ -21,6 +21,9 @@
 //!   validity and to date session tickets (ticket ages are whole seconds):
 //!   library clock readings, logged and handed back.
 //!
+//! In a simulation (`deja::sim`) both come from the seed, so TLS between
+//! simulated hosts is deterministic too.
+//!
 //! What must be the same in replay, as for any input that is not a socket:
 //! the certificates, keys and roots (a file the service reads is not in
 //! the log; replay with the same files), and the configurations. A
@@ -36,10 +39,10 @@
 //!   as secret as the plaintext (they are written 0600, in 0700
 //!   directories), and know that `Builder::redact` sees the ciphertext on
 //!   the socket, not the plaintext inside it.
-//! - **ring only.** aws-lc-rs (rustls's default provider, not built here:
-//!   it needs cmake) keeps its own random generator in C, which deja has
-//!   not examined; use [`provider`], or turn off tokio-rustls's default
-//!   features and turn on `ring`.
+//! - **ring only.** aws-lc-rs (rustls's default provider, which deja does
+//!   not build: a large C library) keeps its own random generator in C,
+//!   which deja has not examined; use [`provider`], or turn off
+//!   tokio-rustls's default features and turn on `ring`.
 //! - **Session resumption** replays when a ticket's age reads alike: it is
 //!   the difference of two clock readings in whole seconds, and replay
 //!   matches library readings by order within a task, so a reading handed
