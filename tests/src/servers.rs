@@ -284,6 +284,16 @@ impl Postgres {
     /// if PostgreSQL is not installed outside CI; in CI that panics, as
     /// does any failure to start an installed server.
     pub fn start(test: &str) -> Option<Postgres> {
+        Postgres::start_with(test, None)
+    }
+
+    /// [`Postgres::start`], with TLS (`ssl = on`) on the certificate chain
+    /// and key given in PEM; clients may still connect without TLS.
+    pub fn start_tls(test: &str, cert_chain_pem: &str, key_pem: &str) -> Option<Postgres> {
+        Postgres::start_with(test, Some((cert_chain_pem, key_pem)))
+    }
+
+    fn start_with(test: &str, tls: Option<(&str, &str)>) -> Option<Postgres> {
         let (Some(initdb), Some(postgres)) =
             (find_binary("initdb", true), find_binary("postgres", true))
         else {
@@ -372,6 +382,25 @@ impl Postgres {
             root.display()
         )
         .expect("writing postgresql.conf");
+        if let Some((cert_chain_pem, key_pem)) = tls {
+            // The server reads them as its own user; the key must be 0600.
+            let cert = data.join("server.crt");
+            let key = data.join("server.key");
+            std::fs::write(&cert, cert_chain_pem).expect("writing server.crt");
+            std::fs::write(&key, key_pem).expect("writing server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("server.key 0600");
+            for path in [&cert, &key] {
+                chown(path, account);
+            }
+            writeln!(
+                conf,
+                "ssl = on\n\
+                 ssl_cert_file = 'server.crt'\n\
+                 ssl_key_file = 'server.key'"
+            )
+            .expect("writing postgresql.conf");
+        }
         drop(conf);
 
         for _attempt in 0..START_ATTEMPTS {

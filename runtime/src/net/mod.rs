@@ -12,11 +12,12 @@
 //!   `axum::serve(listener, router)` (and its graceful shutdown) runs on
 //!   deja sockets.
 //! - feature `hyper`: `Connector` connects hyper-util's pooled
-//!   `client::legacy::Client` over deja [`TcpStream`]s (plain HTTP; TLS
-//!   comes later).
+//!   `client::legacy::Client` over deja [`TcpStream`]s (HTTP; for HTTPS,
+//!   hyper-rustls's connector wraps it, see `tls` with `rustls`).
 //! - feature `postgres`: `postgres::connect(&config)`, tokio-postgres's
 //!   `Client` and `Connection` over a deja [`TcpStream`] (password
-//!   authentication, SCRAM-SHA-256 included; no TLS yet).
+//!   authentication, SCRAM-SHA-256 included); with `rustls` too,
+//!   `postgres::connect_tls(&config, tls)` over TLS.
 //! - feature `redis`: `redis::connect(url)`, the redis crate's
 //!   `MultiplexedConnection` over a deja [`TcpStream`], with its default
 //!   response timeout.
@@ -25,6 +26,9 @@
 //!   `Connected` for [`TcpStream`], so handlers see the peer), and tonic's
 //!   `Endpoint::connect_with_connector` with `Connector` (it turns on
 //!   `hyper`).
+//! - feature `rustls`: `tls`, tokio-rustls's `TlsAcceptor` and
+//!   `TlsConnector` over deja [`TcpStream`]s with ring (the handshake's
+//!   randomness and clock readings are recorded and replayed).
 
 mod addr;
 #[cfg(feature = "axum")]
@@ -37,6 +41,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 mod tcp;
+#[cfg(feature = "rustls")]
+pub mod tls;
 #[cfg(feature = "tonic")]
 mod tonic;
 mod udp;
