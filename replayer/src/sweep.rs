@@ -334,10 +334,12 @@ impl SweepRecord {
         Ok(())
     }
 
-    /// The one-line summary `deja sim` prints.
+    /// The one-line summary `deja sim` prints: `deja sim: 40 seeds of
+    /// 0..40 (shard 2/4: 10..20) in 0.52s (77 seeds/s): 2 failed: 3, 17`.
     pub fn summary(&self) -> String {
+        let seconds = self.wall_ms as f64 / 1000.0;
         let mut line = format!(
-            "deja sim: ran {} of seeds {}..{}",
+            "deja sim: {} seeds of {}..{}",
             self.seeds_run(),
             self.seeds.start,
             self.seeds.end
@@ -346,6 +348,10 @@ impl SweepRecord {
             let share = self.share();
             line.push_str(&format!(" (shard {shard}: {}..{})", share.start, share.end));
         }
+        line.push_str(&format!(
+            " in {seconds:.2}s ({:.1} seeds/s)",
+            self.seeds_run() as f64 / seconds.max(1e-3)
+        ));
         match self.failures.as_slice() {
             [] => line.push_str(": all passed"),
             failures => {

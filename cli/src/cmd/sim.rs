@@ -155,7 +155,7 @@ pub(crate) fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let complete = record.seeds_run() == end - first;
     record.finish(complete, elapsed);
     write_outputs(&record, args.report.as_deref(), args.junit.as_deref())?;
-    Ok(report(args, &record, &outcomes, elapsed))
+    Ok(report(args, &record, &outcomes))
 }
 
 /// `deja sim merge`: the shards' reports as the whole sweep's.
@@ -312,13 +312,7 @@ fn drain(pipe: Option<Box<dyn Read + Send>>) -> Option<std::thread::JoinHandle<S
     }))
 }
 
-fn report(
-    args: &SimArgs,
-    record: &SweepRecord,
-    outcomes: &[Outcome],
-    elapsed: Duration,
-) -> ExitCode {
-    let rate = outcomes.len() as f64 / elapsed.as_secs_f64().max(1e-9);
+fn report(args: &SimArgs, record: &SweepRecord, outcomes: &[Outcome]) -> ExitCode {
     if let Some(first) = outcomes
         .iter()
         .find(|o| !matches!(o.verdict, Verdict::Passed))
@@ -334,11 +328,7 @@ fn report(
         );
         eprintln!("rerun: {}", rerun(args, first.seed));
     }
-    eprintln!(
-        "{} in {:.2}s ({rate:.1} seeds/s)",
-        record.summary(),
-        elapsed.as_secs_f64()
-    );
+    eprintln!("{}", record.summary());
     if INTERRUPTED.load(Ordering::Relaxed) {
         print_error("interrupted: the sweep stopped early");
     }
