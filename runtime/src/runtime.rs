@@ -466,6 +466,7 @@ impl Builder {
                 }
                 let root_seed = crate::rand::os_seed();
                 meta.root_seed = Some(root_seed);
+                record_workers(&mut meta, self.worker_threads);
                 let created = std::fs::create_dir_all(&out)
                     .map_err(|source| WriteError::Io {
                         path: out.clone(),
@@ -511,6 +512,7 @@ impl Builder {
                 Ok(Runtime {
                     kind: Kind::Replay {
                         events: Some(events),
+                        strict_order: recorded_workers(&meta) <= 1,
                         start_wall_ns: meta.start_wall_unix_ns,
                         stall_wait: self.stall_wait,
                         debug: Box::new((self.debug.clone(), json)),
@@ -612,6 +614,27 @@ fn load_run(dir: &Path) -> Result<(Vec<Event>, RunMeta), Error> {
     Ok((events, meta))
 }
 
+/// The header's environment keeps `DEJA_WORKERS` as the recording ran,
+/// whether it came from the environment or from `Builder::worker_threads`:
+/// replay needs to know whether tasks ran in parallel.
+fn record_workers(meta: &mut RunMeta, workers: Option<usize>) {
+    meta.env.retain(|(name, _)| name != "DEJA_WORKERS");
+    if let Some(workers) = workers {
+        meta.env
+            .push(("DEJA_WORKERS".to_string(), workers.to_string()));
+        meta.env.sort();
+    }
+}
+
+/// The worker threads the recording ran on (1 unless it says more).
+fn recorded_workers(meta: &RunMeta) -> usize {
+    meta.env
+        .iter()
+        .find(|(name, _)| name == "DEJA_WORKERS")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(1)
+}
+
 /// A log belongs to this binary if the service names match or the
 /// recorded command ran an executable of the same name.
 fn check_identity(dir: &Path, meta: &RunMeta, this: &str) -> Result<(), Error> {
@@ -644,6 +667,9 @@ enum Kind {
     Record(tokio::runtime::Runtime, Arc<Recording>),
     Replay {
         events: Option<Vec<Event>>,
+        /// One thread recorded it: synchronous calls are held to their
+        /// place in the log (see `Gate::set_strict_order`).
+        strict_order: bool,
         start_wall_ns: i64,
         stall_wait: Duration,
         debug: Box<(DebugConfig, Option<std::fs::File>)>,
@@ -703,6 +729,7 @@ impl Runtime {
             }
             Kind::Replay {
                 events,
+                strict_order,
                 start_wall_ns,
                 stall_wait,
                 debug,
@@ -712,6 +739,7 @@ impl Runtime {
                 let (config, json) = std::mem::take(&mut **debug);
                 let debugger = Debugger::new(config, json);
                 let setup = ReplaySetup {
+                    strict_order: *strict_order,
                     start_wall_ns: *start_wall_ns,
                     stall_wait: *stall_wait,
                     debugger,
@@ -733,6 +761,7 @@ impl Drop for Runtime {
             &mut self.kind,
             Kind::Replay {
                 events: None,
+                strict_order: true,
                 start_wall_ns: 0,
                 stall_wait: Duration::ZERO,
                 debug: Box::default(),
@@ -748,6 +777,7 @@ impl Drop for Runtime {
 
 /// How a replay runs, besides its events.
 struct ReplaySetup {
+    strict_order: bool,
     start_wall_ns: i64,
     stall_wait: Duration,
     debugger: Option<Debugger>,
@@ -763,8 +793,10 @@ where
     F: Future,
     F::Output: MainResult,
 {
+    let mut gate = Gate::new(events);
+    gate.set_strict_order(setup.strict_order);
     let replay = Rc::new(Replay::new(
-        Gate::new(events),
+        gate,
         setup.start_wall_ns,
         setup.debugger,
         setup.redaction,
