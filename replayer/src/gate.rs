@@ -410,7 +410,10 @@ fn recorded_call(event: &EventKind) -> String {
 }
 
 /// A write offering `bytes` matches a recorded write that accepted the
-/// first `len` of them with the same hash.
+/// first `len` of them with the same hash. A mismatch says where the two
+/// first differ and shows the bytes around there on both sides, when the
+/// recording kept its bytes; when it kept only a hash, it says so and
+/// shows this write's bytes.
 fn check_write(
     bytes: &[u8],
     result: &Result<deja_recorder::Written, deja_recorder::IoErrorKind>,
@@ -421,14 +424,24 @@ fn check_write(
     let len = written.len as usize;
     if let Some(recorded) = &written.bytes {
         // The recording kept the bytes: compare them, not just the hash.
-        if bytes.get(..len) != Some(recorded.as_slice()) {
-            return Match::Conflict(format!(
-                "writes \"{}\", the recording wrote \"{}\"",
-                preview(&bytes[..len.min(bytes.len())]),
-                preview(recorded)
-            ));
+        let replayed = &bytes[..len.min(bytes.len())];
+        if replayed == recorded.as_slice() {
+            return Match::Same;
         }
-        return Match::Same;
+        let offset = replayed
+            .iter()
+            .zip(recorded.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(replayed.len().min(recorded.len()));
+        let (start, end) = window_around(offset, replayed.len().max(recorded.len()));
+        return Match::Conflict(format!(
+            "writes other bytes: they first differ at byte {offset} of {len} \
+             (\"{}\" here, the recording wrote \"{}\")\n    recorded:\n{}    this write:\n{}",
+            preview(&replayed[offset.min(replayed.len())..]),
+            preview(&recorded[offset.min(recorded.len())..]),
+            hex_window(recorded, start, end),
+            hex_window(replayed, start, end),
+        ));
     }
     if bytes.len() < len {
         return Match::Conflict(format!(
@@ -437,14 +450,59 @@ fn check_write(
         ));
     }
     if content_hash(&bytes[..len]) != written.hash {
+        let (start, end) = (0, len.min(HASH_ONLY_SHOWN_BYTES));
         return Match::Conflict(format!(
-            "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}",
+            "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}; \
+             it kept only the hash, so where they differ is unknown (record with DEJA_KEEP_WRITES=1 \
+             to keep the bytes)\n    this write{}:\n{}",
             preview(&bytes[..len]),
             content_hash(&bytes[..len]),
-            written.hash
+            written.hash,
+            if len > end {
+                format!(" (its first {end} of {len} bytes)")
+            } else {
+                String::new()
+            },
+            hex_window(&bytes[..len], start, end),
         ));
     }
     Match::Same
+}
+
+/// Bytes shown before the first difference of two writes.
+const WINDOW_BEFORE_BYTES: usize = 32;
+/// Bytes shown of a write around its first difference: four rows.
+const WINDOW_BYTES: usize = 64;
+/// Bytes of a write shown when the recording kept only its hash.
+const HASH_ONLY_SHOWN_BYTES: usize = 256;
+
+/// The rows of a hex dump around `offset` in bytes of length `len`,
+/// starting on a 16-byte row.
+fn window_around(offset: usize, len: usize) -> (usize, usize) {
+    let start = offset.saturating_sub(WINDOW_BEFORE_BYTES) / 16 * 16;
+    (start, (start + WINDOW_BYTES).min(len.max(start)))
+}
+
+/// `bytes[start..end]` (clamped) as hex dump rows: offset, 16 bytes in
+/// hex, and the same as text (`.` for what is not printable).
+fn hex_window(bytes: &[u8], start: usize, end: usize) -> String {
+    use fmt::Write as _;
+    let end = end.min(bytes.len());
+    let mut out = String::new();
+    if start >= end {
+        let _ = writeln!(out, "      {start:>8}  (ends here: {} bytes)", bytes.len());
+        return out;
+    }
+    for row in (start..end).step_by(16) {
+        let chunk = &bytes[row..(row + 16).min(end)];
+        let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        let text: String = chunk
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .collect();
+        let _ = writeln!(out, "      {row:>8}  {:<47}  |{text}|", hex.join(" "));
+    }
+    out
 }
 
 /// What the gate says to a call.
@@ -1360,6 +1418,56 @@ mod tests {
         );
         assert!(report.contains("CHARGE 43"), "{report}");
         assert!(report.contains("expected: #1"), "{report}");
+    }
+
+    #[test]
+    fn a_write_with_kept_bytes_shows_where_they_differ_on_both_sides() {
+        let recorded = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Sat, 05 Dec 2026 17:00:00 GMT\r\n\r\nok";
+        let mut replayed = recorded.to_vec();
+        // In the Date header, deep in the reply: 17:00 becomes 19:00.
+        let at = 1 + recorded.windows(5).position(|w| w == b"17:00").unwrap();
+        replayed[at] = b'9';
+        let mut gate = Gate::new(vec![event(
+            0,
+            1,
+            EventKind::TcpWrite {
+                conn: ConnId(3),
+                result: Ok(Written::of(recorded, true)),
+            },
+        )]);
+        let call = Call::TcpWrite {
+            conn: ConnId(3),
+            bytes: &replayed,
+        };
+        let report = gate.poll(TaskId(1), &call).unwrap_err().to_string();
+        assert!(
+            report.contains(&format!("first differ at byte {at} of {}", recorded.len())),
+            "{report}"
+        );
+        // Both sides, around the difference: the recorded 17:00:00 and the
+        // replayed 19:00:00.
+        assert!(report.contains("2026 17:00|"), "{report}");
+        assert!(report.contains("2026 19:00|"), "{report}");
+    }
+
+    #[test]
+    fn a_write_with_only_a_hash_says_so_and_shows_this_side() {
+        let mut gate = Gate::new(vec![event(
+            0,
+            1,
+            EventKind::TcpWrite {
+                conn: ConnId(3),
+                result: Ok(Written::of(b"CHARGE 42", false)),
+            },
+        )]);
+        let call = Call::TcpWrite {
+            conn: ConnId(3),
+            bytes: b"CHARGE 43",
+        };
+        let report = gate.poll(TaskId(1), &call).unwrap_err().to_string();
+        assert!(report.contains("kept only the hash"), "{report}");
+        assert!(report.contains("DEJA_KEEP_WRITES=1"), "{report}");
+        assert!(report.contains("|CHARGE 43|"), "{report}");
     }
 
     #[test]

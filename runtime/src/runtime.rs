@@ -1031,10 +1031,43 @@ fn report_losses(stats: &deja_recorder::RecorderStats, dir: &Path) {
     eprintln!("{line}; `deja stats {}` shows where", dir.display());
 }
 
+/// Under `deja replay`, say on its JSON channel that the replay could not
+/// run, so `deja` tells this error apart from a program that is not a
+/// deja service (which never writes there).
+fn report_failure_json(err: &Error) {
+    use std::io::Write as _;
+    use std::os::fd::FromRawFd as _;
+    if std::env::var_os("DEJA_MODE").is_none_or(|mode| mode != "replay") {
+        return;
+    }
+    let Some(fd) = std::env::var("DEJA_JSON_FD")
+        .ok()
+        .and_then(|fd| fd.parse::<i32>().ok())
+        .filter(|fd| *fd > 2)
+    else {
+        return;
+    };
+    // SAFETY: fcntl on any integer is safe; it fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return;
+    }
+    let line = serde_json::json!({
+        "type": "outcome",
+        "status": "error",
+        "exit_code": 1,
+        "detail": { "message": err.to_string() },
+    });
+    // SAFETY: the fd is open (checked above) and handed to deja by the
+    // CLI for this purpose; ManuallyDrop leaves it open for the exit.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let _ = writeln!(file, "{line}");
+}
+
 /// Exit code of a replay that diverged (the design's table).
 pub const EXIT_DIVERGENCE: i32 = 3;
 
 fn fail(err: &Error) -> ! {
+    report_failure_json(err);
     eprintln!("deja: {err}");
     if let Some(hint) = err.hint() {
         eprintln!("hint: {hint}");
