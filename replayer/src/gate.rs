@@ -498,7 +498,13 @@ fn hex_window(bytes: &[u8], start: usize, end: usize) -> String {
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
         let text: String = chunk
             .iter()
-            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         let _ = writeln!(out, "      {row:>8}  {:<47}  |{text}|", hex.join(" "));
     }
@@ -1646,7 +1652,10 @@ mod tests {
         assert_eq!((err.seq(), err.task), (Some(1), TaskId(1)));
         let recent: Vec<u64> = err.recent.iter().map(|e| e.seq).collect();
         assert_eq!(recent, [0], "only replayed events: {err}");
-        assert!(err.to_string().contains("next recorded event is #3"), "{err}");
+        assert!(
+            err.to_string().contains("next recorded event is #3"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1672,19 +1681,29 @@ mod tests {
         assert!(report.contains("the recording slept 124µs"), "{report}");
 
         let mut gate = Gate::new(vec![event(0, 1, slept), event(1, 1, tick)]);
-        assert!(matches!(gate.poll(TaskId(1), &after(124_000)), Ok(Gated::Ready(_))));
+        assert!(matches!(
+            gate.poll(TaskId(1), &after(124_000)),
+            Ok(Gated::Ready(_))
+        ));
         let at = |deadline_ns| Call::Timer {
             timer: 1,
             target: TimerTarget::At { deadline_ns },
         };
         let err = gate.poll(TaskId(1), &at(1_000_000_000)).unwrap_err();
         assert_eq!(err.seq(), Some(1));
-        assert!(err.to_string().contains("deadline +1.000000000s here"), "{err}");
         assert!(
-            err.to_string().contains("the recording's deadline was +0.100000000s"),
+            err.to_string().contains("deadline +1.000000000s here"),
             "{err}"
         );
-        assert!(matches!(gate.poll(TaskId(1), &at(100_000_000)), Ok(Gated::Ready(_))));
+        assert!(
+            err.to_string()
+                .contains("the recording's deadline was +0.100000000s"),
+            "{err}"
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &at(100_000_000)),
+            Ok(Gated::Ready(_))
+        ));
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub fn arb_event_kind() -> impl Strategy<Value = EventKind> {
                 duration_ns,
             }
         }),
-        conn.clone().prop_map(|socket| EventKind::UdpClose { socket }),
+        conn.clone()
+            .prop_map(|socket| EventKind::UdpClose { socket }),
         "[a-z.]{0,12}".prop_map(|name| EventKind::MarkEnd { name }),
         any::<[u8; 32]>().prop_map(|seed| EventKind::RootSeed { seed }),
         arb_bytes(64).prop_map(|bytes| EventKind::Entropy { bytes }),

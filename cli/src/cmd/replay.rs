@@ -148,7 +148,9 @@ fn run_reporting(mut command: Command, json: bool) -> anyhow::Result<ExitCode> {
     let Some(outcome) = outcome else {
         // The service never got to report: killed, or not a deja service.
         let message = match signal {
-            Some(signal) => format!("{program} was killed by signal {signal} before the replay ended"),
+            Some(signal) => {
+                format!("{program} was killed by signal {signal} before the replay ended")
+            }
             None => format!(
                 "{program} made no intercepted call: is it built with deja? (it exited {} \
                  without replaying anything)",
