@@ -272,6 +272,24 @@ impl fmt::Display for Call<'_> {
     }
 }
 
+/// A recorded event that waited for the world (input, a timer, a signal).
+fn waits_for_input(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::TcpRead { .. }
+            | EventKind::TcpAccept { .. }
+            | EventKind::UdpRecv { .. }
+            | EventKind::Signal { .. }
+            | EventKind::TimerFired { .. }
+            | EventKind::TimerSlept { .. }
+    )
+}
+
+/// A write or datagram sent: it completes at once, as a rule.
+fn is_write(call: &Call<'_>) -> bool {
+    matches!(call, Call::TcpWrite { .. } | Call::UdpSend { .. })
+}
+
 /// A clock reading made through the C library: not held to program order
 /// (see [`Gate::claim`]).
 fn is_reading_call(call: &Call<'_>) -> bool {
@@ -1013,6 +1031,27 @@ impl Gate {
             return Err(self.divergence(DivergenceKind::ExtraCall, task, here, call.to_string()));
         };
         match match_call(call, &self.events[index].kind) {
+            // A write with other bytes by a task still running since it
+            // took its last event: in the recording nothing else was logged
+            // in between (a write completes at once), so it differs there.
+            Match::Conflict(why) if is_write(call) && self.last_taker == Some(task) => {
+                let here = self.where_it_differs(task, index).unwrap_or(index);
+                let why = if here == index {
+                    why
+                } else {
+                    format!(
+                        "task {task} went on from its last event to this write, whose recorded \
+                         twin is #{}: {why}",
+                        self.events[index].seq
+                    )
+                };
+                Err(self.divergence(
+                    DivergenceKind::Conflict(why),
+                    task,
+                    Some(here),
+                    call.to_string(),
+                ))
+            }
             // Not reported before the cursor gets there: an earlier event
             // may differ too, and the report names the first one. The
             // task is woken when the cursor reaches its event.
@@ -1161,7 +1200,8 @@ impl Gate {
     /// threads.
     ///
     /// With `skip_waiting`, events of tasks parked at the gate do not
-    /// count: those tasks made their calls and wait only for their turn.
+    /// count, from the call each is parked on up to its next wait for
+    /// input: those tasks made their calls and wait only for their turn.
     /// Replay wakes a task parked at the gate when the cursor gets to its
     /// event, so it runs after tasks that a channel or a join woke
     /// meanwhile, where the recording's scheduler ran it as soon as its
@@ -1173,10 +1213,28 @@ impl Gate {
         if !self.strict_order || self.adopted.contains(&task) || task == TaskId::OUTSIDE {
             return None;
         }
+        // Parked tasks whose run of events reached one that waits for input.
+        let mut blocked = std::collections::BTreeSet::new();
         (self.cursor..limit).find(|&at| {
-            !self.claimed[at]
-                && !self.soft[at]
-                && !(skip_waiting && self.waiting.contains(&self.events[at].task))
+            if self.claimed[at] || self.soft[at] {
+                return false;
+            }
+            let event = &self.events[at];
+            if !skip_waiting || !self.waiting.contains(&event.task) {
+                return true;
+            }
+            if self.next_index(event.task) == Some(at) {
+                return false; // the call it is parked on
+            }
+            // What it does after that call without new input is made too;
+            // from its next wait for input on, it is not.
+            blocked.contains(&event.task) || {
+                let waits = waits_for_input(&event.kind);
+                if waits {
+                    blocked.insert(event.task);
+                }
+                waits
+            }
         })
     }
 
@@ -1186,8 +1244,22 @@ impl Gate {
     /// between in the recording), else at the first event nobody has
     /// asked for yet.
     fn where_it_differs(&self, task: TaskId, limit: usize) -> Option<usize> {
-        let continuing = self.last_taker == Some(task);
-        self.first_unreplayed(task, limit, !continuing)
+        if self.last_taker != Some(task) {
+            return self.first_unreplayed(task, limit, true);
+        }
+        // Its last event may have been taken ahead of the cursor (past
+        // events of tasks parked at the gate): the call follows that one.
+        let track = self.tasks.get(&task)?;
+        let last = track
+            .next
+            .checked_sub(1)
+            .and_then(|at| track.events.get(at).copied());
+        // Not clamped to the cursor: events right after it that other
+        // tasks took ahead of the cursor came after this call in the
+        // recording.
+        let from = last.map_or(self.cursor, |last| last + 1);
+        self.first_unreplayed(task, limit, false)
+            .map(|_| (from..limit).find(|&at| !self.soft[at]))?
     }
 
     /// Pass `task`'s recorded clock readings ahead of its next other
@@ -1656,6 +1728,35 @@ mod tests {
             err.to_string().contains("next recorded event is #3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_task_woken_before_a_parked_one_runs_ahead_and_its_extra_call_follows_its_last() {
+        let mut gate = Gate::new(vec![
+            event(0, 3, read(30)),
+            event(1, 1, read(10)),
+            event(
+                2,
+                2,
+                EventKind::Spawn {
+                    child: TaskId(9),
+                    name: None,
+                },
+            ),
+            event(3, 2, read(20)),
+        ]);
+        // Task 1 is parked at the gate on its read; once the cursor gets
+        // there, task 2 (woken by a channel) may run before it and take
+        // its spawn: task 1's read is a call already made.
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert_eq!(gate.poll(TaskId(1), &t1), Ok(Gated::Wait));
+        let t3 = Call::TcpRead { conn: ConnId(30) };
+        assert!(matches!(gate.poll(TaskId(3), &t3), Ok(Gated::Ready(_))));
+        assert!(matches!(gate.claim(TaskId(2), &Call::Spawn), Ok(Claimed::Event(e)) if e.seq == 2));
+        // Its next call is one the recording does not have: the log
+        // differs right after its spawn, not at the cursor.
+        let err = gate.claim(TaskId(2), &Call::Spawn).unwrap_err();
+        assert_eq!(err.seq(), Some(3), "{err}");
     }
 
     #[test]

@@ -217,7 +217,7 @@ impl<E: std::fmt::Debug> MainResult for Result<(), E> {
 /// share memory between tasks need), and for replay `DEJA_BREAK` (specs separated by
 /// `;`), `DEJA_ON_BREAK` (pause, trap, print), `DEJA_UNTIL` (a seq) and
 /// `DEJA_JSON_FD` (an open fd that receives hits and the outcome as JSON
-/// lines).
+/// lines; only the outcome with `DEJA_JSON_OUTCOME_ONLY=1`).
 #[derive(Clone, Debug)]
 pub struct Builder {
     mode: Mode,
@@ -325,6 +325,7 @@ impl Builder {
                 why: "expected a file descriptor number",
             })?);
         }
+        builder.debug.outcome_only = var("DEJA_JSON_OUTCOME_ONLY").is_some_and(|v| v == "1");
 
         Ok(builder)
     }

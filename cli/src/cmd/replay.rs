@@ -74,7 +74,13 @@ pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .env("DEJA_TRACE", &args.run_dir)
         .env_remove("DEJA_RUN_ID");
     // Only this command's breakpoints apply, not a DEJA_BREAK left in the shell.
-    for name in ["DEJA_BREAK", "DEJA_ON_BREAK", "DEJA_UNTIL", "DEJA_JSON_FD"] {
+    for name in [
+        "DEJA_BREAK",
+        "DEJA_ON_BREAK",
+        "DEJA_UNTIL",
+        "DEJA_JSON_FD",
+        "DEJA_JSON_OUTCOME_ONLY",
+    ] {
         command.env_remove(name);
     }
     if !args.breaks.is_empty() {
@@ -125,6 +131,8 @@ fn run_reporting(mut command: Command, json: bool) -> anyhow::Result<ExitCode> {
     command.env("DEJA_JSON_FD", JSON_CHILD_FD.to_string());
     if json {
         command.stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?));
+    } else {
+        command.env("DEJA_JSON_OUTCOME_ONLY", "1");
     }
     // SAFETY: dup2 and fcntl are async-signal-safe and touch only fds.
     unsafe {
