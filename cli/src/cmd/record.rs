@@ -133,6 +133,13 @@ fn report(run_dir: &Path) {
         print_warning(&warning);
     }
     if let Some(summary) = read_recorder_summary(run_dir) {
+        if summary.events_after_close > 0 {
+            print_note(&format!(
+                "{} event(s) of tasks still running at exit were not recorded (a recording ends \
+                 at the service's exit)",
+                summary.events_after_close
+            ));
+        }
         if summary.events_dropped > 0 || summary.last_write_error.is_some() {
             print_warning(&format!(
                 "the recorder lost {} of {} events{}; `deja stats {}` shows the gaps",

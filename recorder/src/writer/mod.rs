@@ -152,8 +152,12 @@ pub struct RecorderStats {
     pub produced: u64,
     /// Events accepted into the queue (gap events included).
     pub queued: u64,
-    /// Events lost: queue full, too large, after close, or not writable.
+    /// Events lost: queue full, too large, or not writable.
     pub dropped: u64,
+    /// Events recorded after close, by tasks still running while the
+    /// process exits: not part of the run (it ended at its exit), so not
+    /// counted in `produced` or `dropped`.
+    pub after_close: u64,
     /// `Gap` events queued.
     pub gaps: u64,
     /// What the writer has put on disk (complete after [`Recorder::close`]).
@@ -306,6 +310,7 @@ impl Recorder {
             produced: counters.produced,
             queued: counters.queued,
             dropped: counters.dropped,
+            after_close: counters.after_close,
             gaps: counters.gaps,
             written: progress.totals,
             write_outages: progress.outages,
@@ -499,6 +504,7 @@ fn finish(
             events_produced: counters.produced,
             events_written: writer.totals().events,
             events_dropped: counters.dropped,
+            events_after_close: counters.after_close,
             write_outages: outages,
             last_write_error: progress.error.clone(),
             ended_in_outage,
@@ -592,6 +598,31 @@ mod tests {
             std::thread::sleep(Duration::from_micros(500));
         }
         i
+    }
+
+    /// Issue 18: events of tasks still running when the recording closed
+    /// (at the service's exit) are not losses: `deja record` and `deja
+    /// stats` must not call them dropped.
+    #[test]
+    fn events_after_close_are_counted_apart_from_losses() {
+        let out = tempfile::tempdir().unwrap();
+        let recorder = Recorder::create(
+            out.path(),
+            RunMeta::new("late", "run"),
+            WriterConfig::default(),
+        )
+        .unwrap();
+        recorder.record(TaskId::MAIN, EventKind::ClockMono { ns: 1 });
+        let stats = recorder.close().unwrap();
+        for _ in 0..4 {
+            recorder.record(TaskId(3), EventKind::ClockMono { ns: 2 });
+        }
+        let after = recorder.stats();
+        assert_eq!((after.dropped, after.after_close), (0, 4), "{after:?}");
+        assert_eq!(after.produced, stats.produced, "{after:?}");
+        assert_eq!(after.produced, after.written.events + after.dropped);
+        let summary = super::summary::read_recorder_summary(recorder.dir()).unwrap();
+        assert_eq!(summary.events_dropped, 0);
     }
 
     #[test]
