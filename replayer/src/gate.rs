@@ -126,6 +126,11 @@ pub enum Call<'a> {
         /// The value.
         value: &'a [u8],
     },
+    /// `deja::mark_end(name)`.
+    MarkEnd {
+        /// The name.
+        name: &'a str,
+    },
     /// Waiting for a signal.
     Signal,
     /// The process is exiting with this code.
@@ -266,6 +271,7 @@ impl fmt::Display for Call<'_> {
             Call::Adopt => f.write_str("task_adopted"),
             Call::TaskEnd { outcome } => write!(f, "task_end outcome={outcome:?}"),
             Call::Mark { name, value } => write!(f, "mark {name}=\"{}\"", preview(value)),
+            Call::MarkEnd { name } => write!(f, "mark_end {name}"),
             Call::Signal => f.write_str("signal"),
             Call::Exit { code } => write!(f, "exit code={code}"),
         }
@@ -403,6 +409,13 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
                     preview(value),
                     preview(v)
                 ))
+            }
+        }
+        (Call::MarkEnd { name }, E::MarkEnd { name: n }) => {
+            if name == n {
+                Match::Same
+            } else {
+                Match::Conflict(format!("mark {name} ends, the recording ended mark {n}"))
             }
         }
         (Call::Signal, E::Signal { .. }) => Match::Same,

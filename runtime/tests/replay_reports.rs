@@ -119,3 +119,53 @@ fn a_udp_socket_closes_as_udp_and_replays() {
     let mut runtime = replay_runtime(&dir);
     runtime.block_on(service()).unwrap().unwrap();
 }
+
+/// A task marks a session once, then a request in a scope that ends.
+async fn marked() -> std::io::Result<()> {
+    deja::mark("session", "s1");
+    {
+        let _request = deja::mark_scope("req", "1");
+        let _ = deja::time::Instant::now();
+    }
+    let _ = deja::time::Instant::now();
+    Ok(())
+}
+
+#[test]
+fn a_mark_scope_ends_and_own_mark_matches_only_the_mark() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = record(out.path(), marked());
+    let names: Vec<&str> = deja_recorder::RunReader::open(&dir)
+        .unwrap()
+        .map(|event| event.unwrap().kind.name())
+        .collect();
+    assert!(names.contains(&"mark_end"), "{names:?}");
+    let hits_of = |spec: &str| -> Vec<&'static str> {
+        let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = std::sync::Arc::clone(&hits);
+        let mut runtime = Builder::new()
+            .mode(Mode::Replay)
+            .trace_dir(&dir)
+            .service("reports")
+            .break_at(spec)
+            .unwrap()
+            .on_break(move |hit: &deja::debug::BreakHit<'_>| {
+                seen.lock().unwrap().push(hit.event().kind.name());
+                deja::debug::Resume::Continue
+            })
+            .build()
+            .unwrap();
+        runtime.block_on(marked()).unwrap().unwrap();
+        let hits = hits.lock().unwrap().clone();
+        hits
+    };
+    // In the scope: the mark, the reading inside; not the reading after.
+    assert_eq!(hits_of("mark=req:1,kind=time"), ["clock_mono"]);
+    assert_eq!(hits_of("mark=req:1"), ["mark", "clock_mono"]);
+    // The session mark is in scope to the end; own-mark is only the mark.
+    assert_eq!(
+        hits_of("mark=session:s1,kind=time"),
+        ["clock_mono", "clock_mono"]
+    );
+    assert_eq!(hits_of("own-mark=session:s1"), ["mark"]);
+}
