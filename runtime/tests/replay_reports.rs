@@ -78,7 +78,7 @@ fn a_stall_lists_every_call_each_blocked_task_waits_on() {
             .find(&format!("task {task} waits on "))
             .unwrap_or_else(|| panic!("task {task} not listed: {report}"));
         let rest = &report[from + format!("task {task} waits on ").len()..];
-        let end = rest.find(|c| c == ';' || c == '\n').unwrap_or(rest.len());
+        let end = rest.find([';', '\n']).unwrap_or(rest.len());
         let mut calls: Vec<String> = rest[..end].split(" and ").map(str::to_string).collect();
         calls.sort();
         calls
