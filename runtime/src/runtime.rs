@@ -1013,6 +1013,14 @@ pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
 /// One stderr line at exit when the recording is missing events, so a
 /// service without a `tracing` subscriber still says so.
 fn report_losses(stats: &deja_recorder::RecorderStats, dir: &Path) {
+    if let Some(error) = &stats.index_error {
+        // Only the summary failed: the log itself is complete.
+        eprintln!(
+            "deja: warning: {error}; the log is complete (its footer is written), only its \
+             index is missing or stale: `deja verify {}` reads it",
+            dir.display()
+        );
+    }
     if stats.dropped == 0 && stats.write_error.is_none() {
         return;
     }
