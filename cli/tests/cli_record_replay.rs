@@ -539,3 +539,33 @@ fn the_child_inherits_the_signal_state_deja_started_with() {
         run.stdout
     );
 }
+
+/// Issue 18: a service killed between creating its run directory and its
+/// first segment leaves an empty directory: `deja record` says nothing was
+/// recorded (not "recorded (0 events)" and a warning about its own
+/// directory), and `deja verify` reads it as an empty run.
+#[test]
+fn a_run_directory_left_empty_reads_as_an_empty_run() {
+    let out = tempfile::tempdir().unwrap();
+    let run = record_sh(
+        out.path(),
+        r#"mkdir -m 700 "$DEJA_TRACE/$DEJA_SERVICE-$DEJA_RUN_ID""#,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = stderr_lines(&run);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("deja: warning: nothing was recorded: "),
+        "{}",
+        lines[0]
+    );
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let verify = deja(["verify".as_ref(), dir.as_os_str()]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stderr.contains("empty run: "), "{verify:?}");
+}

@@ -256,3 +256,37 @@ fn a_run_that_does_not_start_at_seq_zero_is_corrupt() {
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains("not #0"), "{err}");
 }
+
+/// Issue 18: a run directory killed before its first segment reads as an
+/// empty run that ended unclean (like a 0-byte segment), not as "not a run
+/// directory"; a directory holding something else is still refused.
+#[test]
+fn an_empty_run_directory_reads_as_an_empty_run() {
+    let out = tempfile::tempdir().unwrap();
+    let empty = out.path().join("svc-20260101T000000Z-0000");
+    std::fs::create_dir(&empty).unwrap();
+    let (events, end) = read_all(&empty);
+    assert!(events.is_empty());
+    let warning = end.warning().expect("not a clean end");
+    assert!(warning.starts_with("empty run: "), "{warning}");
+    assert!(deja_recorder::RunReader::open(&empty)
+        .unwrap()
+        .header()
+        .is_none());
+
+    // A 0-byte first segment says the same.
+    let zero = out.path().join("zero");
+    std::fs::create_dir(&zero).unwrap();
+    std::fs::write(zero.join("00000000.deja"), b"").unwrap();
+    let (events, end) = read_all(&zero);
+    assert!(events.is_empty());
+    assert!(end.warning().unwrap().starts_with("empty run: "));
+
+    let other = out.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    assert!(matches!(
+        deja_recorder::RunReader::open(&other),
+        Err(deja_recorder::ReadError::NoSegments { .. })
+    ));
+}

@@ -124,6 +124,20 @@ fn report_kept(out: &Path, meta: &RunMeta) {
 /// end cleanly.
 fn report(run_dir: &Path) {
     let (events, warning) = count_events(run_dir);
+    if events == 0
+        && warning
+            .as_deref()
+            .is_some_and(|w| w.starts_with("empty run: "))
+    {
+        // Killed, or out of disk, between creating the run directory and
+        // writing its first record: say that, not "recorded (0 events)".
+        print_warning(&format!(
+            "nothing was recorded: {} holds no events (the service ended, or could not write, \
+             before its first one)",
+            run_dir.display()
+        ));
+        return;
+    }
     print_note(&format!(
         "recorded {} ({events} events, {})",
         run_dir.display(),

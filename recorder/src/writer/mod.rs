@@ -618,9 +618,12 @@ mod tests {
     #[test]
     fn an_index_that_cannot_be_written_at_close_is_named_and_the_log_is_clean() {
         let out = tempfile::tempdir().unwrap();
-        let recorder =
-            Recorder::create(out.path(), RunMeta::new("idx", "run"), WriterConfig::default())
-                .unwrap();
+        let recorder = Recorder::create(
+            out.path(),
+            RunMeta::new("idx", "run"),
+            WriterConfig::default(),
+        )
+        .unwrap();
         recorder.record(TaskId::MAIN, mark(0));
         // The index goes through `index.json.tmp`: a directory there
         // makes that one write fail.
