@@ -474,30 +474,30 @@ fn check_write(
             hex_window(replayed, start, end),
         ));
     }
-    if bytes.len() < len {
-        return Match::Conflict(format!(
-            "writes {} bytes, the recording wrote {len}",
-            bytes.len()
-        ));
-    }
-    if content_hash(&bytes[..len]) != written.hash {
-        let (start, end) = (0, len.min(HASH_ONLY_SHOWN_BYTES));
-        return Match::Conflict(format!(
-            "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}; \
-             it kept only the hash, so where they differ is unknown (record with DEJA_KEEP_WRITES=1 \
-             to keep the bytes)\n    this write{}:\n{}",
-            preview(&bytes[..len]),
-            content_hash(&bytes[..len]),
+    let shown = &bytes[..len.min(bytes.len())];
+    let what = if bytes.len() < len {
+        format!("writes {} bytes, the recording wrote {len}", bytes.len())
+    } else if content_hash(shown) != written.hash {
+        format!(
+            "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}",
+            preview(shown),
+            content_hash(shown),
             written.hash,
-            if len > end {
-                format!(" (its first {end} of {len} bytes)")
-            } else {
-                String::new()
-            },
-            hex_window(&bytes[..len], start, end),
-        ));
-    }
-    Match::Same
+        )
+    } else {
+        return Match::Same;
+    };
+    let end = shown.len().min(HASH_ONLY_SHOWN_BYTES);
+    Match::Conflict(format!(
+        "{what}; it kept only the hash, so where they differ is unknown (record with \
+         DEJA_KEEP_WRITES=1 to keep the bytes)\n    this write{}:\n{}",
+        if shown.len() > end {
+            format!(" (its first {end} of {} bytes)", shown.len())
+        } else {
+            String::new()
+        },
+        hex_window(shown, 0, end),
+    ))
 }
 
 /// Bytes shown before the first difference of two writes.

@@ -137,6 +137,10 @@ fn a_changed_service_exits_3_at_the_first_changed_write() {
         stderr.contains("expected:") && stderr.contains("actual:"),
         "{stderr}"
     );
+    // Recorded without DEJA_KEEP_WRITES: the report says only a hash was
+    // kept and shows this write's bytes (issue 18).
+    assert!(stderr.contains("kept only the hash"), "{stderr}");
+    assert!(stderr.contains("|HI "), "{stderr}");
 }
 
 /// Bad logs fail with one `deja:` line (and a hint), never a panic.
