@@ -16,7 +16,9 @@ use deja_recorder::{Event, EventKind, TaskId};
 use deja_tests::e2e::{kv_replay_command, log_events, replay_summary, run_bounded, KvRecording};
 
 const CLIENTS: usize = 8;
-const REQUESTS: usize = 20;
+/// Enough for the run to last a few ticker periods (100 ms) on most
+/// machines; a recording that does not is made again (see `record`).
+const REQUESTS: usize = 60;
 /// Clean replays of the original, all of which must agree.
 const CLEAN_REPLAYS: usize = 200;
 
@@ -105,6 +107,25 @@ fn expected_first_difference(events: &[Event], mutant: &str) -> u64 {
     }
 }
 
+/// A recording of kv under load in which the ticker ticked at least twice:
+/// a changed ticker period shows first at the second tick, and a run
+/// shorter than one period has none (the change is then invisible).
+fn record() -> (KvRecording, Vec<Event>) {
+    for _ in 0..5 {
+        let recorded = KvRecording::record(CLIENTS, REQUESTS, true);
+        let events = log_events(&recorded.run);
+        let ticker = tasks(&events).ticker;
+        let ticks = events
+            .iter()
+            .filter(|e| e.task == ticker && matches!(e.kind, EventKind::TimerFired { .. }))
+            .count();
+        if ticks >= 2 {
+            return (recorded, events);
+        }
+    }
+    panic!("five recordings each shorter than one ticker period");
+}
+
 /// `deja replay --json` of `run` with kv under `mutant` (or as written):
 /// exit code, outcome line, stderr.
 fn replay(
@@ -152,8 +173,7 @@ const NEUTRAL: [&str; 4] = ["idle-timeout", "extra-stat", "buffer-size", "read-c
 
 #[test]
 fn every_mutant_is_caught_at_its_first_event_and_the_original_replays_alike() {
-    let recorded = KvRecording::record(CLIENTS, REQUESTS, true);
-    let events = log_events(&recorded.run);
+    let (recorded, events) = record();
 
     let mut digests = BTreeSet::new();
     for _ in 0..CLEAN_REPLAYS {
