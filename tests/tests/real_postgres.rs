@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use deja::recorder::{EventKind, ReadOutcome};
-use deja_tests::e2e::{log_events, run_bounded};
 use deja_fixtures::servers::{self, Postgres};
+use deja_tests::e2e::{log_events, run_bounded};
 
 /// Replays of the recording, each in a process of its own.
 const REPLAYS: usize = 20;
