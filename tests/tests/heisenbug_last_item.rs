@@ -14,6 +14,7 @@
 #![allow(clippy::disallowed_methods)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +33,10 @@ use deja_tests::heisenbug::{assert_diverges_at, quick_stall, text};
 const ATTEMPTS_MAX: u32 = 5;
 /// Replays that must all agree.
 const REPLAYS: u32 = 10;
+/// Recordings that may stop with a divergence report before one replays:
+/// about 1 in 15 does not replay (fixtures/README.md), so 4 in a row is a
+/// failure.
+const UNREPLAYABLE_MAX: u32 = 3;
 /// The payments upstream answers within 1 to this many ms.
 const PAYMENT_DELAY_MS: u64 = 5;
 
@@ -49,28 +54,8 @@ fn the_last_item_sold_twice_replays_offline_and_the_fix_diverges() {
     let out = tempfile::tempdir().expect("tempdir");
     let options = last_item::options(&deps, false);
 
-    // Record under load until an item is oversold.
-    eprintln!("last-item: load seeds from {seed}");
-    let caught = heisenbug::record_until_bug(
-        "last-item",
-        ATTEMPTS_MAX,
-        |n| {
-            let load = Load {
-                seed: seed + u64::from(n),
-                ..Load::default()
-            };
-            let (attempt, receipts) = last_item::record(&outside, out.path(), &options, load)?;
-            check_receipts(&attempt, &receipts);
-            Ok::<Attempt<Ledger>, anyhow::Error>(attempt)
-        },
-        Ledger::bug,
-    )
-    .expect("recording the last item sold twice");
+    let caught = catch_replayable(&outside, out.path(), &options, seed);
     let recorded = started.elapsed();
-    eprintln!(
-        "last-item: caught after {} attempt(s): {}",
-        caught.attempts, caught.bug
-    );
 
     // Replay needs neither server.
     let pg_addr = deps.postgres.addr();
@@ -92,6 +77,53 @@ fn the_last_item_sold_twice_replays_offline_and_the_fix_diverges() {
          (digest {digest:016x}) by {replayed:?}, total {:?}",
         started.elapsed()
     );
+}
+
+/// Record under load until an item is oversold, in a recording that
+/// replays. A recording whose first replay stops with a divergence report
+/// (the known gap: the handlers share one PostgreSQL, one Redis and one
+/// HTTP/2 connection, and now and then replay wakes them in another order
+/// than the recording's scheduler did, so a pipelined write goes out in
+/// another order; fixtures/README.md has the figures) is reported here in
+/// full and recorded again, at most [`UNREPLAYABLE_MAX`] times. It must
+/// stop with that report: a hang or other answers fail the test.
+fn catch_replayable(outside: &Outside, out: &Path, options: &Options, seed: u64) -> Caught<Ledger> {
+    for round in 0..=UNREPLAYABLE_MAX {
+        let seed = seed + 100 * u64::from(round);
+        eprintln!("last-item: load seeds from {seed}");
+        let caught = heisenbug::record_until_bug(
+            "last-item",
+            ATTEMPTS_MAX,
+            |n| {
+                let load = Load {
+                    seed: seed + u64::from(n),
+                    ..Load::default()
+                };
+                let (attempt, receipts) = last_item::record(outside, out, options, load)?;
+                check_receipts(&attempt, &receipts);
+                Ok::<Attempt<Ledger>, anyhow::Error>(attempt)
+            },
+            Ledger::bug,
+        )
+        .expect("recording the last item sold twice");
+        eprintln!(
+            "last-item: caught after {} attempt(s): {}",
+            caught.attempts, caught.bug
+        );
+        match last_item::replay(&caught.run, options, |b| b, &Shared::default()) {
+            Ok(_) => return caught,
+            Err(Error::Diverged(divergence)) => eprintln!(
+                "last-item: KNOWN GAP: recording {} of {} does not replay:\n{divergence}",
+                round + 1,
+                UNREPLAYABLE_MAX + 1
+            ),
+            Err(other) => panic!("replay of {} failed: {other}", caught.run.display()),
+        }
+    }
+    panic!(
+        "{} recordings in a row did not replay",
+        UNREPLAYABLE_MAX + 1
+    )
 }
 
 /// The customers saw what the shop's ledger says.
