@@ -34,7 +34,7 @@ const ATTEMPTS_MAX: u32 = 5;
 /// Replays that must all agree.
 const REPLAYS: u32 = 10;
 /// Recordings that may stop with a divergence report before one replays:
-/// about 1 in 15 does not replay (fixtures/README.md), so 4 in a row is a
+/// 1 in 8 to 15 does not replay (fixtures/README.md), so 4 in a row is a
 /// failure.
 const UNREPLAYABLE_MAX: u32 = 3;
 /// The payments upstream answers within 1 to this many ms.
