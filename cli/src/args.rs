@@ -7,6 +7,7 @@ use clap::builder::NonEmptyStringValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use deja_replayer::breakpoint::{Breakpoint, KindFilter};
+use deja_replayer::sweep::Shard;
 
 /// deja: deterministic record and replay for Rust network services.
 #[derive(Debug, Parser)]
@@ -97,7 +98,9 @@ pub(crate) enum Command {
     /// DEJA_TRACE=DIR set, its output captured; it exits 0 when the seed
     /// passes. Seeds run in parallel; the first failing seed's output (its
     /// seed, `reproduce:` and `replay:` lines) is printed. deja exits 0
-    /// when every seed passed, 1 when one failed or timed out.
+    /// when every seed passed, 1 when one failed or timed out. `--shard
+    /// K/N` runs one part of the seeds on one machine, `--report` and
+    /// `--junit` write what ran, and `deja sim merge` combines the shards.
     Sim(SimArgs),
     /// Merge several services' logs into one causal timeline: `deja timeline RUN_DIR...`.
     ///
@@ -166,7 +169,11 @@ pub(crate) struct RecordArgs {
 
 /// `deja sim`.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct SimArgs {
+    /// `deja sim merge`.
+    #[command(subcommand)]
+    pub(crate) action: Option<SimAction>,
     /// How many seeds to run, from --from.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub(crate) seeds: u64,
@@ -188,9 +195,45 @@ pub(crate) struct SimArgs {
     /// Seconds one seed may run before it is killed and counted as failed.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub(crate) timeout: u64,
+    /// Run only shard K of N (K from 1): a contiguous block of the seeds,
+    /// the same on every machine; shards 1/N to N/N cover the seeds
+    /// exactly once. For a CI matrix or a Kubernetes Indexed Job
+    /// (`--shard $((JOB_COMPLETION_INDEX + 1))/N`).
+    #[arg(long, value_name = "K/N", conflicts_with = "seed")]
+    pub(crate) shard: Option<Shard>,
+    /// Write what ran and failed as JSON, for `deja sim merge`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
+    /// Write JUnit XML (one test case per seed) for the CI system.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
     /// The simulation to run and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub(crate) command: Vec<OsString>,
+}
+
+/// `deja sim`'s subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimAction {
+    /// Combine the reports of every shard of one sweep: `deja sim merge
+    /// REPORT...`. Prints the whole sweep's summary, refuses reports of
+    /// different sweeps, a shard twice or a missing shard, and exits 1
+    /// when a seed failed.
+    Merge(SimMergeArgs),
+}
+
+/// `deja sim merge`.
+#[derive(Debug, Args)]
+pub(crate) struct SimMergeArgs {
+    /// The shards' reports (`deja sim --shard K/N --report FILE`).
+    #[arg(required = true, value_name = "REPORT")]
+    pub(crate) reports: Vec<PathBuf>,
+    /// Write the merged report as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) report: Option<PathBuf>,
+    /// Write the merged JUnit XML (one test case per seed).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
 }
 
 /// `deja replay`.

@@ -59,7 +59,7 @@ fn every_seed_passes_exit_zero() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(ran(&out), (0..12).collect::<Vec<_>>());
     assert!(
-        run.stderr.contains("12 seeds in") && run.stderr.contains("all passed"),
+        run.stderr.contains("12 seeds of 0..12 in") && run.stderr.contains("all passed"),
         "{run:?}"
     );
 }
@@ -113,7 +113,7 @@ fn seed_runs_just_one() {
     let run = sim(&out, &script, &["--seed", "42"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert_eq!(ran(&out), [42]);
-    assert!(run.stderr.contains("1 seeds in"), "{run:?}");
+    assert!(run.stderr.contains("1 seeds of 42..43 in"), "{run:?}");
 }
 
 #[test]

@@ -251,6 +251,14 @@ pub enum EventKind {
         /// Nanoseconds since the Unix epoch (negative before it).
         unix_ns: i64,
     },
+    /// A name was looked up (`deja::net::lookup_host`, or a UDP
+    /// `send_to`/`connect` given `"host:port"`): DNS answers are inputs.
+    Lookup {
+        /// The name and port as the service gave them.
+        host: String,
+        /// The addresses, in the order the resolver gave them, or the error.
+        result: Result<Vec<SocketAddr>, IoErrorKind>,
+    },
 }
 
 /// The name of the mark the runtime logs when library code connects with
@@ -567,7 +575,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 25] = [
+    pub const NAMES: [&'static str; 26] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -593,10 +601,11 @@ impl EventKind {
         "task_adopted",
         "lib_clock_mono",
         "lib_clock_wall",
+        "lookup",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 25] = [
+    pub const CLASSES: [KindClass; 26] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -622,6 +631,7 @@ impl EventKind {
         KindClass::Spawn,
         KindClass::Time,
         KindClass::Time,
+        KindClass::Connect,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -658,6 +668,7 @@ impl EventKind {
             EventKind::TaskAdopted { .. } => 22,
             EventKind::LibClockMono { .. } => 23,
             EventKind::LibClockWall { .. } => 24,
+            EventKind::Lookup { .. } => 25,
         }
     }
 
@@ -672,7 +683,7 @@ impl EventKind {
             EventKind::RootSeed { .. } | EventKind::Entropy { .. } => KindClass::Rand,
             EventKind::TcpListen { .. } | EventKind::UdpBind { .. } => KindClass::Listen,
             EventKind::TcpAccept { .. } => KindClass::Accept,
-            EventKind::TcpConnect { .. } => KindClass::Connect,
+            EventKind::TcpConnect { .. } | EventKind::Lookup { .. } => KindClass::Connect,
             EventKind::TcpRead { .. } | EventKind::UdpRecv { .. } => KindClass::Recv,
             EventKind::TcpWrite { .. } | EventKind::UdpSend { .. } => KindClass::Send,
             EventKind::TcpShutdown { .. } | EventKind::TcpClose { .. } => KindClass::Close,
@@ -712,7 +723,8 @@ impl EventKind {
             EventKind::Entropy { bytes } => bytes.len(),
             EventKind::TcpListen { addr, .. }
             | EventKind::TcpConnect { addr, .. }
-            | EventKind::UdpBind { addr, .. } => addr.len(),
+            | EventKind::UdpBind { addr, .. }
+            | EventKind::Lookup { host: addr, .. } => addr.len(),
             EventKind::TcpRead {
                 result: ReadOutcome::Data(bytes),
                 ..
@@ -818,6 +830,13 @@ impl fmt::Display for EventKind {
                 write_result(f, result, |f, ()| f.write_str("ok"))
             }
             EventKind::TcpClose { conn } => write!(f, " conn={conn}"),
+            EventKind::Lookup { host, result } => {
+                write!(f, " host={host} ")?;
+                write_result(f, result, |f, addrs| {
+                    let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+                    write!(f, "addrs=[{}]", addrs.join(", "))
+                })
+            }
             EventKind::UdpBind {
                 socket,
                 addr,
@@ -1004,6 +1023,10 @@ mod tests {
             EventKind::TaskAdopted { tokio_id: 7 },
             EventKind::LibClockMono { ns: 8 },
             EventKind::LibClockWall { unix_ns: 9 },
+            EventKind::Lookup {
+                host: "payment:7000".into(),
+                result: Ok(vec!["10.0.0.2:7000".parse().unwrap()]),
+            },
         ];
         for kind in &kinds {
             match kind {
@@ -1031,7 +1054,8 @@ mod tests {
                 | EventKind::Redacted { .. }
                 | EventKind::TaskAdopted { .. }
                 | EventKind::LibClockMono { .. }
-                | EventKind::LibClockWall { .. } => {}
+                | EventKind::LibClockWall { .. }
+                | EventKind::Lookup { .. } => {}
             }
         }
         kinds

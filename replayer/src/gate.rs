@@ -101,6 +101,11 @@ pub enum Call<'a> {
         /// The socket.
         socket: ConnId,
     },
+    /// A name lookup (`deja::net::lookup_host`).
+    Lookup {
+        /// The name and port as given.
+        host: &'a str,
+    },
     /// `deja::spawn`.
     Spawn,
     /// A task started by `tokio::spawn` makes its first intercepted call
@@ -190,6 +195,7 @@ impl fmt::Display for Call<'_> {
                 bytes,
             } => write!(f, "udp_send conn={socket} peer={peer} len={}", bytes.len()),
             Call::UdpRecv { socket } => write!(f, "udp_recv conn={socket}"),
+            Call::Lookup { host } => write!(f, "lookup host={host}"),
             Call::Spawn => f.write_str("spawn"),
             Call::Adopt => f.write_str("task_adopted"),
             Call::TaskEnd { outcome } => write!(f, "task_end outcome={outcome:?}"),
@@ -250,7 +256,8 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
         )),
         (Call::TcpListen { addr }, E::TcpListen { addr: a, .. })
         | (Call::TcpConnect { addr }, E::TcpConnect { addr: a, .. })
-        | (Call::UdpBind { addr }, E::UdpBind { addr: a, .. }) => {
+        | (Call::UdpBind { addr }, E::UdpBind { addr: a, .. })
+        | (Call::Lookup { host: addr }, E::Lookup { host: a, .. }) => {
             if addr == a {
                 Match::Same
             } else {

@@ -13,6 +13,8 @@
 //! - [`request`]: one request across services, found from a mark: its
 //!   events, critical path and where the time went; [`otlp`] exports
 //!   requests as OpenTelemetry traces (Jaeger imports them).
+//! - [`sweep`]: seed sweeps split into shards across machines, their
+//!   reports, JUnit XML and merging.
 //! - [`diff`]: where two runs of a service part ways, what `deja diff`
 //!   reports.
 //!
@@ -29,5 +31,6 @@ pub mod gate;
 pub mod otlp;
 pub mod perfetto;
 pub mod request;
+pub mod sweep;
 pub mod timeline;
 pub mod watch;

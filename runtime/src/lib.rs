@@ -26,7 +26,7 @@
 //! |---|---|
 //! | `#[tokio::main]` | `#[deja::main]` |
 //! | `tokio::spawn` | `deja::spawn` |
-//! | `tokio::net::{TcpListener, TcpStream, UdpSocket}` | `deja::net::...` |
+//! | `tokio::net::{TcpListener, TcpStream, UdpSocket, lookup_host}` | `deja::net::...` |
 //! | `tokio::time::{sleep, timeout, interval, Instant}` | `deja::time::...` |
 //! | `std::time::SystemTime::now()` | `deja::time::SystemTime::now()` |
 //! | `rand::rng()` | `deja::rand::rng()` |

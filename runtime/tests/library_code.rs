@@ -46,6 +46,9 @@ enum Scenario {
     ThreadRng,
     /// `uuid::Uuid::new_v4()`: OS entropy on every call.
     UuidV4,
+    /// `syscall(SYS_getrandom, ..)`, as getrandom 0.2 (under ring, so
+    /// rustls) draws OS entropy on Linux, past the C library's `getrandom`.
+    GetrandomSyscall,
     /// A std `HashMap` with `RandomState`, iterated.
     StdHashMap,
     /// 16 handlers append to one log under a `tokio::sync::Mutex`,
@@ -121,6 +124,15 @@ async fn handle(
                 format!("{request} {}", rand::rng().random::<u64>())
             }
             Scenario::UuidV4 => format!("{request} {}", uuid::Uuid::new_v4()),
+            Scenario::GetrandomSyscall => {
+                let mut bytes = [0u8; 16];
+                // SAFETY: `bytes` is writable for its length.
+                let got = unsafe {
+                    libc::syscall(libc::SYS_getrandom, bytes.as_mut_ptr(), bytes.len(), 0)
+                };
+                assert_eq!(got, 16, "getrandom(2) of 16 bytes");
+                format!("{request} {:032x}", u128::from_le_bytes(bytes))
+            }
             Scenario::StdHashMap => {
                 let words: std::collections::HashMap<String, usize> =
                     ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
@@ -323,6 +335,14 @@ fn uuid_v4_replays() {
 }
 
 #[test]
+fn getrandom_system_call_replays() {
+    let answers = replays_exactly(Scenario::GetrandomSyscall);
+    let draws: std::collections::BTreeSet<_> =
+        answers.iter().map(|a| a.rsplit(' ').next()).collect();
+    assert_eq!(draws.len(), answers.len(), "every draw is new");
+}
+
+#[test]
 fn std_hash_map_iteration_replays() {
     replays_exactly(Scenario::StdHashMap);
 }
@@ -440,4 +460,42 @@ fn a_task_does_not_run_while_main_spins_without_awaiting() {
     assert_eq!(marks, ["ran_during_main=no", "ran_after_await=yes"]);
     let (replayed, _) = replay_with(&dir, SERVICE, service);
     replayed.expect("the recording replays");
+}
+
+/// Regression: a `main` that draws entropy first thing (a key or an id
+/// made at start) logs its draws right after the runtime build's, with
+/// nothing between them, and replay passed them all as the build's: the
+/// first draw of `main` then diverged. Only the build's one draw (std's
+/// `HashMap` keys) may be passed, and only when replay's build did not
+/// make it.
+#[test]
+fn draws_main_makes_first_thing_are_not_taken_for_the_build() {
+    async fn service(out: Arc<Mutex<Answers>>) -> io::Result<()> {
+        // The size of the build's draw, then a key's.
+        let id = uuid::Uuid::new_v4();
+        let mut key = [0u8; 32];
+        // SAFETY: `key` is writable for its length.
+        let got = unsafe { libc::syscall(libc::SYS_getrandom, key.as_mut_ptr(), key.len(), 0) };
+        assert_eq!(got, 32, "getrandom(2) of 32 bytes");
+        let drawn = format!(
+            "{id} {:032x}",
+            u128::from_le_bytes(key[..16].try_into().unwrap())
+        );
+        deja::mark("drawn", drawn.as_bytes());
+        out.lock().unwrap().push(drawn);
+        Ok(())
+    }
+    let out = tempfile::tempdir().expect("tempdir");
+    let recorded = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&recorded);
+    let dir = record_with(out.path(), SERVICE, move || service(seen));
+    for round in 0..3 {
+        let replayed = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&replayed);
+        let (result, _) = replay_with(&dir, SERVICE, move || service(seen));
+        if let Err(err) = result {
+            panic!("replay {round} failed: {err}");
+        }
+        assert_eq!(*replayed.lock().unwrap(), *recorded.lock().unwrap());
+    }
 }

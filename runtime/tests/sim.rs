@@ -248,6 +248,90 @@ fn a_partition_fails_writes_to_the_minority_until_it_heals() {
     assert_eq!(got, expected);
 }
 
+/// A hold delays traffic instead of cutting it: the connection made
+/// before the hold answers after the heal, nothing resets, and the answer
+/// comes no earlier than the heal.
+#[test]
+fn a_hold_delays_traffic_until_the_heal_and_keeps_connections() {
+    let answered: Arc<Mutex<Vec<(String, Duration)>>> = Arc::default();
+    let mut sim = Sim::new(3);
+    sim.net().latency(Latency::Fixed(Duration::from_millis(1)));
+    sim.host("counter", counter);
+    sim.hold_at(Duration::from_secs(1), "client", "counter")
+        .heal_at(Duration::from_secs(4), "client", "counter");
+    let seen = Arc::clone(&answered);
+    sim.client("client", async move {
+        let stream = TcpStream::connect(("counter", PORT)).await?;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        for at_ms in [500u64, 2000, 2500, 5000] {
+            let now = deja::sim::elapsed().expect("simulating");
+            sleep(Duration::from_millis(at_ms).saturating_sub(now)).await;
+            write.write_all(b"INCR\n").await?;
+            let line = lines.next_line().await?.expect("an answer");
+            seen.lock()
+                .unwrap()
+                .push((line, deja::sim::elapsed().expect("simulating")));
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim.run().expect("a hold resets nothing");
+    let answered = answered.lock().unwrap().clone();
+    let counts: Vec<&str> = answered.iter().map(|(line, _)| line.as_str()).collect();
+    assert_eq!(counts, ["1", "2", "3", "4"], "one connection throughout");
+    assert!(answered[0].1 < Duration::from_secs(1));
+    // Sent during the hold: answered only after the heal (plus a round trip).
+    assert!(answered[1].1 >= Duration::from_secs(4), "{answered:?}");
+    assert!(answered[1].1 < Duration::from_millis(4100), "{answered:?}");
+    assert!(answered[3].1 < Duration::from_millis(5100), "{answered:?}");
+}
+
+/// A segment lost again and again backs off (each retransmission timeout
+/// twice the last) and, after eight losses in a row, resets the
+/// connection; the same seed does it at the same moment.
+#[test]
+fn heavy_loss_backs_off_and_finally_resets_the_connection() {
+    let run = |seed: u64| {
+        let outcome: Arc<Mutex<Option<(io::ErrorKind, Duration)>>> = Arc::default();
+        let mut sim = Sim::new(seed);
+        sim.net()
+            .latency(Latency::Fixed(Duration::from_millis(1)))
+            .loss(0.9)
+            .retransmit_timeout(Duration::from_millis(10));
+        sim.host("counter", counter);
+        let seen = Arc::clone(&outcome);
+        sim.client("client", async move {
+            let stream = TcpStream::connect(("counter", PORT)).await?;
+            let (read, mut write) = stream.into_split();
+            let mut lines = BufReader::new(read).lines();
+            for _ in 0..1000 {
+                let answer = match write.write_all(b"INCR\n").await {
+                    Ok(()) => lines.next_line().await,
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = answer {
+                    let at = deja::sim::elapsed().expect("simulating");
+                    *seen.lock().unwrap() = Some((err.kind(), at));
+                    return Ok(());
+                }
+            }
+            Ok::<(), io::Error>(())
+        });
+        sim.run().expect("the client handles the reset");
+        let outcome = *outcome.lock().unwrap();
+        outcome
+    };
+    let (kind, at) = run(4).expect("90% loss resets the connection");
+    assert_eq!(kind, io::ErrorKind::ConnectionReset);
+    // Eight losses in a row wait 10+20+...+1280 ms = 2.55 s at least.
+    assert!(at >= Duration::from_millis(2550), "{at:?}");
+    assert_eq!(
+        run(4),
+        Some((kind, at)),
+        "the same seed resets at the same moment"
+    );
+}
+
 /// Counts `INCR`s in memory.
 async fn counter() -> io::Result<()> {
     let count = Arc::new(Mutex::new(0u64));
@@ -570,7 +654,7 @@ fn udp_sim(seed: u64, configure: impl FnOnce(&mut Sim)) -> Vec<u32> {
     });
     sim.client("sender", async {
         let socket = UdpSocket::bind("0.0.0.0:0").await?;
-        let target = "10.0.0.1:53".parse().unwrap();
+        let target: std::net::SocketAddr = "10.0.0.1:53".parse().unwrap();
         for i in 0..200u32 {
             socket.send_to(&i.to_le_bytes(), target).await?;
             sleep(Duration::from_micros(100)).await;
@@ -621,6 +705,93 @@ fn udp_is_lost_duplicated_and_reordered_as_configured() {
         }),
         "the same seed drops and reorders the same datagrams"
     );
+}
+
+/// tokio's UDP surface in a simulation: `send_to` and `connect` take
+/// `"host:port"`, `lookup_host` answers from the simulated hosts, and a
+/// connected socket hears only its peer.
+fn named_udp_sim(seed: u64, heard: &Arc<Mutex<Vec<String>>>) -> Sim {
+    let heard = Arc::clone(heard);
+    let mut sim = Sim::new(seed);
+    sim.net().latency(Latency::Uniform(
+        Duration::from_millis(1),
+        Duration::from_millis(3),
+    ));
+    sim.host("echo", || async {
+        let socket = UdpSocket::bind("0.0.0.0:9000").await?;
+        let mut buf = [0u8; 64];
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await?;
+            socket.send_to(&buf[..n], from).await?;
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), io::Error>(())
+    });
+    sim.host("noise", || async {
+        // Datagrams to the client's port that its connected socket drops.
+        let socket = UdpSocket::bind("0.0.0.0:0").await?;
+        for i in 0..20u32 {
+            socket
+                .send_to(format!("noise {i}").as_bytes(), "client:4000")
+                .await?;
+            sleep(Duration::from_millis(1)).await;
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim.client("client", async move {
+        let echo: Vec<_> = deja::net::lookup_host("echo:9000").await?.collect();
+        assert_eq!(echo, vec!["10.0.0.1:9000".parse().unwrap()]);
+        let unknown = deja::net::lookup_host("nowhere:1")
+            .await
+            .err()
+            .expect("no such host");
+        assert_eq!(unknown.kind(), io::ErrorKind::NotFound);
+        let socket = UdpSocket::bind("0.0.0.0:4000").await?;
+        socket.send_to(b"by name", "echo:9000").await?;
+        let mut buf = [0u8; 64];
+        // Not connected yet: the noise host's datagrams arrive too.
+        loop {
+            let (n, from) = socket.recv_from(&mut buf).await?;
+            if from == echo[0] {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                heard.lock().unwrap().push(format!("{from} {text}"));
+                break;
+            }
+            assert!(buf[..n].starts_with(b"noise"));
+        }
+        socket.connect("echo:9000").await?;
+        assert_eq!(socket.peer_addr()?, echo[0]);
+        for i in 0..10 {
+            socket.send(format!("ping {i}").as_bytes()).await?;
+            let n = socket.recv(&mut buf).await?;
+            heard
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        Ok::<(), io::Error>(())
+    });
+    sim
+}
+
+#[test]
+fn udp_takes_names_and_a_connected_socket_hears_only_its_peer() {
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    for seed in 0..5 {
+        check_determinism(seed, |seed| named_udp_sim(seed, &heard))
+            .unwrap_or_else(|difference| panic!("seed {seed}: {difference}"));
+    }
+    let heard = heard.lock().unwrap();
+    let mut expected = vec!["10.0.0.1:9000 by name".to_string()];
+    expected.extend((0..10).map(|i| format!("ping {i}")));
+    for run in heard.chunks(expected.len()) {
+        assert_eq!(
+            run,
+            expected.as_slice(),
+            "noise never reaches a connected socket"
+        );
+    }
+    assert_eq!(heard.len(), 10 * expected.len());
 }
 
 #[test]
@@ -824,6 +995,66 @@ fn a_sweep_reports_every_failing_seed_and_logs_the_first_few() {
         failing,
         "the same seeds fail again"
     );
+}
+
+/// A sweep split into shards runs each seed exactly once across them, and
+/// the shards' records merge into the unsharded sweep's.
+#[test]
+fn shards_of_a_sweep_cover_it_exactly_and_merge_into_it() {
+    use deja_replayer::sweep::merge;
+
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |shard: Option<u64>| {
+        let mut sweep = deja::sim::Sweep::new(0..30)
+            .jobs(2)
+            .quiet(true)
+            .collect_all()
+            .log_dir(dir.path());
+        if let Some(index) = shard {
+            sweep = sweep.shard(index, 4);
+        }
+        sweep
+    };
+    let whole = sweep(None).run(dice);
+    assert_eq!(whole.seeds_run, 30);
+    assert!(!whole.failing_seeds().is_empty());
+
+    let mut covered = Vec::new();
+    let mut records = Vec::new();
+    for index in [3, 1, 4, 2] {
+        let junit = dir.path().join(format!("shard-{index}.xml"));
+        let report_file = dir.path().join(format!("shard-{index}.json"));
+        let shard = sweep(Some(index)).junit(&junit).report(&report_file);
+        let seeds = shard.seeds();
+        let report = shard.run(dice);
+        assert_eq!(report.seeds_run, seeds.end - seeds.start);
+        covered.extend(seeds);
+        let xml = std::fs::read_to_string(&junit).unwrap();
+        assert_eq!(
+            xml.matches("<testcase ").count() as u64,
+            report.seeds_run,
+            "{xml}"
+        );
+        assert_eq!(
+            xml.matches("<failure ").count(),
+            report.failures.len(),
+            "{xml}"
+        );
+        let record = deja::sim::SweepRecord::read(&report_file).unwrap();
+        assert_eq!(&record, report.record());
+        records.push(record);
+    }
+    covered.sort_unstable();
+    assert_eq!(covered, (0..30).collect::<Vec<_>>(), "each seed once");
+
+    let merged = merge(records).unwrap();
+    let mut expected = whole.record().clone();
+    // Wall time and failure output (log paths) are the only differences.
+    expected.wall_ms = merged.wall_ms;
+    for (merged, whole) in merged.failures.iter().zip(&mut expected.failures) {
+        whole.output.clone_from(&merged.output);
+    }
+    assert_eq!(merged, expected);
 }
 
 /// Every host has a tokio runtime on virtual time: tokio's timers work

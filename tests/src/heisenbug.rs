@@ -1,49 +1,31 @@
-//! What the heisenbug tests (`tests/tests/heisenbug_*.rs`) check the same
-//! way: that a fixed service diverges exactly where expected, and what
-//! comes right after a breakpoint.
+//! The table of heisenbug fixtures the heisenbug tests share: one row
+//! per fixture. `tests/tests/heisenbug.rs` puts each through the
+//! in-process trial, `tests/tests/heisenbug_hunt.rs` hunts each as
+//! processes, as `fixtures/hunt.sh` does.
 
-use std::time::Duration;
-
-use deja_recorder::{Event, TaskId};
-
-/// How long a replay of a fix waits before it calls a stall a divergence:
-/// a fix that makes a task wait on a lock stalls, and in-process nothing
-/// else can wake it, so waiting the default second only slows the test.
-pub const FIX_STALL_WAIT: Duration = Duration::from_millis(50);
-
-/// `builder` with [`FIX_STALL_WAIT`], for replays of a fixed service.
-pub fn quick_stall(builder: deja::Builder) -> deja::Builder {
-    builder.stall_wait(FIX_STALL_WAIT)
-}
-
-/// Asserts that a replay diverged at `expected` (seq, task) and returns
-/// the report, which it also prints.
-pub fn assert_diverges_at(
-    replayed: Result<deja::ReplayStats, deja::Error>,
-    expected: (u64, TaskId),
-) -> String {
-    let divergence = match replayed {
-        Err(deja::Error::Diverged(divergence)) => divergence,
-        Err(err) => panic!("expected a divergence, got {err}"),
-        Ok(stats) => panic!("the fixed code followed the buggy recording to its end: {stats:?}"),
+/// Calls macro `$each` with every heisenbug fixture, one row each:
+/// `test_name: FixtureType,` (a type implementing
+/// `deja_fixtures::heisenbug::Heisenbug`). A new fixture is one row here.
+///
+/// ```
+/// macro_rules! names {
+///     ($($test:ident: $fixture:ty,)*) => {
+///         vec![$(<$fixture as deja_fixtures::heisenbug::Fixture>::NAME),*]
+///     };
+/// }
+/// let names: Vec<&str> = deja_tests::heisenbugs!(names);
+/// assert!(names.contains(&"double-charge"));
+/// ```
+#[macro_export]
+macro_rules! heisenbugs {
+    ($each:ident) => {
+        $each! {
+            double_charge: deja_fixtures::double_charge::DoubleCharge,
+            lost_update: deja_fixtures::lost_update::LostUpdate,
+            out_of_order: deja_fixtures::out_of_order::OutOfOrder,
+            clock_edge: deja_fixtures::clock_edge::ClockEdge,
+            timeout_cascade: deja_fixtures::timeout_cascade::TimeoutCascade,
+            real_clients: deja_fixtures::resp::RespKv,
+        }
     };
-    let report = divergence.to_string();
-    eprintln!("{report}");
-    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
-    assert_eq!(divergence.task, expected.1, "{report}");
-    report
-}
-
-/// The first event of `task` after seq `after` (a breakpoint's stop):
-/// the operation the stop came right before.
-pub fn next_event_of(events: &[Event], task: TaskId, after: u64) -> &Event {
-    events
-        .iter()
-        .find(|event| event.seq > after && event.task == task)
-        .unwrap_or_else(|| panic!("task {task} has no event after seq {after}"))
-}
-
-/// A mark's value (or any logged bytes) as text.
-pub fn text(value: &[u8]) -> String {
-    String::from_utf8_lossy(value).into_owned()
 }

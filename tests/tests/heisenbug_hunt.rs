@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use deja_fixtures::heisenbug::Heisenbug;
 use deja_fixtures::kv_server::{clean_command, KvServer};
 use deja_tests::e2e::{run_bounded, workspace_bin};
 
@@ -136,7 +137,12 @@ fn hunt(name: &str, out: &Path) -> Hunted {
     panic!("{name}: no bug in {ATTEMPTS_MAX} attempts");
 }
 
-fn hunt_and_replay(name: &str) {
+fn hunt_and_replay<H: Heisenbug>() {
+    if let Err(why) = H::available() {
+        eprintln!("SKIPPED {}: {why}", H::NAME);
+        return;
+    }
+    let name = H::NAME;
     let out = tempfile::tempdir().unwrap();
     let hunted = hunt(name, out.path()); // its dependencies are gone: replay is offline
 
@@ -189,32 +195,16 @@ fn deps_args_of(run: &Path) -> Vec<String> {
     argv.into_iter().skip(4).collect()
 }
 
-#[test]
-fn double_charge_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("double-charge");
+/// One `#[test]` per row of `deja_tests::heisenbugs!`, named after it.
+macro_rules! hunts {
+    ($($test:ident: $fixture:ty,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                hunt_and_replay::<$fixture>();
+            }
+        )*
+    };
 }
 
-#[test]
-fn clock_edge_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("clock-edge");
-}
-
-#[test]
-fn timeout_cascade_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("timeout-cascade");
-}
-
-#[test]
-fn resp_kv_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("resp-kv");
-}
-
-#[test]
-fn lost_update_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("lost-update");
-}
-
-#[test]
-fn out_of_order_is_hunted_replayed_and_the_fix_diverges() {
-    hunt_and_replay("out-of-order");
-}
+deja_tests::heisenbugs!(hunts);

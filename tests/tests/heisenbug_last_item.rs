@@ -21,11 +21,12 @@ use std::time::Instant;
 use deja::debug::{BreakHit, Resume};
 use deja::recorder::{Event, EventKind, TaskId};
 use deja::Error;
+use deja_fixtures::heisenbug::log::text;
+use deja_fixtures::heisenbug::FIX_STALL_WAIT;
 use deja_fixtures::heisenbug::{self, Attempt, Caught, Outside};
 use deja_fixtures::last_item::{self, break_spec, Deps, Ledger, Load, Options, Shared};
 use deja_fixtures::servers;
 use deja_tests::e2e::log_events;
-use deja_tests::heisenbug::{assert_diverges_at, quick_stall, text};
 
 /// Record attempts before giving up: 8 items with two buyers each within
 /// 10 ms, where a sale holds its check for a payment call and three
@@ -322,4 +323,26 @@ fn first_decrement_write(events: &[Event], pg_conn: deja::recorder::ConnId) -> (
         .find(|e| e.seq > first_sale.seq && is_write_on(e, pg_conn))
         .expect("the first decrement's write");
     (write.seq, write.task)
+}
+
+/// A fix that waits on something the log lacks stalls: call it sooner.
+fn quick_stall(builder: deja::Builder) -> deja::Builder {
+    builder.stall_wait(FIX_STALL_WAIT)
+}
+
+/// The replay diverged at `expected` (seq, task); its report.
+fn assert_diverges_at(
+    replayed: Result<deja::ReplayStats, Error>,
+    expected: (u64, TaskId),
+) -> String {
+    let divergence = match replayed {
+        Err(Error::Diverged(divergence)) => divergence,
+        Err(err) => panic!("expected a divergence, got {err}"),
+        Ok(stats) => panic!("the fixed code followed the buggy recording to its end: {stats:?}"),
+    };
+    let report = divergence.to_string();
+    eprintln!("{report}");
+    assert_eq!(divergence.seq(), Some(expected.0), "{report}");
+    assert_eq!(divergence.task, expected.1, "{report}");
+    report
 }

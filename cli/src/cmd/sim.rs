@@ -6,6 +6,11 @@
 //! exit, or running past the timeout, fails the seed. Each run gets
 //! `DEJA_MODE=sim`, `DEJA_SEED` and `DEJA_TRACE` (where a failing seed
 //! writes its per-host logs).
+//!
+//! `--shard K/N` runs one contiguous block of the seeds (the same block on
+//! every machine), `--report` and `--junit` write what ran, and `deja sim
+//! merge` combines the shards' reports into the whole sweep's
+//! (`deja_replayer::sweep`).
 
 use std::io::Read;
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -15,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::args::SimArgs;
+use deja_replayer::sweep::{self, SweepRecord};
+
+use crate::args::{SimAction, SimArgs, SimMergeArgs};
 use crate::{exit, print_error};
 
 /// How often a running seed is checked for exit or timeout.
@@ -46,10 +53,21 @@ struct Outcome {
 }
 
 pub(crate) fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
-    let (first, end) = match args.seed {
-        Some(seed) => (seed, seed.saturating_add(1)),
-        None => (args.from, args.from.saturating_add(args.seeds)),
+    if let Some(SimAction::Merge(merge)) = &args.action {
+        return run_merge(merge);
+    }
+    let (all, share) = match (args.seed, args.shard) {
+        (Some(seed), _) => {
+            let one = seed..seed.saturating_add(1);
+            (one.clone(), one)
+        }
+        (None, shard) => {
+            let all = args.from..args.from.saturating_add(args.seeds);
+            let share = shard.map_or(all.clone(), |shard| shard.seeds(all.clone()));
+            (all, share)
+        }
     };
+    let (first, end) = (share.start, share.end);
     let jobs = args
         .jobs
         .map(usize::from)
@@ -122,7 +140,87 @@ pub(crate) fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let mut outcomes = outcomes.into_inner().unwrap_or_else(|p| p.into_inner());
     outcomes.sort_by_key(|outcome| outcome.seed);
     let elapsed = started.elapsed();
-    Ok(report(args, &outcomes, elapsed))
+    let mut record = SweepRecord::new(command_line(args), all, args.shard);
+    for outcome in &outcomes {
+        match &outcome.verdict {
+            Verdict::Passed => record.passed(outcome.seed),
+            verdict => record.failed(
+                outcome.seed,
+                why(args, verdict),
+                rerun(args, outcome.seed),
+                &outcome.output,
+            ),
+        }
+    }
+    let complete = record.seeds_run() == end - first;
+    record.finish(complete, elapsed);
+    write_outputs(&record, args.report.as_deref(), args.junit.as_deref())?;
+    Ok(report(args, &record, &outcomes))
+}
+
+/// `deja sim merge`: the shards' reports as the whole sweep's.
+fn run_merge(args: &SimMergeArgs) -> anyhow::Result<ExitCode> {
+    let records = args
+        .reports
+        .iter()
+        .map(|path| SweepRecord::read(path))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = sweep::merge(records)?;
+    write_outputs(&merged, args.report.as_deref(), args.junit.as_deref())?;
+    if let Some(first) = merged.failures.first() {
+        let output = first.output.trim_end();
+        if !output.is_empty() {
+            eprintln!("{output}");
+        }
+        eprintln!("deja sim: seed {} failed ({})", first.seed, first.why);
+        eprintln!("rerun: {}", first.rerun);
+    }
+    eprintln!("{}", merged.summary());
+    Ok(ExitCode::from(if merged.failures.is_empty() {
+        exit::SUCCESS
+    } else {
+        exit::ERROR
+    }))
+}
+
+fn write_outputs(
+    record: &SweepRecord,
+    report: Option<&std::path::Path>,
+    junit: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if let Some(path) = report {
+        record
+            .write(path)
+            .with_context(|| format!("cannot write the report {}", path.display()))?;
+    }
+    if let Some(path) = junit {
+        record
+            .write_junit_file(path)
+            .with_context(|| format!("cannot write JUnit XML to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The simulation's command line, as one shell line.
+fn command_line(args: &SimArgs) -> String {
+    let words: Vec<String> = args
+        .command
+        .iter()
+        .map(|word| word.to_string_lossy().into_owned())
+        .collect();
+    deja_recorder::meta::shell_line(&words)
+}
+
+fn rerun(args: &SimArgs, seed: u64) -> String {
+    format!("deja sim --seed {seed} -- {}", command_line(args))
+}
+
+fn why(args: &SimArgs, verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Failed(why) => why.clone(),
+        Verdict::TimedOut => format!("timed out after {}s", args.timeout),
+        Verdict::Passed => "passed".to_string(),
+    }
 }
 
 /// Run the command for one seed, its output captured, bounded in time.
@@ -214,46 +312,27 @@ fn drain(pipe: Option<Box<dyn Read + Send>>) -> Option<std::thread::JoinHandle<S
     }))
 }
 
-fn report(args: &SimArgs, outcomes: &[Outcome], elapsed: Duration) -> ExitCode {
-    let failing: Vec<&Outcome> = outcomes
+fn report(args: &SimArgs, record: &SweepRecord, outcomes: &[Outcome]) -> ExitCode {
+    if let Some(first) = outcomes
         .iter()
-        .filter(|o| !matches!(o.verdict, Verdict::Passed))
-        .collect();
-    let seeds = outcomes.len();
-    let rate = seeds as f64 / elapsed.as_secs_f64().max(1e-9);
-    let words: Vec<String> = args
-        .command
-        .iter()
-        .map(|word| word.to_string_lossy().into_owned())
-        .collect();
-    let command = deja_recorder::meta::shell_line(&words);
-    if let Some(first) = failing.first() {
+        .find(|o| !matches!(o.verdict, Verdict::Passed))
+    {
         let output = first.output.trim_end();
         if !output.is_empty() {
             eprintln!("{output}");
         }
-        let why = match &first.verdict {
-            Verdict::Failed(why) => why.clone(),
-            Verdict::TimedOut => format!("timed out after {}s", args.timeout),
-            Verdict::Passed => unreachable!("filtered"),
-        };
-        eprintln!("deja sim: seed {} failed ({why})", first.seed);
-        eprintln!("rerun: deja sim --seed {} -- {command}", first.seed);
+        eprintln!(
+            "deja sim: seed {} failed ({})",
+            first.seed,
+            why(args, &first.verdict)
+        );
+        eprintln!("rerun: {}", rerun(args, first.seed));
     }
-    let list: Vec<String> = failing.iter().map(|o| o.seed.to_string()).collect();
-    eprintln!(
-        "deja sim: {seeds} seeds in {:.2}s ({rate:.1} seeds/s): {}",
-        elapsed.as_secs_f64(),
-        if list.is_empty() {
-            "all passed".to_string()
-        } else {
-            format!("{} failed: {}", list.len(), list.join(", "))
-        }
-    );
+    eprintln!("{}", record.summary());
     if INTERRUPTED.load(Ordering::Relaxed) {
         print_error("interrupted: the sweep stopped early");
     }
-    if failing.is_empty() && !INTERRUPTED.load(Ordering::Relaxed) {
+    if record.failures.is_empty() && !INTERRUPTED.load(Ordering::Relaxed) {
         ExitCode::from(exit::SUCCESS)
     } else {
         ExitCode::from(exit::ERROR)

@@ -32,12 +32,49 @@ pub(crate) unsafe fn real_getrandom(
     // SAFETY: the C library's getrandom has this signature; the buffer is the caller's.
     unsafe {
         if function == USE_SYSCALL {
-            libc::syscall(libc::SYS_getrandom, buf, len, flags) as libc::ssize_t
+            real_getrandom_syscall(buf, len, flags)
         } else {
             let function: GetrandomFn = std::mem::transmute(function);
             function(buf, len, flags)
         }
     }
+}
+
+/// The system call itself, past deja's `syscall` (see `super::syscall`).
+///
+/// # Safety
+/// As the system call: `buf` is writable for `len` bytes.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+unsafe fn real_getrandom_syscall(
+    buf: *mut libc::c_void,
+    len: libc::size_t,
+    flags: libc::c_uint,
+) -> libc::ssize_t {
+    let args = [
+        buf as libc::c_long,
+        len as libc::c_long,
+        flags as libc::c_long,
+        0,
+        0,
+        0,
+    ];
+    // SAFETY: getrandom's arguments, as the caller gave them.
+    unsafe { super::syscall::raw(libc::SYS_getrandom, args) as libc::ssize_t }
+}
+
+/// The system call itself, through the C library's `syscall` (deja
+/// defines its own only on x86-64 and AArch64).
+///
+/// # Safety
+/// As the system call: `buf` is writable for `len` bytes.
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn real_getrandom_syscall(
+    buf: *mut libc::c_void,
+    len: libc::size_t,
+    flags: libc::c_uint,
+) -> libc::ssize_t {
+    // SAFETY: getrandom's arguments, as the caller gave them.
+    unsafe { libc::syscall(libc::SYS_getrandom, buf, len, flags) as libc::ssize_t }
 }
 
 /// Fill `out` from the OS, retrying short reads and interrupts, as a
@@ -89,6 +126,22 @@ fn fill(out: &mut [u8]) -> bool {
         .flatten()
     })
     .is_some()
+}
+
+/// A `getrandom` system call made through the C library's `syscall`
+/// (getrandom 0.2, so ring): `Some(len)` when deja filled the buffer, or
+/// `None`: make the system call.
+///
+/// # Safety
+/// As the system call: `buf` is writable for `len` bytes.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(super) unsafe fn fill_for_syscall(buf: *mut u8, len: usize) -> Option<usize> {
+    if buf.is_null() || len == 0 || len > isize::MAX as usize {
+        return None;
+    }
+    // SAFETY: the caller hands us `len` writable bytes.
+    let out = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+    fill(out).then_some(len)
 }
 
 /// The C library's `getrandom`, as deja sees it (see [`super`]).

@@ -15,8 +15,10 @@
 //! | a task (deja's or tokio's) | real | real, logged | from the log | simulated |
 //! | no task (tokio's driver, deja's threads) | real | real | virtual time; entropy from the root seed | virtual while the world steps the host's runtime; otherwise real |
 //!
-//! `connect` is interposed too, to catch libraries that open their own
-//! sockets (see `socket.rs`).
+//! `syscall` is interposed too, for `SYS_getrandom` only: getrandom 0.2
+//! (ring, so rustls) makes that system call itself (see `syscall.rs`).
+//! And `connect`, to catch libraries that open their own sockets (see
+//! `socket.rs`).
 //!
 //! A reading made while deja itself is working ([`internal`]) is real
 //! and unlogged, so deja's own bookkeeping never shows up in the log.
@@ -27,6 +29,8 @@
 mod clock;
 mod entropy;
 mod socket;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod syscall;
 
 use std::cell::Cell;
 

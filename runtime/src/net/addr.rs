@@ -7,6 +7,12 @@ use std::net::{IpAddr, SocketAddr};
 pub trait ToAddr {
     /// The address as text, for example `127.0.0.1:7000`.
     fn to_addr_string(&self) -> String;
+
+    /// The address, when it is one already: sending a datagram to a
+    /// `SocketAddr` neither formats nor parses it.
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 impl ToAddr for str {
@@ -25,11 +31,19 @@ impl ToAddr for SocketAddr {
     fn to_addr_string(&self) -> String {
         self.to_string()
     }
+
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        Some(*self)
+    }
 }
 
 impl ToAddr for (IpAddr, u16) {
     fn to_addr_string(&self) -> String {
         SocketAddr::from(*self).to_string()
+    }
+
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::from(*self))
     }
 }
 
@@ -42,5 +56,9 @@ impl ToAddr for (&str, u16) {
 impl<T: ToAddr + ?Sized> ToAddr for &T {
     fn to_addr_string(&self) -> String {
         (**self).to_addr_string()
+    }
+
+    fn to_socket_addr(&self) -> Option<SocketAddr> {
+        (**self).to_socket_addr()
     }
 }

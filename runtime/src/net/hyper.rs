@@ -24,8 +24,12 @@ pub type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>
 ///
 /// It takes `http://host[:port]` URIs (port 80 by default) and connects to
 /// `host:port` as written: the host name is resolved by the system, and
-/// the log keeps the name. There is no TLS yet: an `https` URI is an error
-/// that says so, as is a URI without a scheme or host.
+/// the log keeps the name. It speaks no TLS itself: an `https` URI is an
+/// error that says so, as is a URI without a scheme or host, unless
+/// [`enforce_http(false)`](Connector::enforce_http) lets a TLS connector
+/// wrapped around it (hyper-rustls's `HttpsConnector`) have the TCP
+/// stream for an `https` URI (port 443 by default), as with
+/// `HttpConnector`.
 ///
 /// Like `HttpConnector`, it leaves `TCP_NODELAY` off unless
 /// [`set_nodelay`](Connector::set_nodelay) turns it on.
@@ -48,16 +52,31 @@ pub type Connecting = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>
 /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 /// ```
 ///
+/// For HTTPS, hyper-rustls's connector wraps this one, with
+/// [`enforce_http(false)`](Connector::enforce_http): see `deja::net::tls`
+/// (feature `rustls`).
+///
 /// [`Client`]: hyper_util::client::legacy::Client
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Connector {
     nodelay: bool,
+    enforce_http: bool,
+}
+
+impl Default for Connector {
+    fn default() -> Connector {
+        Connector {
+            nodelay: false,
+            enforce_http: true,
+        }
+    }
 }
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
             .field("nodelay", &self.nodelay)
+            .field("enforce_http", &self.enforce_http)
             .finish()
     }
 }
@@ -68,6 +87,15 @@ impl Connector {
         Connector::default()
     }
 
+    /// Whether only `http://` URIs are taken (on by default, as with
+    /// `HttpConnector::enforce_http`). Off, any scheme is taken (the port
+    /// is the URI's, else 443 for `https`, else 80) and the connection is
+    /// plain TCP: for a TLS connector that wraps this one, such as
+    /// hyper-rustls's `HttpsConnector`.
+    pub fn enforce_http(&mut self, is_enforced: bool) {
+        self.enforce_http = is_enforced;
+    }
+
     /// Set `TCP_NODELAY` to `nodelay` on every new connection (off by
     /// default, as with `HttpConnector`). A failure to set it is logged and
     /// does not fail the connection.
@@ -76,7 +104,7 @@ impl Connector {
     }
 
     async fn connect(self, uri: Uri) -> io::Result<TokioIo<TcpStream>> {
-        let addr = host_port(&uri)?;
+        let addr = host_port(&uri, self.enforce_http)?;
         let stream = TcpStream::connect(addr.as_str()).await?;
         if let Err(err) = stream.set_nodelay(self.nodelay) {
             tracing::warn!("deja: set_nodelay on a connection to {addr}: {err}");
@@ -109,16 +137,20 @@ impl Connection for TcpStream {
 
 /// `host:port` to connect to for `uri`: the host as written (an IPv6
 /// literal keeps its brackets), the port from the URI or the scheme's.
-fn host_port(uri: &Uri) -> io::Result<String> {
+/// With `enforce_http`, only `http` URIs.
+fn host_port(uri: &Uri, enforce_http: bool) -> io::Result<String> {
     let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("{why}: {uri}"));
     let default_port = match uri.scheme() {
         Some(scheme) if *scheme == Scheme::HTTP => 80,
-        Some(scheme) if *scheme == Scheme::HTTPS => {
+        Some(scheme) if *scheme == Scheme::HTTPS && enforce_http => {
             return Err(invalid(
-                "deja::net::Connector does not support https yet (no TLS; TLS comes later)",
+                "deja::net::Connector speaks no TLS: for https, wrap it in a TLS connector \
+                 (hyper-rustls's HttpsConnector) and turn enforce_http off",
             ))
         }
-        Some(_) => return Err(invalid("deja::net::Connector: scheme is not http")),
+        Some(scheme) if *scheme == Scheme::HTTPS => 443,
+        Some(_) if enforce_http => return Err(invalid("deja::net::Connector: scheme is not http")),
+        Some(_) => 80,
         None => return Err(invalid("deja::net::Connector: URI has no scheme")),
     };
     let host = match uri.host() {
@@ -134,7 +166,7 @@ mod tests {
     use super::*;
 
     fn addr(uri: &str) -> io::Result<String> {
-        host_port(&uri.parse().expect("a valid URI"))
+        host_port(&uri.parse().expect("a valid URI"), true)
     }
 
     #[test]
@@ -147,11 +179,24 @@ mod tests {
     }
 
     #[test]
-    fn https_is_refused_until_tls() {
+    fn https_is_refused_while_http_is_enforced() {
         let err = addr("https://example.com/").unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         let text = err.to_string();
-        assert!(text.contains("https") && text.contains("TLS"), "{text}");
+        assert!(
+            text.contains("https") && text.contains("TLS") && text.contains("enforce_http"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_enforce_http_any_scheme_is_plain_tcp() {
+        let addr = |uri: &str| host_port(&uri.parse().expect("a valid URI"), false);
+        assert_eq!(addr("https://example.com/").unwrap(), "example.com:443");
+        assert_eq!(addr("https://127.0.0.1:8443/").unwrap(), "127.0.0.1:8443");
+        assert_eq!(addr("http://example.com/").unwrap(), "example.com:80");
+        assert_eq!(addr("ws://example.com/").unwrap(), "example.com:80");
+        assert!(addr("/just/a/path").is_err());
     }
 
     #[test]
@@ -170,7 +215,7 @@ mod tests {
         check::<Connector>();
         assert_eq!(
             format!("{:?}", Connector::new()),
-            "Connector { nodelay: false }"
+            "Connector { nodelay: false, enforce_http: true }"
         );
     }
 }

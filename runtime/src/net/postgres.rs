@@ -5,6 +5,13 @@
 //! Everything the client receives (the server's SCRAM-SHA-256 challenge,
 //! rows, notices, errors) is a read of that stream, and its SCRAM nonce
 //! comes from `rand::rng()`, so a recording replays with the server gone.
+//!
+//! With the `rustls` feature too, `connect_tls` does the same over TLS.
+
+#[cfg(feature = "rustls")]
+mod tls;
+#[cfg(feature = "rustls")]
+pub use tls::{connect_tls, PgTlsConnection, RustlsStream};
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -12,7 +19,7 @@ use std::io;
 use std::time::Duration;
 
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::tls::{NoTlsStream, TlsConnect};
 use tokio_postgres::{Client, Config, Connection, NoTls};
 
 use super::TcpStream;
@@ -48,6 +55,18 @@ pub type PgConnection = Connection<TcpStream, NoTlsStream>;
 /// # Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
 /// ```
 pub async fn connect(config: &Config) -> Result<(Client, PgConnection), ConnectError> {
+    connect_with(config, |_host| Ok(NoTls)).await
+}
+
+/// [`connect`], with `tls(host)` for each host's TLS connector (the host's
+/// name, or its `hostaddr`, for the server's certificate).
+async fn connect_with<T>(
+    config: &Config,
+    mut tls: impl FnMut(&str) -> Result<T, ConnectError>,
+) -> Result<(Client, Connection<TcpStream, T::Stream>), ConnectError>
+where
+    T: TlsConnect<TcpStream>,
+{
     let hosts = config.get_hosts();
     let hostaddrs = config.get_hostaddrs();
     let ports = config.get_ports();
@@ -67,9 +86,16 @@ pub async fn connect(config: &Config) -> Result<(Client, PgConnection), ConnectE
                 ))
             })?,
         };
-        let addr = match (hostaddrs.get(index), hosts.get(index)) {
-            (Some(ip), _) => std::net::SocketAddr::new(*ip, port).to_string(),
-            (None, Some(Host::Tcp(name))) => format!("{name}:{port}"),
+        let (addr, host) = match (hostaddrs.get(index), hosts.get(index)) {
+            (Some(ip), Some(Host::Tcp(name))) => (
+                std::net::SocketAddr::new(*ip, port).to_string(),
+                name.clone(),
+            ),
+            (Some(ip), _) => (
+                std::net::SocketAddr::new(*ip, port).to_string(),
+                ip.to_string(),
+            ),
+            (None, Some(Host::Tcp(name))) => (format!("{name}:{port}"), name.clone()),
             (None, Some(other)) => {
                 last = Some(ConnectError::Config(format!(
                     "{other:?}: deja connects over TCP only"
@@ -78,7 +104,14 @@ pub async fn connect(config: &Config) -> Result<(Client, PgConnection), ConnectE
             }
             (None, None) => unreachable!("index < max(hosts, hostaddrs)"),
         };
-        match attempt(config, &addr, config.get_connect_timeout().copied()).await {
+        let tls = match tls(&host) {
+            Ok(tls) => tls,
+            Err(err) => {
+                last = Some(err);
+                continue;
+            }
+        };
+        match attempt(config, &addr, config.get_connect_timeout().copied(), tls).await {
             Ok(connected) => return Ok(connected),
             Err(err) => last = Some(err),
         }
@@ -86,17 +119,21 @@ pub async fn connect(config: &Config) -> Result<(Client, PgConnection), ConnectE
     Err(last.expect("at least one attempt"))
 }
 
-async fn attempt(
+async fn attempt<T>(
     config: &Config,
     addr: &str,
     timeout: Option<Duration>,
-) -> Result<(Client, PgConnection), ConnectError> {
+    tls: T,
+) -> Result<(Client, Connection<TcpStream, T::Stream>), ConnectError>
+where
+    T: TlsConnect<TcpStream>,
+{
     let login = async {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|err| ConnectError::Io(addr.to_string(), err))?;
         config
-            .connect_raw(stream, NoTls)
+            .connect_raw(stream, tls)
             .await
             .map_err(ConnectError::Postgres)
     };
@@ -118,6 +155,9 @@ pub enum ConnectError {
     Config(String),
     /// The TCP connection to the address failed.
     Io(String, io::Error),
+    /// The host's name is no name a TLS certificate can be for
+    /// (`connect_tls`).
+    ServerName(String),
     /// The server or the login failed (a wrong password, an unknown
     /// database, a protocol error).
     Postgres(tokio_postgres::Error),
@@ -128,6 +168,9 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::Config(why) => write!(f, "postgres config: {why}"),
             ConnectError::Io(addr, err) => write!(f, "connecting to postgres at {addr}: {err}"),
+            ConnectError::ServerName(host) => {
+                write!(f, "postgres host {host:?} is not a TLS server name")
+            }
             ConnectError::Postgres(err) => write!(f, "postgres: {err}"),
         }
     }
@@ -136,7 +179,7 @@ impl fmt::Display for ConnectError {
 impl StdError for ConnectError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            ConnectError::Config(_) => None,
+            ConnectError::Config(_) | ConnectError::ServerName(_) => None,
             ConnectError::Io(_, err) => Some(err),
             ConnectError::Postgres(err) => Some(err),
         }

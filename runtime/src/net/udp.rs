@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use deja_recorder::{ConnId, EventKind};
 use deja_replayer::gate::Call;
@@ -19,6 +19,8 @@ pub struct UdpSocket {
     /// `None` in replay.
     io: Option<tokio::net::UdpSocket>,
     origin: Origin,
+    /// Set by [`UdpSocket::connect`]: where `send` goes, whom `recv` hears.
+    peer: Mutex<Option<SocketAddr>>,
     _close: Arc<CloseOnDrop>,
 }
 
@@ -79,6 +81,7 @@ impl UdpSocket {
             io,
             _close: CloseOnDrop::new(socket, origin.clone()),
             origin,
+            peer: Mutex::new(None),
         })
     }
 
@@ -87,8 +90,55 @@ impl UdpSocket {
         Ok(self.local)
     }
 
-    /// Send one datagram to `target`; returns the bytes sent.
-    pub async fn send_to(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
+    /// Connect to `addr` (`"host:port"` is looked up, see
+    /// [`lookup_host`](super::lookup_host)): [`send`](Self::send) goes
+    /// there and [`recv`](Self::recv) takes only its datagrams, dropping
+    /// others as the kernel does for a connected socket. The filter is
+    /// deja's, so what was dropped is in the log and replays.
+    pub async fn connect(&self, addr: impl ToAddr) -> io::Result<()> {
+        let peer = super::lookup::resolve_one(addr).await?;
+        *self.peer.lock().unwrap_or_else(|p| p.into_inner()) = Some(peer);
+        Ok(())
+    }
+
+    /// The connected peer.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.connected()
+    }
+
+    fn connected(&self) -> io::Result<SocketAddr> {
+        self.peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+
+    /// Send one datagram to the connected peer.
+    pub async fn send(&self, buf: &[u8]) -> io::Result<usize> {
+        let peer = self.connected()?;
+        self.send_to_addr(buf, peer).await
+    }
+
+    /// Receive one datagram from the connected peer (cut to `buf`).
+    pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let peer = self.connected()?;
+        loop {
+            let (n, from) = self.recv_from(buf).await?;
+            if from == peer {
+                return Ok(n);
+            }
+        }
+    }
+
+    /// Send one datagram to `target` (an address, or `"host:port"`, looked
+    /// up as [`lookup_host`](super::lookup_host) does); returns the bytes
+    /// sent.
+    pub async fn send_to(&self, buf: &[u8], target: impl ToAddr) -> io::Result<usize> {
+        let target = super::lookup::resolve_one(target).await?;
+        self.send_to_addr(buf, target).await
+    }
+
+    async fn send_to_addr(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
         match (&self.origin, &self.io) {
             (Origin::Live, Some(io)) => io.send_to(buf, target).await,
             (Origin::Record(recording), Some(io)) => {

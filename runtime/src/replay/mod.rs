@@ -88,6 +88,10 @@ fn is_provisional(task: TaskId) -> bool {
 /// comes from in replay (task ids use streams from 0 up).
 const OUTSIDE_ENTROPY_STREAM: u64 = u64::MAX - 1;
 
+/// The one draw a runtime's build makes: std's `HashMap` keys for the
+/// thread, two `u64`s (see [`Replay::pass_build_entropy`]).
+const BUILD_DRAW_BYTES: usize = 16;
+
 /// The replay state of one run, owned by the executor's thread.
 pub(crate) struct Replay {
     gate: RefCell<Gate>,
@@ -120,6 +124,9 @@ pub(crate) struct Replay {
     next_provisional: Cell<u64>,
     /// Connections refused to sockets deja does not see.
     foreign_sockets: Cell<u64>,
+    /// Recorded draws this replay's runtime build made (see
+    /// [`Replay::pass_build_entropy`]).
+    build_draws: Cell<u64>,
     /// Entropy for reads outside any task (tokio's own seeds): from the
     /// root seed, so every replay of a log draws the same.
     outside_rng: RefCell<Option<rand_chacha::ChaCha20Rng>>,
@@ -161,6 +168,7 @@ impl Replay {
             next_provisional: Cell::new(PROVISIONAL_TASKS),
             outside_rng: RefCell::new(None),
             foreign_sockets: Cell::new(0),
+            build_draws: Cell::new(0),
         }
     }
 
@@ -321,6 +329,9 @@ impl Replay {
             // a divergence: see `Replay::pass_build_entropy`.
             let task = task.filter(|&task| !building || self.next_is_entropy(task, chunk.len()));
             let recorded = task.and_then(|task| self.claim(task, &call));
+            if building && recorded.is_some() {
+                self.build_draws.set(self.build_draws.get() + 1);
+            }
             match recorded.map(|event| event.kind) {
                 Some(EventKind::Entropy { bytes }) if bytes.len() == chunk.len() => {
                     chunk.copy_from_slice(&bytes);
@@ -357,28 +368,31 @@ impl Replay {
         )
     }
 
-    /// After the runtime's build: main's recorded build draws that this
-    /// build did not make are passed. std draws a thread's `HashMap` keys
-    /// once, at its first `HashMap`; when the thread drew them before
-    /// deja started (a test that records and replays on one thread), the
-    /// build does not draw, and a std `HashMap` iterates in another order
-    /// than in the recording (a write that shows it diverges). A process
-    /// that `deja replay` starts draws them in the build, as recorded.
+    /// After the runtime's build: main's recorded build draw, when this
+    /// build did not make it, is passed. The build's one draw is std's
+    /// `HashMap` keys for the thread ([`BUILD_DRAW_BYTES`]; tokio seeds
+    /// its own RNG from them, without drawing), made at the thread's first
+    /// `HashMap`; when the thread drew them before deja started (a test
+    /// that records and replays on one thread), the build does not draw,
+    /// and a std `HashMap` iterates in another order than in the recording
+    /// (a write that shows it diverges). A process that `deja replay`
+    /// starts draws them in the build, as recorded.
+    ///
+    /// One draw of that size at most: main's own first draws follow the
+    /// build's in the log with nothing between them (a service that makes
+    /// a key first thing), and passing them too would take them from main.
     pub(crate) fn pass_build_entropy(&self) {
-        loop {
-            let next = self
-                .gate
-                .borrow()
-                .next_event_of(TaskId::MAIN)
-                .map(|event| event.kind.clone());
-            let Some(EventKind::Entropy { bytes }) = next else {
-                return;
-            };
-            if self
-                .claim(TaskId::MAIN, &Call::Entropy { len: bytes.len() })
-                .is_none()
-            {
-                return;
+        if self.build_draws.get() > 0 {
+            return;
+        }
+        let next = self
+            .gate
+            .borrow()
+            .next_event_of(TaskId::MAIN)
+            .map(|event| event.kind.clone());
+        if let Some(EventKind::Entropy { bytes }) = next {
+            if bytes.len() == BUILD_DRAW_BYTES {
+                self.claim(TaskId::MAIN, &Call::Entropy { len: bytes.len() });
             }
         }
     }

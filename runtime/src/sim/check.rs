@@ -6,9 +6,12 @@
 
 use std::fmt;
 
+use std::ops::Range;
+
 use deja_recorder::Event;
 
-use super::{HostEvents, Sim, SimReport};
+use super::capture::{CaptureMode, CHECKPOINT_EVENTS};
+use super::{HostEvents, HostReport, Sim, SimReport};
 
 /// Events shown before the first difference.
 const CONTEXT_EVENTS: usize = 5;
@@ -21,69 +24,140 @@ const CONTEXT_EVENTS: usize = 5;
 /// process of its own: what libraries cache per thread (hyper's `Date`
 /// header, `rand::rng()`'s state) starts fresh in both, instead of the
 /// second run inheriting the first's.
+///
+/// The runs keep hashes, not events: a digest per host incarnation and a
+/// checkpoint every [`CHECKPOINT_EVENTS`] events, so an hour-long run
+/// checks in the memory of a short one. When the digests differ, the
+/// seed runs twice more, keeping the events of the first differing host
+/// around the first differing checkpoint, to name the first differing
+/// event and the events before it.
 pub fn check_determinism(
     seed: u64,
     make: impl Fn(u64) -> Sim + Sync,
 ) -> Result<SimReport, Box<Nondeterminism>> {
-    let run = || {
-        std::thread::scope(
-            |scope| match scope.spawn(|| make(seed).simulate_captured()).join() {
+    let run = |keep: Option<&Keep>| {
+        std::thread::scope(|scope| {
+            let run = scope.spawn(|| {
+                let mode = match keep {
+                    None => CaptureMode::Off,
+                    Some(keep) => CaptureMode::Keep {
+                        host: keep.host.clone(),
+                        incarnation: keep.incarnation,
+                        seqs: keep.seqs.clone(),
+                    },
+                };
+                let (result, hosts) = make(seed).simulate_captured(mode);
+                let report = match result {
+                    Ok(report) => report,
+                    Err(failure) => failure.report,
+                };
+                (report, hosts)
+            });
+            match run.join() {
                 Ok(outcome) => outcome,
                 Err(panic) => std::panic::resume_unwind(panic),
-            },
-        )
+            }
+        })
     };
-    let (first, first_events) = run();
-    let (second, second_events) = run();
-    let report = |result: Result<SimReport, Box<super::SimFailure>>| match result {
-        Ok(report) => report,
-        Err(failure) => failure.report,
+    let (first, first_hosts) = run(None);
+    let (second, second_hosts) = run(None);
+    if first.digest == second.digest {
+        return Ok(first);
+    }
+    let keep = where_to_look(&first, &second, &first_hosts, &second_hosts);
+    let (_, first_kept) = run(Some(&keep));
+    let (_, second_kept) = run(Some(&keep));
+    let kept = |hosts: Vec<HostEvents>| {
+        hosts
+            .into_iter()
+            .find(|h| h.host == keep.host && h.incarnation == keep.incarnation)
+            .map(|h| h.events)
+            .unwrap_or_default()
     };
-    let (first, second) = (report(first), report(second));
-    match first_difference(&first_events, &second_events) {
-        None if first.digest == second.digest => Ok(first),
-        None => Err(Box::new(Nondeterminism {
-            seed: first.seed,
-            host: String::new(),
-            incarnation: 0,
-            index: 0,
-            first: None,
-            second: None,
-            before: Vec::new(),
-        })),
-        Some(mut difference) => {
-            difference.seed = first.seed;
-            Err(Box::new(difference))
-        }
+    let mut difference = first_difference(kept(first_kept), kept(second_kept), &keep);
+    difference.seed = first.seed;
+    Err(Box::new(difference))
+}
+
+/// The events a second look keeps: one host incarnation's, in a range.
+struct Keep {
+    host: String,
+    incarnation: u32,
+    seqs: Range<u64>,
+}
+
+/// The first host incarnation whose digests differ, and the stretch of
+/// its events from just before the first differing checkpoint's block.
+fn where_to_look(
+    first: &SimReport,
+    second: &SimReport,
+    first_hosts: &[HostEvents],
+    second_hosts: &[HostEvents],
+) -> Keep {
+    let same = |a: &HostReport, b: &HostReport| {
+        (&a.name, a.incarnation, a.events, a.digest) == (&b.name, b.incarnation, b.events, b.digest)
+    };
+    let hosts = first.hosts.len().max(second.hosts.len());
+    let differs = (0..hosts)
+        .find(|&i| match (first.hosts.get(i), second.hosts.get(i)) {
+            (Some(a), Some(b)) => !same(a, b),
+            _ => true,
+        })
+        .unwrap_or(0);
+    let named = first
+        .hosts
+        .get(differs)
+        .or_else(|| second.hosts.get(differs));
+    let (host, incarnation) = named.map_or((String::new(), 0), |h| (h.name.clone(), h.incarnation));
+    let checkpoints = |hosts: &[HostEvents]| -> Vec<u64> {
+        hosts
+            .iter()
+            .find(|h| h.host == host && h.incarnation == incarnation)
+            .map(|h| h.checkpoints.clone())
+            .unwrap_or_default()
+    };
+    let (a, b) = (checkpoints(first_hosts), checkpoints(second_hosts));
+    let block = a
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len())) as u64;
+    let start = block * CHECKPOINT_EVENTS;
+    Keep {
+        host,
+        incarnation,
+        seqs: start.saturating_sub(CONTEXT_EVENTS as u64)..start + CHECKPOINT_EVENTS,
     }
 }
 
-fn first_difference(a: &[HostEvents], b: &[HostEvents]) -> Option<Nondeterminism> {
-    let hosts = a.len().max(b.len());
-    for i in 0..hosts {
-        let empty = Vec::new();
-        let (ea, eb) = (
-            a.get(i).map_or(&empty, |h| &h.events),
-            b.get(i).map_or(&empty, |h| &h.events),
-        );
-        let named = a.get(i).or_else(|| b.get(i)).expect("i < hosts");
-        let len = ea.len().max(eb.len());
-        for index in 0..len {
-            let (x, y) = (ea.get(index), eb.get(index));
-            if x != y {
-                return Some(Nondeterminism {
-                    seed: 0,
-                    host: named.host.clone(),
-                    incarnation: named.incarnation,
-                    index,
-                    first: x.cloned(),
-                    second: y.cloned(),
-                    before: ea[index.saturating_sub(CONTEXT_EVENTS)..index].to_vec(),
-                });
-            }
-        }
+fn first_difference(a: Vec<Event>, b: Vec<Event>, keep: &Keep) -> Nondeterminism {
+    let len = a.len().max(b.len());
+    let at = (0..len).find(|&i| a.get(i) != b.get(i));
+    let Some(at) = at else {
+        // The second look saw no difference where the first did.
+        return Nondeterminism {
+            seed: 0,
+            host: keep.host.clone(),
+            incarnation: keep.incarnation,
+            index: usize::try_from(keep.seqs.start).unwrap_or(usize::MAX),
+            first: None,
+            second: None,
+            before: Vec::new(),
+        };
+    };
+    let index = a
+        .get(at)
+        .or_else(|| b.get(at))
+        .map_or(keep.seqs.start.saturating_add(at as u64), |event| event.seq);
+    Nondeterminism {
+        seed: 0,
+        host: keep.host.clone(),
+        incarnation: keep.incarnation,
+        index: usize::try_from(index).unwrap_or(usize::MAX),
+        first: a.get(at).cloned(),
+        second: b.get(at).cloned(),
+        before: a[at.saturating_sub(CONTEXT_EVENTS).min(a.len())..at.min(a.len())].to_vec(),
     }
-    None
 }
 
 /// Two runs of one seed differed: where, and how.
@@ -110,8 +184,8 @@ impl fmt::Display for Nondeterminism {
         if self.first.is_none() && self.second.is_none() {
             return writeln!(
                 f,
-                "deja sim: seed {} is not deterministic: the digests differ, but the kept events do not (the difference lies past the events kept in memory)",
-                self.seed
+                "deja sim: seed {} is not deterministic: the digests of host {:?} (incarnation {}) differ, but two more runs keeping its events from seq {} on did not (the difference comes and goes: run the check again)",
+                self.seed, self.host, self.incarnation, self.index
             );
         }
         writeln!(

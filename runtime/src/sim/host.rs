@@ -10,17 +10,10 @@ use std::net::IpAddr;
 use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::capture::{HostCapture, CHECKPOINT_EVENTS};
 use crate::context::{self, Adoptions, TaskCtx};
 use crate::sim::executor::TaskKey;
 use crate::sim::tokio_rt::HostRuntime;
-
-/// Most events a host incarnation keeps in memory for failure logs and
-/// the determinism check: about 100 MiB of small events. Past it the
-/// digest still covers everything; the written log is cut and says so.
-pub(crate) const CAPTURE_EVENTS_MAX: usize = 1 << 20;
-/// Most encoded event bytes kept per host incarnation (payloads can be
-/// large: 1 MiB events of 64 KiB reads would not fit in memory).
-pub(crate) const CAPTURE_BYTES_MAX: usize = 256 << 20;
 
 /// One run of a host's entry function, from its start to its crash or the
 /// end of the simulation.
@@ -64,17 +57,18 @@ pub(crate) struct HostLog {
     next_seq: u64,
     digest: Xxh3,
     scratch: Vec<u8>,
-    pub(crate) events: Vec<Event>,
-    /// Events recorded but not kept (past [`CAPTURE_EVENTS_MAX`]).
-    pub(crate) cut: u64,
-    kept_bytes: usize,
+    /// The digest after every [`CHECKPOINT_EVENTS`] events.
+    checkpoints: Vec<u64>,
+    capture: HostCapture,
+    /// Most events the capture held in memory at once.
+    held_max: usize,
 }
 
 impl std::fmt::Debug for HostLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HostLog")
             .field("next_seq", &self.next_seq)
-            .field("kept", &self.events.len())
+            .field("held_max", &self.held_max)
             .finish_non_exhaustive()
     }
 }
@@ -105,9 +99,9 @@ impl Host {
                 next_seq: 0,
                 digest: Xxh3::new(),
                 scratch: Vec::new(),
-                events: Vec::new(),
-                cut: 0,
-                kept_bytes: 0,
+                checkpoints: Vec::new(),
+                capture: HostCapture::Off,
+                held_max: 0,
             }),
             tasks: RefCell::default(),
             runtime: RefCell::new(None),
@@ -117,9 +111,16 @@ impl Host {
         }
     }
 
+    /// What this incarnation keeps of its events (set once, at its start).
+    pub(crate) fn set_capture(&self, capture: HostCapture) {
+        self.log.borrow_mut().capture = capture;
+    }
+
     /// Stop logging: the incarnation crashed or the simulation ended.
     pub(crate) fn stop(&self) {
-        self.alive.set(false);
+        if self.alive.replace(false) {
+            self.log.borrow_mut().capture.end();
+        }
     }
 
     /// This host's wall clock when the incarnation started.
@@ -148,6 +149,7 @@ impl Host {
             return;
         }
         let mut log = self.log.borrow_mut();
+        let log = &mut *log;
         let event = Event {
             seq: log.next_seq,
             task,
@@ -155,22 +157,14 @@ impl Host {
             kind,
         };
         log.next_seq += 1;
-        let HostLog {
-            digest, scratch, ..
-        } = &mut *log;
-        scratch.clear();
-        deja_recorder::format::encode_event(&event, scratch);
-        digest.update(scratch);
-        let size = scratch.len();
-        if log.cut == 0
-            && log.events.len() < CAPTURE_EVENTS_MAX
-            && log.kept_bytes + size <= CAPTURE_BYTES_MAX
-        {
-            log.kept_bytes += size;
-            log.events.push(event);
-        } else {
-            log.cut += 1;
+        log.scratch.clear();
+        deja_recorder::format::encode_event(&event, &mut log.scratch);
+        log.digest.update(&log.scratch);
+        if log.next_seq % CHECKPOINT_EVENTS == 0 {
+            log.checkpoints.push(log.digest.digest());
         }
+        let held = log.capture.push(event);
+        log.held_max = log.held_max.max(held);
     }
 
     pub(crate) fn record_clock_mono(&self) -> u64 {
@@ -243,16 +237,20 @@ impl Host {
         ConnId(id)
     }
 
-    /// Events recorded so far and the digest of all of them.
-    pub(crate) fn summary(&self) -> (u64, u64) {
+    /// Events recorded so far, the digest of all of them, and the most
+    /// events its capture held in memory at once.
+    pub(crate) fn summary(&self) -> (u64, u64, usize) {
         let log = self.log.borrow();
-        (log.next_seq, log.digest.digest())
+        (log.next_seq, log.digest.digest(), log.held_max)
     }
 
-    /// Take the kept events (for a log or a comparison).
-    pub(crate) fn take_events(&self) -> (Vec<Event>, u64) {
+    /// Take the checkpoints and the capture (for a log or a comparison).
+    pub(crate) fn take_capture(&self) -> (Vec<u64>, HostCapture) {
         let mut log = self.log.borrow_mut();
-        (std::mem::take(&mut log.events), log.cut)
+        (
+            std::mem::take(&mut log.checkpoints),
+            std::mem::take(&mut log.capture),
+        )
     }
 }
 

@@ -78,6 +78,7 @@ mod capture;
 mod chaos;
 mod check;
 pub(crate) mod executor;
+mod hash;
 pub(crate) mod host;
 pub(crate) mod net;
 mod policy;
@@ -93,8 +94,10 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
+pub use capture::{CAPTURE_BUFFER_EVENTS, CHECKPOINT_EVENTS};
 pub use chaos::Chaos;
 pub use check::{check_determinism, Nondeterminism};
+pub use deja_replayer::sweep::{Shard, SweepRecord, SHARD_ENV};
 pub use policy::{Latency, LinkPolicy};
 pub use sweep::{Sweep, SweepReport, LOGGED_FAILURES_MAX};
 pub use tokio_rt::BLOCKING_WAIT_DEFAULT;
@@ -107,8 +110,11 @@ use world::{Entry, HostSlot, Installed, Item, World};
 /// The simulated wall clock at time zero: 2026-01-01T00:00:00Z.
 pub const EPOCH_DEFAULT_UNIX_S: i64 = 1_767_225_600;
 /// Virtual time after which a simulation with clients still running
-/// fails (and one without clients ends).
-pub const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(3600);
+/// fails (and one without clients ends): a day, so that workloads of a
+/// round hour or two (a heartbeat hour, a lease renewed for an hour) pass
+/// without tuning, while a client stuck behind a periodic timer still
+/// ends in seconds of CPU. [`Sim::time_limit`] changes it.
+pub const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 /// How long a connect waits for an answer across a partition.
 pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 
@@ -154,6 +160,7 @@ pub(crate) enum Control {
     Crash(usize),
     Restart(usize),
     Partition(usize, usize),
+    Hold(usize, usize),
     Heal(usize, usize),
     HealAll,
     Exited(usize, u32, Exited),
@@ -165,6 +172,7 @@ enum Fault {
     Crash(String),
     Restart(String),
     Partition(String, String),
+    Hold(String, String),
     Heal(String, String),
     HealAll,
 }
@@ -229,6 +237,9 @@ pub struct Sim {
     quiet: bool,
     blocking_wait: Duration,
     config_errors: Vec<String>,
+    /// Set by `Sweep` and `check_determinism`, which can run a seed again:
+    /// what to keep instead of streaming capture to logs.
+    capture: Option<capture::CaptureMode>,
 }
 
 impl fmt::Debug for Sim {
@@ -251,7 +262,13 @@ impl Sim {
     /// A simulation of `seed`; `DEJA_SEED` in the environment overrides
     /// it, so a failing seed reruns with `DEJA_SEED=N cargo test ...`.
     pub fn new(seed: u64) -> Sim {
-        let seed = seed_override().unwrap_or(seed);
+        let seed = match seed_override() {
+            Some(forced) => {
+                announce_seed_override(forced, seed);
+                forced
+            }
+            None => seed,
+        };
         Sim {
             seed,
             hosts: Vec::new(),
@@ -271,6 +288,7 @@ impl Sim {
             quiet: false,
             blocking_wait: BLOCKING_WAIT_DEFAULT,
             config_errors: Vec::new(),
+            capture: None,
         }
     }
 
@@ -352,7 +370,18 @@ impl Sim {
         self
     }
 
-    /// Restore the link between `a` and `b` at `at`.
+    /// Hold the link between `a` and `b` at `at`: its packets wait until
+    /// it heals, then arrive in order; connections stay up (a partition
+    /// resets them). A connect across a hold times out after
+    /// `connect_timeout`.
+    pub fn hold_at(&mut self, at: Duration, a: &str, b: &str) -> &mut Self {
+        self.faults
+            .push((at, Fault::Hold(a.to_string(), b.to_string())));
+        self
+    }
+
+    /// Restore the link between `a` and `b` at `at` (ending a partition
+    /// or a hold).
     pub fn heal_at(&mut self, at: Duration, a: &str, b: &str) -> &mut Self {
         self.faults
             .push((at, Fault::Heal(a.to_string(), b.to_string())));
@@ -411,7 +440,10 @@ impl Sim {
         self
     }
 
-    /// Write logs when the run fails (default true).
+    /// Write logs when the run fails (default true). While it may write
+    /// them, a run streams each host's events to a staging log on disk
+    /// past [`CAPTURE_BUFFER_EVENTS`]; with `false` it keeps only their
+    /// hashes (the digest).
     pub fn write_logs(&mut self, write: bool) -> &mut Self {
         self.write_logs = write;
         self
@@ -505,6 +537,9 @@ impl Sim {
                 Fault::Partition(a, b) => resolve(a, &mut errors)
                     .zip(resolve(b, &mut errors))
                     .map(|(a, b)| Control::Partition(a, b)),
+                Fault::Hold(a, b) => resolve(a, &mut errors)
+                    .zip(resolve(b, &mut errors))
+                    .map(|(a, b)| Control::Hold(a, b)),
                 Fault::Heal(a, b) => resolve(a, &mut errors)
                     .zip(resolve(b, &mut errors))
                     .map(|(a, b)| Control::Heal(a, b)),
@@ -560,7 +595,18 @@ impl Sim {
                 exited: None,
             })
             .collect();
-        let world = Rc::new(World::new(
+        let log_dir = self
+            .log_dir
+            .clone()
+            .unwrap_or_else(capture::default_log_dir);
+        let mode = match self.capture.take() {
+            Some(mode) => mode,
+            None if self.write_logs || self.logs_always => capture::CaptureMode::Logs(Rc::new(
+                capture::LogPlan::new(log_dir.clone(), context.clone()),
+            )),
+            None => capture::CaptureMode::Off,
+        };
+        let mut world = World::new(
             seed,
             self.epoch_unix_ns,
             net,
@@ -568,7 +614,9 @@ impl Sim {
             self.fail_on_task_panic,
             self.keep_write_bytes,
             self.blocking_wait,
-        ));
+        );
+        world.capture = mode.clone();
+        let world = Rc::new(world);
         let installed = Installed::new(&world);
         for (index, at) in starts.into_iter().enumerate() {
             world.schedule(at, Item::Start(index));
@@ -580,18 +628,20 @@ impl Sim {
         world.shutdown();
         let report = SimReport::of(&world, started.elapsed());
         capture::hand_over(&world);
-        let (logs, log_error) = if self.logs_always || (failure.is_some() && self.write_logs) {
-            let dir = self
-                .log_dir
-                .clone()
-                .unwrap_or_else(capture::default_log_dir);
-            match capture::write_logs(&world, &dir, &context) {
-                Ok(logs) => (logs, None),
-                Err(err) => (Vec::new(), Some(err.to_string())),
+        let (logs, log_error) = match &mode {
+            capture::CaptureMode::Logs(plan)
+                if self.logs_always || (failure.is_some() && self.write_logs) =>
+            {
+                match capture::write_logs(&world, &log_dir) {
+                    Ok(logs) => (logs, plan.error()),
+                    Err(err) => (Vec::new(), Some(err.to_string())),
+                }
             }
-        } else {
-            (Vec::new(), None)
+            _ => (Vec::new(), None),
         };
+        if let capture::CaptureMode::Logs(plan) = &mode {
+            plan.discard();
+        }
         let mut report = report;
         report.logs.clone_from(&logs);
         let result = match failure {
@@ -612,14 +662,17 @@ impl Sim {
         result
     }
 
-    /// Run the events of every host, twice over, keeping them: for
+    /// Run without printing or writing logs, keeping what `mode` says,
+    /// and hand over every host's checkpoints (and kept events): for
     /// [`check_determinism`].
     pub(crate) fn simulate_captured(
         mut self,
+        mode: capture::CaptureMode,
     ) -> (Result<SimReport, Box<SimFailure>>, Vec<HostEvents>) {
         self.write_logs = false;
         self.logs_always = false;
         self.quiet = true;
+        self.capture = Some(mode);
         let events = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = Rc::clone(&events);
         capture::CAPTURED.with(|slot| *slot.borrow_mut() = Some(sink));
@@ -627,6 +680,16 @@ impl Sim {
         capture::CAPTURED.with(|slot| slot.borrow_mut().take());
         let events = std::mem::take(&mut *events.borrow_mut());
         (result, events)
+    }
+
+    /// Run keeping only the hashes, for a caller that can build the
+    /// simulation again to write its logs (`Sweep`). A simulation that
+    /// writes its logs whether or not it fails streams them as usual.
+    pub(crate) fn run_hashed(mut self) -> Result<SimReport, Box<SimFailure>> {
+        if !self.logs_always {
+            self.capture = Some(capture::CaptureMode::Off);
+        }
+        self.run()
     }
 
     fn replay(mut self, target: capture::ReplayTarget) -> Result<SimReport, Box<SimFailure>> {
@@ -658,6 +721,18 @@ impl Sim {
     }
 }
 
+/// `DEJA_SEED` replacing a seed the code chose is said once per process,
+/// unless `deja sim` set it (`DEJA_MODE=sim`: choosing seeds is its job).
+fn announce_seed_override(forced: u64, given: u64) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let by_deja_sim = std::env::var("DEJA_MODE").is_ok_and(|mode| mode == "sim");
+    if forced != given && !by_deja_sim {
+        SAID.call_once(|| {
+            eprintln!("deja sim: DEJA_SEED={forced} overrides the seed {given} given to Sim::new")
+        });
+    }
+}
+
 /// `DEJA_SEED`, if set and a number.
 pub(crate) fn seed_override() -> Option<u64> {
     std::env::var("DEJA_SEED").ok()?.trim().parse().ok()
@@ -667,11 +742,14 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// One host incarnation's kept events, for the determinism check.
+/// One host incarnation's checkpoints and kept events, for the
+/// determinism check.
 #[derive(Debug)]
 pub(crate) struct HostEvents {
     pub(crate) host: String,
     pub(crate) incarnation: u32,
+    /// Digests after every [`CHECKPOINT_EVENTS`] events.
+    pub(crate) checkpoints: Vec<u64>,
     pub(crate) events: Vec<deja_recorder::Event>,
 }
 
@@ -756,7 +834,7 @@ impl fmt::Display for FailureKind {
             ),
             FailureKind::TimeLimit { limit_ns, waiting } => write!(
                 f,
-                "time limit of {:.3}s virtual reached with client(s) {} still running",
+                "time limit of {:.3}s virtual reached with client(s) {} still running (Sim::time_limit raises it)",
                 *limit_ns as f64 / 1e9,
                 waiting.join(", ")
             ),
@@ -798,6 +876,10 @@ pub struct SimReport {
     /// The run directories written, one per host incarnation (see
     /// [`Sim::always_write_logs`]; a failed run writes them by default).
     pub logs: Vec<PathBuf>,
+    /// Most events one host incarnation held in memory at once: at most
+    /// [`CAPTURE_BUFFER_EVENTS`] while logs are captured (the rest is on
+    /// disk), 0 when only hashes are kept (sweeps, determinism checks).
+    pub events_held_max: u64,
 }
 
 /// One host incarnation in a [`SimReport`].
@@ -825,9 +907,11 @@ impl SimReport {
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         let mut hosts = Vec::new();
         let mut events = 0;
+        let mut held_max = 0;
         for slot in world.hosts.borrow().iter() {
             for host in &slot.incarnations {
-                let (count, host_digest) = host.summary();
+                let (count, host_digest, held) = host.summary();
+                held_max = held_max.max(held as u64);
                 digest.update(slot.name.as_bytes());
                 digest.update(&host.incarnation.to_le_bytes());
                 digest.update(&host_digest.to_le_bytes());
@@ -854,6 +938,7 @@ impl SimReport {
             tokio_ticks: world.tokio_ticks.get(),
             tokio_steps: world.tokio_steps.get(),
             logs: Vec::new(),
+            events_held_max: held_max,
         }
     }
 }
@@ -937,7 +1022,12 @@ pub fn partition(a: &str, b: &str) -> bool {
     control_by_name(&[a, b], |i| Control::Partition(i[0], i[1]))
 }
 
-/// Restore the link between `a` and `b` now.
+/// Hold the link between `a` and `b` now (see [`Sim::hold_at`]).
+pub fn hold(a: &str, b: &str) -> bool {
+    control_by_name(&[a, b], |i| Control::Hold(i[0], i[1]))
+}
+
+/// Restore the link between `a` and `b` now (ending a partition or a hold).
 pub fn heal(a: &str, b: &str) -> bool {
     control_by_name(&[a, b], |i| Control::Heal(i[0], i[1]))
 }

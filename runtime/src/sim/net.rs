@@ -21,6 +21,7 @@ use deja_recorder::{
 use rand::Rng;
 use tokio::io::ReadBuf;
 
+use super::hash::FastMap;
 use super::host::{host_ip, Host};
 use super::policy::{Latency, LinkPolicy};
 use super::world::{with_world, Item, World};
@@ -40,6 +41,13 @@ const UDP_PAYLOAD_BYTES_MAX: usize = 65_507;
 /// First ephemeral port handed out per host.
 const EPHEMERAL_PORT_FIRST: u16 = 49_152;
 /// One-way latency between two sockets of the same host.
+/// Retransmissions of one TCP segment before the connection gives up
+/// and resets both ends (Linux retries about 15 times over 15 minutes; a
+/// simulation that loses 8 in a row has made its point).
+pub(crate) const RETRANSMITS_MAX: u32 = 8;
+/// The longest a retransmission timeout grows to by doubling (Linux's
+/// `TCP_RTO_MAX`).
+const RETRANSMIT_TIMEOUT_MAX_NS: u64 = 120_000_000_000;
 const LOOPBACK_LATENCY: Latency = Latency::Fixed(std::time::Duration::from_micros(10));
 
 /// A simulated socket, as the shim's socket types hold it (plain data:
@@ -130,11 +138,18 @@ struct UdpQueue {
 pub(crate) struct Net {
     names: Vec<String>,
     default_policy: LinkPolicy,
-    links: HashMap<(usize, usize), LinkPolicy>,
+    /// A host's traffic to itself.
+    loopback_policy: LinkPolicy,
+    links: FastMap<(usize, usize), LinkPolicy>,
     connect_timeout: u64,
     partitions: BTreeSet<(usize, usize)>,
+    /// Links on hold: their packets wait in `held`, in arrival order,
+    /// until the link heals; connections stay up.
+    holds: BTreeSet<(usize, usize)>,
+    held: BTreeMap<(usize, usize), Vec<Packet>>,
     listeners: BTreeMap<(usize, u16), Listener>,
-    ends: HashMap<u64, End>,
+    /// Iterated only through [`Net::ends_where`], in key order.
+    ends: FastMap<u64, End>,
     udp: BTreeMap<(usize, u16), UdpQueue>,
     next_key: u64,
     next_port: Vec<u16>,
@@ -157,14 +172,20 @@ impl Net {
         Net {
             names,
             default_policy,
+            loopback_policy: LinkPolicy {
+                latency: LOOPBACK_LATENCY,
+                ..LinkPolicy::default()
+            },
             links: links
                 .into_iter()
                 .map(|((a, b), p)| (pair(a, b), p))
                 .collect(),
             connect_timeout,
             partitions: BTreeSet::new(),
+            holds: BTreeSet::new(),
+            held: BTreeMap::new(),
             listeners: BTreeMap::new(),
-            ends: HashMap::new(),
+            ends: FastMap::default(),
             udp: BTreeMap::new(),
             next_key: 0,
             next_port: vec![EPHEMERAL_PORT_FIRST; hosts],
@@ -172,17 +193,28 @@ impl Net {
         }
     }
 
-    fn policy(&self, a: usize, b: usize) -> LinkPolicy {
+    fn policy(&self, a: usize, b: usize) -> &LinkPolicy {
         if a == b {
-            return LinkPolicy {
-                latency: LOOPBACK_LATENCY,
-                ..LinkPolicy::default()
-            };
+            return &self.loopback_policy;
         }
-        self.links
-            .get(&pair(a, b))
-            .unwrap_or(&self.default_policy)
-            .clone()
+        if self.links.is_empty() {
+            return &self.default_policy;
+        }
+        self.links.get(&pair(a, b)).unwrap_or(&self.default_policy)
+    }
+
+    /// The keys of the ends `keep` picks, in key order: what happens to
+    /// them (resets, their wakers, latency draws) must not follow the
+    /// hash table's order.
+    fn ends_where(&self, keep: impl Fn(&End) -> bool) -> Vec<u64> {
+        let mut keys: Vec<u64> = self
+            .ends
+            .iter()
+            .filter(|(_, end)| keep(end))
+            .map(|(key, _)| *key)
+            .collect();
+        keys.sort_unstable();
+        keys
     }
 
     pub(crate) fn partitioned(&self, a: usize, b: usize) -> bool {
@@ -195,30 +227,75 @@ impl Net {
             return;
         }
         self.partitions.insert(pair(a, b));
-        for end in self.ends.values_mut() {
-            if pair(end.host, end.peer_host) == pair(a, b) {
+        for key in self.ends_where(|end| pair(end.host, end.peer_host) == pair(a, b)) {
+            if let Some(end) = self.ends.get_mut(&key) {
                 reset(end);
             }
         }
     }
 
-    pub(crate) fn heal(&mut self, a: usize, b: usize) {
-        self.partitions.remove(&pair(a, b));
+    /// Hold the link between `a` and `b`: packets across it wait until
+    /// it heals, then arrive in the order they were sent. Connections
+    /// stay up; a connect across it times out if the hold outlasts
+    /// `connect_timeout`, as a SYN into a black hole does.
+    pub(crate) fn hold(&mut self, a: usize, b: usize) {
+        if a != b {
+            self.holds.insert(pair(a, b));
+        }
     }
 
-    pub(crate) fn heal_all(&mut self) {
+    pub(crate) fn heal(&mut self, world: &World, a: usize, b: usize) {
+        let link = pair(a, b);
+        self.partitions.remove(&link);
+        self.holds.remove(&link);
+        self.release(world, link);
+    }
+
+    pub(crate) fn heal_all(&mut self, world: &World) {
         self.partitions.clear();
+        self.holds.clear();
+        let links: Vec<(usize, usize)> = self.held.keys().copied().collect();
+        for link in links {
+            self.release(world, link);
+        }
+    }
+
+    /// A held link's packets leave, one latency from now, in the order
+    /// they arrived at the hold (the agenda keeps insertion order among
+    /// equal times).
+    fn release(&mut self, world: &World, link: (usize, usize)) {
+        let Some(packets) = self.held.remove(&link) else {
+            return;
+        };
+        let at = world.now() + self.draw_latency(world, link.0, link.1);
+        for packet in packets {
+            world.schedule(at, Item::Packet(packet));
+        }
+    }
+
+    /// The link a packet crosses, if it crosses one (not a local timer,
+    /// not a host's traffic to itself).
+    fn link_of(&self, packet: &Packet) -> Option<(usize, usize)> {
+        let (a, b) = match packet {
+            Packet::ConnectTimeout { .. } => return None,
+            Packet::Syn { from, to_host, .. } => (self.ends.get(from)?.host, *to_host),
+            Packet::SynAck { to, .. }
+            | Packet::Data { to, .. }
+            | Packet::Fin { to }
+            | Packet::Rst { to } => {
+                let end = self.ends.get(to)?;
+                (end.host, end.peer_host)
+            }
+            Packet::Datagram { to_host, from, .. } => {
+                (self.host_of_ip(*to_host, from.ip())?, *to_host)
+            }
+        };
+        (a != b).then(|| pair(a, b))
     }
 
     /// Host `index` is gone: its sockets vanish, its peers get resets.
     pub(crate) fn crash_host(&mut self, world: &World, index: usize) {
-        let keys: Vec<u64> = self
-            .ends
-            .iter()
-            .filter(|(_, end)| end.host == index)
-            .map(|(key, _)| *key)
-            .collect();
-        for key in keys {
+        for key in self.ends_where(|end| end.host == index) {
             if let Some(end) = self.ends.remove(&key) {
                 if self.ends.contains_key(&(key ^ 1)) {
                     let at = world.now() + self.draw_latency(world, index, end.peer_host);
@@ -231,8 +308,8 @@ impl Net {
     }
 
     fn draw_latency(&self, world: &World, a: usize, b: usize) -> u64 {
-        let policy = self.policy(a, b);
-        world.with_rng(|rng| policy.latency.draw(rng))
+        let latency = self.policy(a, b).latency;
+        world.with_rng(|rng| latency.draw(rng))
     }
 
     fn ephemeral_port(&mut self, host: usize) -> u16 {
@@ -281,12 +358,25 @@ impl Net {
         Ok(port)
     }
 
+    /// The host `ip` is, as seen from `from`: an index, not a name, so a
+    /// datagram's destination needs no formatting and parsing.
+    fn host_of_ip(&self, from: usize, ip: IpAddr) -> Option<usize> {
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Some(from);
+        }
+        let IpAddr::V4(v4) = ip else {
+            return None;
+        };
+        // Hosts are 10.0.0.1, 10.0.0.2, ... (see `host_ip`).
+        let index = u32::from(v4).checked_sub(0x0a00_0001)? as usize;
+        (index < self.names.len() && host_ip(index) == ip).then_some(index)
+    }
+
     /// The host and port `text` names, as seen from `from`.
     fn resolve(&self, from: usize, text: &str) -> io::Result<(usize, u16)> {
         let (name, port) = split_host_port(text)?;
         let host = match name.parse::<IpAddr>() {
-            Ok(ip) if ip.is_loopback() || ip.is_unspecified() => Some(from),
-            Ok(ip) => (0..self.names.len()).find(|index| host_ip(*index) == ip),
+            Ok(ip) => self.host_of_ip(from, ip),
             Err(_) if name == "localhost" => Some(from),
             Err(_) => self.names.iter().position(|known| known == name),
         };
@@ -306,25 +396,28 @@ impl Net {
         };
         let (a, b) = (end.host, end.peer_host);
         let policy = self.policy(a, b);
+        let (bandwidth, loss, split_writes, retransmit) = (
+            policy.bandwidth,
+            policy.loss,
+            policy.split_writes,
+            policy.retransmit,
+        );
+        let latency = policy.latency;
         let now = world.now();
         let len = bytes.len() as u64;
-        let transmit = policy
-            .bandwidth
-            .map_or(0, |bw| len.saturating_mul(1_000_000_000) / bw);
-        let (latency, lost, split) = world.with_rng(|rng| {
-            let latency = policy.latency.draw(rng);
-            let lost = policy.loss > 0.0 && rng.random_bool(policy.loss);
-            let split = (policy.split_writes > 0.0
-                && bytes.len() > 1
-                && rng.random_bool(policy.split_writes))
-            .then(|| rng.random_range(1..bytes.len()));
-            (latency, lost, split)
+        let transmit = bandwidth.map_or(0, |bw| len.saturating_mul(1_000_000_000) / bw);
+        let (latency, losses, split) = world.with_rng(|rng| {
+            let latency = latency.draw(rng);
+            // Each retransmission may be lost too.
+            let mut losses = 0;
+            while loss > 0.0 && losses < RETRANSMITS_MAX && rng.random_bool(loss) {
+                losses += 1;
+            }
+            let split = (split_writes > 0.0 && bytes.len() > 1 && rng.random_bool(split_writes))
+                .then(|| rng.random_range(1..bytes.len()));
+            (latency, losses, split)
         });
-        let retransmit = if lost {
-            u64::try_from(policy.retransmit.as_nanos()).unwrap_or(u64::MAX)
-        } else {
-            0
-        };
+        let retransmit = backoff_ns(retransmit, losses);
         let end = self.ends.get_mut(&key).expect("checked above");
         let start = now.max(end.busy_until);
         end.busy_until = start.saturating_add(transmit);
@@ -335,6 +428,12 @@ impl Net {
             .max(end.last_arrival);
         end.last_arrival = arrival;
         let to = key ^ 1;
+        if losses == RETRANSMITS_MAX {
+            // TCP gives up: both ends see the connection reset.
+            world.schedule(arrival, Item::Packet(Packet::Rst { to }));
+            world.schedule(arrival, Item::Packet(Packet::Rst { to: key }));
+            return;
+        }
         match split {
             Some(cut) => {
                 let mut first = bytes;
@@ -349,6 +448,15 @@ impl Net {
     /// A packet arrives; returns the wakers to wake.
     pub(crate) fn deliver(&mut self, world: &World, packet: Packet) -> Vec<Waker> {
         let mut wake = Vec::new();
+        if !self.holds.is_empty() {
+            if let Some(link) = self
+                .link_of(&packet)
+                .filter(|link| self.holds.contains(link))
+            {
+                self.held.entry(link).or_default().push(packet);
+                return wake;
+            }
+        }
         match packet {
             Packet::Syn {
                 from,
@@ -434,6 +542,19 @@ impl Net {
         }
         wake
     }
+}
+
+/// How late a segment lost `losses` times in a row arrives: the
+/// retransmission timeout doubles after each loss (exponential backoff),
+/// up to [`RETRANSMIT_TIMEOUT_MAX_NS`].
+fn backoff_ns(timeout: std::time::Duration, losses: u32) -> u64 {
+    let mut rto = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    let mut total: u64 = 0;
+    for _ in 0..losses {
+        total = total.saturating_add(rto);
+        rto = rto.saturating_mul(2).min(RETRANSMIT_TIMEOUT_MAX_NS);
+    }
+    total
 }
 
 fn new_end(
@@ -863,6 +984,30 @@ pub(crate) fn close(socket: SimSocket) {
     });
 }
 
+/// `lookup_host`: a simulated host's name resolves to its address
+/// (`"payment:7000"` to `10.0.0.2:7000`), an address to itself.
+pub(crate) fn lookup(text: &str) -> io::Result<Vec<SocketAddr>> {
+    let host = current_host()?;
+    let answer = match text.parse::<SocketAddr>() {
+        Ok(addr) => Ok(vec![addr]),
+        Err(_) => with_net(|_, net| {
+            let (index, port) = net.resolve(host.index, text)?;
+            let ip = if index == host.index && split_host_port(text)?.0 == "localhost" {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                host_ip(index)
+            };
+            Ok::<_, io::Error>(vec![SocketAddr::new(ip, port)])
+        })
+        .and_then(|answer| answer),
+    };
+    host.record(EventKind::Lookup {
+        host: text.to_string(),
+        result: answer.as_ref().map(Clone::clone).map_err(kind),
+    });
+    answer
+}
+
 /// `UdpSocket::bind`.
 pub(crate) fn udp_bind(text: &str) -> io::Result<(ConnId, SocketAddr, SimSocket)> {
     let host = current_host()?;
@@ -908,37 +1053,40 @@ pub(crate) fn udp_send(
         ))
     } else {
         with_net(|world, net| {
-            let (to_host, port) = net.resolve(host.index, &target.to_string())?;
-            let policy = net.policy(host.index, to_host);
+            let to_host = net.host_of_ip(host.index, target.ip()).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{target}: no simulated host has this name or address"),
+                )
+            })?;
+            let port = target.port();
             if net.partitioned(host.index, to_host) {
                 net.dropped_datagrams += 1;
                 return Ok(buf.len());
             }
-            let copies = world.with_rng(|rng| {
+            let policy = net.policy(host.index, to_host);
+            // At most two copies, drawn in order; no allocation per datagram.
+            let copies: [Option<u64>; 2] = world.with_rng(|rng| {
                 if policy.loss > 0.0 && rng.random_bool(policy.loss) {
-                    return Vec::new();
+                    return [None, None];
                 }
-                let count = if policy.duplicate > 0.0 && rng.random_bool(policy.duplicate) {
-                    2
-                } else {
-                    1
+                let twice = policy.duplicate > 0.0 && rng.random_bool(policy.duplicate);
+                let mut draw = || {
+                    let mut latency = policy.latency.draw(rng);
+                    if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
+                        let window =
+                            u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
+                        latency = latency.saturating_add(rng.random_range(0..=window));
+                    }
+                    latency
                 };
-                (0..count)
-                    .map(|_| {
-                        let mut latency = policy.latency.draw(rng);
-                        if policy.reorder > 0.0 && rng.random_bool(policy.reorder) {
-                            let window =
-                                u64::try_from(policy.reorder_window.as_nanos()).unwrap_or(u64::MAX);
-                            latency = latency.saturating_add(rng.random_range(0..=window));
-                        }
-                        latency
-                    })
-                    .collect()
+                let first = draw();
+                [Some(first), twice.then(draw)]
             });
-            if copies.is_empty() {
+            if copies[0].is_none() {
                 net.dropped_datagrams += 1;
             }
-            for latency in copies {
+            for latency in copies.into_iter().flatten() {
                 world.schedule(
                     world.now().saturating_add(latency),
                     Item::Packet(Packet::Datagram {
@@ -1008,4 +1156,21 @@ pub(crate) fn half_close(key: u64) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retransmission_timeouts_double_up_to_the_cap() {
+        let rto = std::time::Duration::from_millis(200);
+        assert_eq!(backoff_ns(rto, 0), 0);
+        assert_eq!(backoff_ns(rto, 1), 200_000_000);
+        assert_eq!(backoff_ns(rto, 3), 1_400_000_000);
+        let long = std::time::Duration::from_secs(100);
+        // 100 s, then capped at 120 s.
+        assert_eq!(backoff_ns(long, 3), 340_000_000_000);
+        assert_eq!(backoff_ns(std::time::Duration::MAX, 2), u64::MAX);
+    }
 }

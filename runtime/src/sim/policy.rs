@@ -116,7 +116,11 @@ impl LinkPolicy {
         self
     }
 
-    /// How late a lost TCP segment arrives (default 200 ms).
+    /// How late a lost TCP segment arrives (default 200 ms): the first
+    /// retransmission timeout. Each further loss of the same segment (with
+    /// the link's loss probability) doubles it, as TCP's exponential
+    /// backoff does; after 8 losses in a row both ends of the connection
+    /// are reset.
     pub fn retransmit_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.retransmit = timeout;
         self

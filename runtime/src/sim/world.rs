@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -24,6 +24,8 @@ use deja_recorder::{EventKind, TaskId};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+use super::capture::CaptureMode;
+use super::hash::FastMap;
 use super::host::Host;
 use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
@@ -153,7 +155,7 @@ pub(crate) struct World {
     rng: RefCell<ChaCha20Rng>,
     agenda: RefCell<BinaryHeap<Reverse<Scheduled>>>,
     next_order: Cell<u64>,
-    timers: RefCell<HashMap<u64, TimerSlot>>,
+    timers: RefCell<FastMap<u64, TimerSlot>>,
     next_timer: Cell<u64>,
     pub(crate) net: RefCell<Net>,
     pub(crate) hosts: RefCell<Vec<HostSlot>>,
@@ -171,6 +173,9 @@ pub(crate) struct World {
     blocking_wait: Duration,
     pub(crate) tokio_ticks: Cell<u64>,
     pub(crate) tokio_steps: Cell<u64>,
+    /// What the hosts keep of their events besides the hashes (set
+    /// before the run starts).
+    pub(crate) capture: CaptureMode,
 }
 
 impl std::fmt::Debug for World {
@@ -216,6 +221,7 @@ impl World {
             blocking_wait,
             tokio_ticks: Cell::new(0),
             tokio_steps: Cell::new(0),
+            capture: CaptureMode::Off,
         }
     }
 
@@ -324,6 +330,7 @@ impl World {
                     .saturating_add(slot.skew_ns),
                 root_seed,
             ));
+            host.set_capture(self.capture.for_host(self.seed, &host));
             match HostRuntime::build(&host, &self.blocking_in_flight) {
                 Ok(runtime) => *host.runtime.borrow_mut() = Some(runtime),
                 Err(err) => {
@@ -447,8 +454,9 @@ impl World {
                 self.start_host(index);
             }
             Control::Partition(a, b) => self.net.borrow_mut().partition(self, a, b),
-            Control::Heal(a, b) => self.net.borrow_mut().heal(a, b),
-            Control::HealAll => self.net.borrow_mut().heal_all(),
+            Control::Hold(a, b) => self.net.borrow_mut().hold(a, b),
+            Control::Heal(a, b) => self.net.borrow_mut().heal(self, a, b),
+            Control::HealAll => self.net.borrow_mut().heal_all(self),
             Control::Exited(index, incarnation, exited) => {
                 let current = {
                     let hosts = self.hosts.borrow();
