@@ -26,6 +26,7 @@ macro_rules! heisenbugs {
             clock_edge: deja_fixtures::clock_edge::ClockEdge,
             timeout_cascade: deja_fixtures::timeout_cascade::TimeoutCascade,
             real_clients: deja_fixtures::resp::RespKv,
+            last_item: deja_fixtures::last_item::LastItem,
         }
     };
 }

@@ -408,4 +408,3 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
 }
 pub mod e2e;
 pub mod heisenbug;
-pub mod servers;

@@ -1,5 +1,5 @@
 //! tokio-postgres over deja against a real PostgreSQL that the test starts
-//! itself (`deja_tests::servers::Postgres`: `initdb` in a temporary
+//! itself (`deja_fixtures::servers::Postgres`: `initdb` in a temporary
 //! directory, SCRAM-SHA-256 password authentication on 127.0.0.1).
 //!
 //! The service (`pg_service`, a binary of this crate) logs in with
@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use deja::recorder::{EventKind, ReadOutcome};
+use deja_fixtures::servers::{self, Postgres};
 use deja_tests::e2e::{log_events, run_bounded};
-use deja_tests::servers::{self, Postgres};
 
 /// Replays of the recording, each in a process of its own.
 const REPLAYS: usize = 20;

@@ -1,7 +1,7 @@
 #![cfg(feature = "rustls")]
 //! tokio-postgres over TLS (`deja::net::postgres::connect_tls`, rustls
 //! with ring) against a real PostgreSQL that the test starts with a
-//! certificate rcgen made (`deja_tests::servers::Postgres::start_tls`).
+//! certificate rcgen made (`deja_fixtures::servers::Postgres::start_tls`).
 //!
 //! The service connects with `sslmode=require` and
 //! `channel_binding=require` (so the login is SCRAM-SHA-256-PLUS, bound to
@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deja::{Builder, Error, Mode};
-use deja_tests::servers::Postgres;
+use deja_fixtures::servers::Postgres;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;

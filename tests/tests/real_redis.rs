@@ -1,5 +1,5 @@
 //! The redis crate over deja against a real `redis-server` that the test
-//! starts itself (`deja_tests::servers::Redis`).
+//! starts itself (`deja_fixtures::servers::Redis`).
 //!
 //! The service connects with `deja::net::redis::connect` (the crate's
 //! `MultiplexedConnection` with its default configuration: a 500 ms
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use deja::{Builder, Error, Mode};
-use deja_tests::servers::{self, Redis};
+use deja_fixtures::servers::{self, Redis};
 use redis::AsyncCommands;
 
 /// Tasks sharing the connection, and rounds each.
