@@ -259,6 +259,17 @@ pub enum EventKind {
         /// The addresses, in the order the resolver gave them, or the error.
         result: Result<Vec<SocketAddr>, IoErrorKind>,
     },
+    /// The runtime's driver turned (its `epoll_wait` returned): sockets
+    /// that became ready together and timers that came due are handed to
+    /// their tasks here, in one batch. Logged by the thread that runs the
+    /// tasks (task `outside`), in a recording on one thread. Replay turns
+    /// its own driver at these points, so the tasks a turn woke run in the
+    /// order the recording ran them, and tokio's timers fire at the turn
+    /// they fired at.
+    DriverTurn {
+        /// Readiness events the turn returned (timers not counted).
+        ready: u32,
+    },
 }
 
 /// The name of the mark the runtime logs when library code connects with
@@ -514,11 +525,13 @@ pub enum KindClass {
     Gap,
     /// Redaction markers.
     Redacted,
+    /// The runtime's driver turns.
+    Turn,
 }
 
 impl KindClass {
     /// Every class, in display order.
-    pub const ALL: [KindClass; 16] = [
+    pub const ALL: [KindClass; 17] = [
         KindClass::Time,
         KindClass::Timer,
         KindClass::Rand,
@@ -535,6 +548,7 @@ impl KindClass {
         KindClass::Exit,
         KindClass::Gap,
         KindClass::Redacted,
+        KindClass::Turn,
     ];
 
     /// The class's name as users type it.
@@ -556,6 +570,7 @@ impl KindClass {
             KindClass::Exit => "exit",
             KindClass::Gap => "gap",
             KindClass::Redacted => "redacted",
+            KindClass::Turn => "turn",
         }
     }
 
@@ -575,7 +590,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 26] = [
+    pub const NAMES: [&'static str; 27] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -602,10 +617,11 @@ impl EventKind {
         "lib_clock_mono",
         "lib_clock_wall",
         "lookup",
+        "driver_turn",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 26] = [
+    pub const CLASSES: [KindClass; 27] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -632,6 +648,7 @@ impl EventKind {
         KindClass::Time,
         KindClass::Time,
         KindClass::Connect,
+        KindClass::Turn,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -669,6 +686,7 @@ impl EventKind {
             EventKind::LibClockMono { .. } => 23,
             EventKind::LibClockWall { .. } => 24,
             EventKind::Lookup { .. } => 25,
+            EventKind::DriverTurn { .. } => 26,
         }
     }
 
@@ -694,6 +712,7 @@ impl EventKind {
             EventKind::Exit { .. } => KindClass::Exit,
             EventKind::Gap { .. } => KindClass::Gap,
             EventKind::Redacted { .. } => KindClass::Redacted,
+            EventKind::DriverTurn { .. } => KindClass::Turn,
         }
     }
 
@@ -830,6 +849,7 @@ impl fmt::Display for EventKind {
                 write_result(f, result, |f, ()| f.write_str("ok"))
             }
             EventKind::TcpClose { conn } => write!(f, " conn={conn}"),
+            EventKind::DriverTurn { ready } => write!(f, " ready={ready}"),
             EventKind::Lookup { host, result } => {
                 write!(f, " host={host} ")?;
                 write_result(f, result, |f, addrs| {
@@ -1027,6 +1047,7 @@ mod tests {
                 host: "payment:7000".into(),
                 result: Ok(vec!["10.0.0.2:7000".parse().unwrap()]),
             },
+            EventKind::DriverTurn { ready: 2 },
         ];
         for kind in &kinds {
             match kind {
@@ -1055,7 +1076,8 @@ mod tests {
                 | EventKind::TaskAdopted { .. }
                 | EventKind::LibClockMono { .. }
                 | EventKind::LibClockWall { .. }
-                | EventKind::Lookup { .. } => {}
+                | EventKind::Lookup { .. }
+                | EventKind::DriverTurn { .. } => {}
             }
         }
         kinds
