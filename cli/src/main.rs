@@ -25,12 +25,8 @@ pub(crate) mod exit {
     pub(crate) const ERROR: u8 = 1;
     /// Usage: unknown flag, missing argument, bad value.
     pub(crate) const USAGE: u8 = 2;
-    /// Replay diverged from the recording: the replaying service exits
-    /// with it, and `deja replay` passes its code through.
-    #[expect(
-        dead_code,
-        reason = "set by the runtime in the replaying child, not by deja"
-    )]
+    /// Replay diverged from the recording (the replaying service's outcome
+    /// says so; its own exit code 3 is not taken for one).
     pub(crate) const DIVERGENCE: u8 = 3;
     /// `deja verify` found corruption.
     pub(crate) const CORRUPTION: u8 = 4;

@@ -378,12 +378,66 @@ fn replay_runs_the_command_with_replay_on() {
     ]);
     command.env("DEJA_RUN_ID", "stale");
     let run = finish(command.spawn().unwrap());
-    assert_eq!(run.code, 5, "{run:?}");
     assert_eq!(
         run.stdout,
         format!("replay {} unset unset\n", dir.display())
     );
-    assert_eq!(run.stderr, "");
+    // A shell is no deja service: it never reports an outcome, so the
+    // replay did not happen, whatever code it exits with (issue 18).
+    assert_eq!(run.code, 1, "{run:?}");
+    let lines = stderr_lines(&run);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("deja: error: sh made no intercepted call: is it built with deja?"),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn replay_of_a_program_that_replays_nothing_is_an_error_json_or_not() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = recorded_run(out.path(), &["true"], 0);
+    let run = deja([
+        "replay".as_ref(),
+        dir.as_os_str(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("true made no intercepted call"),
+        "{run:?}"
+    );
+    let run = deja([
+        "replay".as_ref(),
+        dir.as_os_str(),
+        "--json".as_ref(),
+        "--".as_ref(),
+        "true".as_ref(),
+    ]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let outcome: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(outcome["status"], "error", "{run:?}");
+}
+
+#[test]
+fn a_service_exiting_3_as_recorded_is_no_divergence() {
+    // A stand-in for a deja service: it reports its outcome on fd 3 as the
+    // runtime does, then exits with the recorded code 3.
+    let out = tempfile::tempdir().unwrap();
+    let script = r#"echo '{"type":"outcome","status":"exited","exit_code":3}' >&3; exit 3"#;
+    let dir = recorded_run(out.path(), &["sh", "-c", script], 0);
+    let run = deja(["replay".as_ref(), dir.as_os_str()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the service exited 3, as the recorded run did"),
+        "{run:?}"
+    );
+    let diverged = r#"echo '{"type":"outcome","status":"diverged","exit_code":3}' >&3; exit 3"#;
+    let dir = recorded_run(&out.path().join("d"), &["sh", "-c", diverged], 0);
+    assert_eq!(deja(["replay".as_ref(), dir.as_os_str()]).code, 3);
 }
 
 #[test]
@@ -391,9 +445,9 @@ fn replay_defaults_to_the_recorded_command_line() {
     let out = tempfile::tempdir().unwrap();
     let dir = recorded_run(out.path(), &["sh", "-c", "echo from-argv"], 1);
     let run = deja(["replay".as_ref(), dir.as_os_str()]);
-    assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.stdout, "from-argv\n");
-    assert_eq!(run.stderr, "");
+    // Not a deja service: see `replay_runs_the_command_with_replay_on`.
+    assert_eq!(run.code, 1, "{run:?}");
 
     let signaled = recorded_run(&out.path().join("k"), &["sh", "-c", "kill -TERM $$"], 1);
     assert_eq!(deja(["replay".as_ref(), signaled.as_os_str()]).code, 143);
@@ -484,4 +538,34 @@ fn the_child_inherits_the_signal_state_deja_started_with() {
         "{}",
         run.stdout
     );
+}
+
+/// Issue 18: a service killed between creating its run directory and its
+/// first segment leaves an empty directory: `deja record` says nothing was
+/// recorded (not "recorded (0 events)" and a warning about its own
+/// directory), and `deja verify` reads it as an empty run.
+#[test]
+fn a_run_directory_left_empty_reads_as_an_empty_run() {
+    let out = tempfile::tempdir().unwrap();
+    let run = record_sh(
+        out.path(),
+        r#"mkdir -m 700 "$DEJA_TRACE/$DEJA_SERVICE-$DEJA_RUN_ID""#,
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = stderr_lines(&run);
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].starts_with("deja: warning: nothing was recorded: "),
+        "{}",
+        lines[0]
+    );
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let verify = deja(["verify".as_ref(), dir.as_os_str()]);
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stderr.contains("empty run: "), "{verify:?}");
 }

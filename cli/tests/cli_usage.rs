@@ -84,17 +84,36 @@ fn a_missing_directory_is_an_error_with_a_hint() {
 }
 
 #[test]
-fn a_file_or_an_empty_directory_is_an_error_with_a_hint() {
+fn a_file_or_a_directory_of_other_files_is_an_error_with_a_hint() {
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("notes.txt");
     std::fs::write(&file, "not a run").unwrap();
-    let empty = out.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
+    let other = out.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("README"), "not a run").unwrap();
     for command in ["inspect", "verify", "stats"] {
-        for path in [&file, &empty] {
+        for path in [&file, &other] {
             let run = deja([command.as_ref(), path.as_os_str()]);
             assert_error_with_hint(&run, "00000000.deja");
         }
+    }
+}
+
+/// Issue 18: an empty directory is a run killed before its first segment:
+/// every command reads it as an empty run, with one warning saying so.
+#[test]
+fn an_empty_directory_is_an_empty_run() {
+    let out = tempfile::tempdir().unwrap();
+    let empty = out.path().join("svc-run");
+    std::fs::create_dir(&empty).unwrap();
+    for command in ["inspect", "verify", "stats"] {
+        let run = deja([command.as_ref(), empty.as_os_str()]);
+        assert_eq!(run.code, 0, "{command}: {run:?}");
+        assert_eq!(
+            run.stderr.matches("empty run: ").count(),
+            1,
+            "{command}: {run:?}"
+        );
     }
 }
 

@@ -188,9 +188,13 @@ fn files_that_are_not_deja_logs_are_corruption() {
 #[test]
 fn unreadable_input_is_an_error_not_corruption() {
     let out = tempfile::tempdir().unwrap();
-    let empty = out.path().join("empty");
-    std::fs::create_dir(&empty).unwrap();
-    for dir in [out.path().join("missing"), empty] {
+    // A directory with no segments but something else is not a run; an
+    // empty one is a run killed before its first segment (issue 18:
+    // `a_run_directory_left_empty_reads_as_an_empty_run`).
+    let other = out.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    for dir in [out.path().join("missing"), other] {
         let run = verify(&dir);
         assert_eq!(run.code, 1, "{run:?}");
         let lines: Vec<&str> = run.stderr.lines().collect();

@@ -251,6 +251,32 @@ pub enum EventKind {
         /// Nanoseconds since the Unix epoch (negative before it).
         unix_ns: i64,
     },
+    /// A `sleep(duration)` or `timeout(duration)` timer fired: a
+    /// [`EventKind::TimerFired`] that also keeps the duration the code
+    /// asked for, so replay can check it exactly (the deadline alone
+    /// depends on when the timer was armed, which is not logged). Timers
+    /// armed for an instant (`sleep_until`, `interval`) log `TimerFired`,
+    /// whose deadline is exact.
+    TimerSlept {
+        /// Runtime-assigned timer id.
+        timer: u64,
+        /// The deadline it was armed for, in run nanoseconds.
+        deadline_ns: u64,
+        /// The duration it was armed with, in nanoseconds.
+        duration_ns: u64,
+    },
+    /// A UDP socket was dropped (before this kind existed, logged as
+    /// [`EventKind::TcpClose`]).
+    UdpClose {
+        /// The socket.
+        socket: ConnId,
+    },
+    /// The scope of a mark made with `deja::mark_scope` ended: from here
+    /// on the task's events are no longer inside mark `name`.
+    MarkEnd {
+        /// The mark's name.
+        name: String,
+    },
     /// A name was looked up (`deja::net::lookup_host`, or a UDP
     /// `send_to`/`connect` given `"host:port"`): DNS answers are inputs.
     Lookup {
@@ -590,7 +616,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 27] = [
+    pub const NAMES: [&'static str; 30] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -616,12 +642,15 @@ impl EventKind {
         "task_adopted",
         "lib_clock_mono",
         "lib_clock_wall",
+        "timer_slept",
+        "udp_close",
+        "mark_end",
         "lookup",
         "driver_turn",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 27] = [
+    pub const CLASSES: [KindClass; 30] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -647,6 +676,9 @@ impl EventKind {
         KindClass::Spawn,
         KindClass::Time,
         KindClass::Time,
+        KindClass::Timer,
+        KindClass::Close,
+        KindClass::Mark,
         KindClass::Connect,
         KindClass::Turn,
     ];
@@ -685,8 +717,11 @@ impl EventKind {
             EventKind::TaskAdopted { .. } => 22,
             EventKind::LibClockMono { .. } => 23,
             EventKind::LibClockWall { .. } => 24,
-            EventKind::Lookup { .. } => 25,
-            EventKind::DriverTurn { .. } => 26,
+            EventKind::TimerSlept { .. } => 25,
+            EventKind::UdpClose { .. } => 26,
+            EventKind::MarkEnd { .. } => 27,
+            EventKind::Lookup { .. } => 28,
+            EventKind::DriverTurn { .. } => 29,
         }
     }
 
@@ -697,17 +732,19 @@ impl EventKind {
             | EventKind::ClockWall { .. }
             | EventKind::LibClockMono { .. }
             | EventKind::LibClockWall { .. } => KindClass::Time,
-            EventKind::TimerFired { .. } => KindClass::Timer,
+            EventKind::TimerFired { .. } | EventKind::TimerSlept { .. } => KindClass::Timer,
             EventKind::RootSeed { .. } | EventKind::Entropy { .. } => KindClass::Rand,
             EventKind::TcpListen { .. } | EventKind::UdpBind { .. } => KindClass::Listen,
             EventKind::TcpAccept { .. } => KindClass::Accept,
             EventKind::TcpConnect { .. } | EventKind::Lookup { .. } => KindClass::Connect,
             EventKind::TcpRead { .. } | EventKind::UdpRecv { .. } => KindClass::Recv,
             EventKind::TcpWrite { .. } | EventKind::UdpSend { .. } => KindClass::Send,
-            EventKind::TcpShutdown { .. } | EventKind::TcpClose { .. } => KindClass::Close,
+            EventKind::TcpShutdown { .. }
+            | EventKind::TcpClose { .. }
+            | EventKind::UdpClose { .. } => KindClass::Close,
             EventKind::Spawn { .. } | EventKind::TaskAdopted { .. } => KindClass::Spawn,
             EventKind::TaskEnd { .. } => KindClass::End,
-            EventKind::Mark { .. } => KindClass::Mark,
+            EventKind::Mark { .. } | EventKind::MarkEnd { .. } => KindClass::Mark,
             EventKind::Signal { .. } => KindClass::Signal,
             EventKind::Exit { .. } => KindClass::Exit,
             EventKind::Gap { .. } => KindClass::Gap,
@@ -729,7 +766,8 @@ impl EventKind {
             | EventKind::TcpClose { conn } => Some(*conn),
             EventKind::UdpBind { socket, .. }
             | EventKind::UdpSend { socket, .. }
-            | EventKind::UdpRecv { socket, .. } => Some(*socket),
+            | EventKind::UdpRecv { socket, .. }
+            | EventKind::UdpClose { socket } => Some(*socket),
             _ => None,
         }
     }
@@ -762,6 +800,7 @@ impl EventKind {
             } => datagram.bytes.len(),
             EventKind::Spawn { name, .. } => name.as_ref().map_or(0, String::len),
             EventKind::Mark { name, value } => name.len() + value.len(),
+            EventKind::MarkEnd { name } => name.len(),
             EventKind::Redacted { ranges, .. } => ranges.len() * REDACTED_RANGE_BYTES,
             _ => 0,
         }
@@ -910,6 +949,17 @@ impl fmt::Display for EventKind {
             EventKind::TaskAdopted { tokio_id } => write!(f, " tokio_id={tokio_id}"),
             EventKind::LibClockMono { ns } => write!(f, " ns={ns}"),
             EventKind::LibClockWall { unix_ns } => write!(f, " unix_ns={unix_ns}"),
+            EventKind::TimerSlept {
+                timer,
+                deadline_ns,
+                duration_ns,
+            } => write!(
+                f,
+                " timer={timer} deadline_ns={deadline_ns} duration={:?}",
+                std::time::Duration::from_nanos(*duration_ns)
+            ),
+            EventKind::UdpClose { socket } => write!(f, " conn={socket}"),
+            EventKind::MarkEnd { name } => write!(f, " {name}"),
         }
     }
 }
@@ -1043,6 +1093,13 @@ mod tests {
             EventKind::TaskAdopted { tokio_id: 7 },
             EventKind::LibClockMono { ns: 8 },
             EventKind::LibClockWall { unix_ns: 9 },
+            EventKind::TimerSlept {
+                timer: 1,
+                deadline_ns: 2,
+                duration_ns: 3,
+            },
+            EventKind::UdpClose { socket: ConnId(4) },
+            EventKind::MarkEnd { name: "m".into() },
             EventKind::Lookup {
                 host: "payment:7000".into(),
                 result: Ok(vec!["10.0.0.2:7000".parse().unwrap()]),
@@ -1076,6 +1133,9 @@ mod tests {
                 | EventKind::TaskAdopted { .. }
                 | EventKind::LibClockMono { .. }
                 | EventKind::LibClockWall { .. }
+                | EventKind::TimerSlept { .. }
+                | EventKind::UdpClose { .. }
+                | EventKind::MarkEnd { .. }
                 | EventKind::Lookup { .. }
                 | EventKind::DriverTurn { .. } => {}
             }
@@ -1169,6 +1229,28 @@ mod tests {
         crate::format::codec::encode_into(&kind, &mut marker).unwrap();
         assert_eq!((gap.index(), kind.index()), (20, 21));
         assert_eq!((bytes[0], marker[0]), (20, 21), "bincode's variant tag");
+    }
+
+    /// The kinds issue 18 added are appended too: every older kind keeps
+    /// its bincode variant tag, so logs written before them still read.
+    #[test]
+    fn timer_slept_udp_close_and_mark_end_are_appended() {
+        let kinds = [
+            EventKind::TimerSlept {
+                timer: 1,
+                deadline_ns: 2,
+                duration_ns: 3,
+            },
+            EventKind::UdpClose { socket: ConnId(4) },
+            EventKind::MarkEnd { name: "m".into() },
+        ];
+        for (kind, tag) in kinds.iter().zip(25u8..) {
+            let mut bytes = Vec::new();
+            crate::format::codec::encode_into(kind, &mut bytes).unwrap();
+            assert_eq!((kind.index(), bytes[0]), (usize::from(tag), tag));
+        }
+        let slept = kinds[0].to_string();
+        assert!(slept.contains("duration=3ns"), "{slept}");
     }
 
     proptest::proptest! {

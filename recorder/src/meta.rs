@@ -1,5 +1,6 @@
 //! The run's identity and context, kept in every segment header.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -89,7 +90,14 @@ impl RunMeta {
             pid,
             start_wall_unix_ns: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
             argv: std::env::args_os()
-                .map(|arg| arg.to_string_lossy().into_owned())
+                .enumerate()
+                .map(|(at, arg)| {
+                    let arg = arg.to_string_lossy().into_owned();
+                    match (at, std::env::current_dir()) {
+                        (0, Ok(cwd)) => absolute_program(&arg, &cwd),
+                        _ => arg,
+                    }
+                })
                 .collect(),
             env,
             ..RunMeta::new(service, "")
@@ -141,6 +149,25 @@ fn truncate_utf8(text: &mut String, max: usize) {
         }
         text.truncate(end);
     }
+}
+
+/// The program as the header keeps it: a relative path (`./kv`,
+/// `target/debug/kv`) made absolute against the directory it was started
+/// from, so `deja replay RUN` starts it from anywhere; a bare name (found
+/// on `PATH`) or an absolute path is kept as it is.
+pub fn absolute_program(arg0: &str, cwd: &Path) -> String {
+    let path = Path::new(arg0);
+    if path.is_absolute() || !arg0.contains('/') {
+        return arg0.to_string();
+    }
+    let mut absolute = cwd.to_path_buf();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            other => absolute.push(other),
+        }
+    }
+    absolute.to_string_lossy().into_owned()
 }
 
 /// A command line as one line to paste into a POSIX shell: words made of
@@ -234,6 +261,19 @@ impl RunMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_program_is_kept_absolute_and_a_bare_name_as_is() {
+        let cwd = Path::new("/srv/app");
+        assert_eq!(absolute_program("./kv", cwd), "/srv/app/kv");
+        assert_eq!(
+            absolute_program("target/debug/kv", cwd),
+            "/srv/app/target/debug/kv"
+        );
+        assert_eq!(absolute_program("../bin/kv", cwd), "/srv/app/../bin/kv");
+        assert_eq!(absolute_program("kv", cwd), "kv");
+        assert_eq!(absolute_program("/usr/bin/kv", cwd), "/usr/bin/kv");
+    }
 
     #[test]
     fn a_run_id_cannot_climb_out_of_the_trace_directory() {

@@ -152,7 +152,7 @@ fn events_reach_disk_without_close_within_the_flush_interval() {
 }
 
 #[test]
-fn close_is_idempotent_and_later_events_are_counted_as_dropped() {
+fn close_is_idempotent_and_later_events_are_counted_after_close() {
     let out = tempfile::tempdir().unwrap();
     let recorder = Recorder::create(
         out.path(),
@@ -168,7 +168,11 @@ fn close_is_idempotent_and_later_events_are_counted_as_dropped() {
     ));
     let second = recorder.close().unwrap();
     assert_eq!(first, second);
-    assert_eq!(recorder.stats().dropped, 1);
+    // Not lost from the run (it ended at close): counted apart (issue 18).
+    assert_eq!(
+        (recorder.stats().dropped, recorder.stats().after_close),
+        (0, 1)
+    );
     let (events, end) = read_all(recorder.dir());
     assert_eq!((events.len(), end), (1, LogEnd::Clean));
 }
@@ -251,4 +255,38 @@ fn a_run_that_does_not_start_at_seq_zero_is_corrupt() {
         .expect("the missing start is an error");
     assert!(err.is_corruption(), "{err}");
     assert!(err.to_string().contains("not #0"), "{err}");
+}
+
+/// Issue 18: a run directory killed before its first segment reads as an
+/// empty run that ended unclean (like a 0-byte segment), not as "not a run
+/// directory"; a directory holding something else is still refused.
+#[test]
+fn an_empty_run_directory_reads_as_an_empty_run() {
+    let out = tempfile::tempdir().unwrap();
+    let empty = out.path().join("svc-20260101T000000Z-0000");
+    std::fs::create_dir(&empty).unwrap();
+    let (events, end) = read_all(&empty);
+    assert!(events.is_empty());
+    let warning = end.warning().expect("not a clean end");
+    assert!(warning.starts_with("empty run: "), "{warning}");
+    assert!(deja_recorder::RunReader::open(&empty)
+        .unwrap()
+        .header()
+        .is_none());
+
+    // A 0-byte first segment says the same.
+    let zero = out.path().join("zero");
+    std::fs::create_dir(&zero).unwrap();
+    std::fs::write(zero.join("00000000.deja"), b"").unwrap();
+    let (events, end) = read_all(&zero);
+    assert!(events.is_empty());
+    assert!(end.warning().unwrap().starts_with("empty run: "));
+
+    let other = out.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("notes.txt"), b"x").unwrap();
+    assert!(matches!(
+        deja_recorder::RunReader::open(&other),
+        Err(deja_recorder::ReadError::NoSegments { .. })
+    ));
 }

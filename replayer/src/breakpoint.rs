@@ -9,15 +9,18 @@
 //! | `task=7` | of logical task 7 |
 //! | `kind=recv` | of that class or fine kind; `kind=recv\|send` is either |
 //! | `mark=order-42` | of a task with a mark of that value in scope (`mark=NAME:VALUE` names it too, `mark=NAME:*` any value of it) |
+//! | `own-mark=order-42` | that is itself that mark (`own-mark=NAME:VALUE` too): the mark call, not the events in its scope |
 //! | `conn=3` | on socket 3 (including the accept or connect that made it) |
 //! | `t>=1.5s` | at or after that virtual time since the start (`t<=` too) |
 //! | `after=1000` | with seq > 1000 |
 //!
 //! Marks are *in scope* for the task that made them from the mark on, and
 //! for the tasks it spawns afterwards; a later mark of the same name
-//! replaces the value. So `mark=order-42,kind=send` stops at every send of
-//! the task that handles order 42, which is how a user who knows only an
-//! order id finds the moment it went wrong.
+//! replaces the value, and `deja::mark_end` (or the end of a
+//! `deja::mark_scope` guard) takes the name out of the task's scope. So
+//! `mark=order-42,kind=send` stops at every send of the task that handles
+//! order 42, which is how a user who knows only an order id finds the
+//! moment it went wrong.
 //!
 //! ```
 //! use deja_replayer::breakpoint::{Breakpoint, Breakpoints};
@@ -46,8 +49,8 @@ pub const BREAKPOINTS_MAX: usize = 256;
 const _: () = assert!(BREAKPOINTS_MAX <= u16::MAX as usize);
 
 /// The terms a spec understands, for error messages.
-const TERMS_HELP: &str =
-    "seq=N, task=N, kind=K[|K...], mark=VALUE, conn=N, t>=DURATION, t<=DURATION, after=N";
+const TERMS_HELP: &str = "seq=N, task=N, kind=K[|K...], mark=VALUE, own-mark=VALUE, conn=N, \
+     t>=DURATION, t<=DURATION, after=N";
 
 /// One event filter for `kind=` terms and `deja inspect --kind`: a coarse
 /// class or a fine kind name.
@@ -164,6 +167,8 @@ enum Term {
     /// Fine kinds as bits by [`EventKind::index`].
     Kinds(u32),
     Mark(MarkPattern),
+    /// The event is itself a mark matching this.
+    OwnMark(MarkPattern),
     Conn(ConnId),
     AtLeast {
         ns: u64,
@@ -192,6 +197,8 @@ struct Filter {
     conn: u64,
     conn_mask: u64,
     marks: Vec<MarkPattern>,
+    /// `own-mark=`: patterns the event's own mark must match.
+    own_marks: Vec<MarkPattern>,
 }
 
 /// What the filters read of an event, computed once per event.
@@ -242,6 +249,7 @@ impl Filter {
             conn: 0,
             conn_mask: 0,
             marks: Vec::new(),
+            own_marks: Vec::new(),
         };
         let mut never = false;
         for term in terms {
@@ -268,6 +276,10 @@ impl Filter {
                     filter.conn_mask = u64::MAX;
                 }
                 Term::Mark(pattern) => filter.marks.push(pattern),
+                Term::OwnMark(pattern) => {
+                    filter.kinds &= KindFilter::Kind("mark").mask();
+                    filter.own_marks.push(pattern);
+                }
             }
         }
         if never {
@@ -289,12 +301,20 @@ impl Filter {
                 | ((view.made_conn ^ self.conn) & self.conn_mask == 0))
     }
 
-    fn matches(&self, view: &View, task: TaskId, scopes: &MarkScopes) -> bool {
+    fn matches(&self, view: &View, event: &Event, scopes: &MarkScopes) -> bool {
         self.quick(view)
             && (self.marks.is_empty() || {
-                let scope = scopes.of(task);
+                let scope = scopes.of(event.task);
                 self.marks.iter().all(|pattern| pattern.matches(scope))
             })
+            && (self.own_marks.is_empty()
+                || match &event.kind {
+                    EventKind::Mark { name, value } => self
+                        .own_marks
+                        .iter()
+                        .all(|pattern| pattern.matches_one(name, value)),
+                    _ => false,
+                })
     }
 }
 
@@ -313,7 +333,7 @@ impl Breakpoint {
 
     /// Does `event` stop here, with `scopes` the marks in scope per task?
     pub fn matches(&self, event: &Event, scopes: &MarkScopes) -> bool {
-        self.filter.matches(&View::of(event), event.task, scopes)
+        self.filter.matches(&View::of(event), event, scopes)
     }
 }
 
@@ -384,6 +404,10 @@ fn parse_term(term: &str) -> Result<Term, String> {
             Err("mark needs a value: mark=order-42 or mark=order:42".into())
         }
         "mark" => Ok(Term::Mark(MarkPattern::new(value))),
+        "own-mark" if value.is_empty() => {
+            Err("own-mark needs a value: own-mark=order-42 or own-mark=order:42".into())
+        }
+        "own-mark" => Ok(Term::OwnMark(MarkPattern::new(value))),
         "t" => Err("time terms are t>=DURATION or t<=DURATION (1.5s, 200ms, 50us, 10ns)".into()),
         other => Err(format!(
             "unknown term {other:?}; expected one of {TERMS_HELP}"
@@ -504,7 +528,7 @@ impl Breakpoints {
                 let filter = &self.specs[index].filter;
                 // A mark spec sleeps until some task has made its mark.
                 (filter.marks.is_empty() || scopes.armed(index))
-                    && filter.matches(&view, event.task, scopes)
+                    && filter.matches(&view, event, scopes)
             })
     }
 
@@ -576,6 +600,11 @@ impl MarkScopes {
                         }
                         scope.push((name.clone(), value.clone()));
                     }
+                }
+            }
+            EventKind::MarkEnd { name } => {
+                if let Some(scope) = self.scopes.get_mut(&event.task) {
+                    scope.retain(|(have, _)| have != name);
                 }
             }
             EventKind::Spawn { child, .. } => {
@@ -747,6 +776,33 @@ mod tests {
     }
 
     #[test]
+    fn a_mark_end_takes_the_mark_out_of_its_tasks_scope() {
+        let mut events = run();
+        // Task 1 ends its order mark after its write at 7: its mark at 8
+        // and write at 9 are back in scope of order-43 only, and nothing
+        // of task 1 after the end matches order-42.
+        events.insert(
+            7,
+            event(
+                7,
+                1,
+                EventKind::MarkEnd {
+                    name: "order".into(),
+                },
+            ),
+        );
+        for (at, event) in events.iter_mut().enumerate() {
+            event.seq = at as u64;
+        }
+        // 4 mark, 5 spawn, 6 (task 2) write, 7 mark_end, 8 write (task 1,
+        // out of scope now), 9 mark order-43, 10 write, 11 end of task 2.
+        assert_eq!(hits("mark=order-42,task=1", &events), [4, 5]);
+        assert_eq!(hits("mark=order:order-43", &events), [9, 10]);
+        // Task 2 inherited the scope at its spawn: the end is task 1's.
+        assert_eq!(hits("mark=order-42,task=2", &events), [6, 11]);
+    }
+
+    #[test]
     fn a_mark_pattern_matches_a_value_a_named_value_or_any_value_of_a_name() {
         let matches = |pattern: &str, name: &str, value: &str| {
             MarkPattern::new(pattern).matches_one(name, value.as_bytes())
@@ -769,6 +825,9 @@ mod tests {
         assert_eq!(hits("mark=order:order-43", &events), [8, 9]);
         assert_eq!(hits("mark=other:order-43", &events), Vec::<u64>::new());
         assert_eq!(hits("mark=order-42,kind=send", &events), [6, 7]);
+        // Only the mark itself, not the events in its scope.
+        assert_eq!(hits("own-mark=order:order-42", &events), [4]);
+        assert_eq!(hits("own-mark=order-43", &events), [8]);
     }
 
     #[test]

@@ -205,8 +205,22 @@ pub fn same_operation(a: &EventKind, b: &EventKind) -> bool {
         | (K::LibClockWall { .. }, K::LibClockWall { .. })
         | (K::RootSeed { .. }, K::RootSeed { .. })
         | (K::TcpClose { .. }, K::TcpClose { .. })
+        | (K::UdpClose { .. }, K::UdpClose { .. })
         | (K::Gap { .. }, K::Gap { .. }) => true,
+        (K::MarkEnd { name: a }, K::MarkEnd { name: b }) => a == b,
         (K::TimerFired { timer: a, .. }, K::TimerFired { timer: b, .. }) => a == b,
+        (
+            K::TimerSlept {
+                timer: a,
+                duration_ns: da,
+                ..
+            },
+            K::TimerSlept {
+                timer: b,
+                duration_ns: db,
+                ..
+            },
+        ) => a == b && da == db,
         (K::Entropy { bytes: a }, K::Entropy { bytes: b }) => a.len() == b.len(),
         (
             K::TcpListen {
@@ -328,6 +342,7 @@ fn why(a: &EventKind, b: &EventKind) -> String {
         EventKind::Exit { .. } => "exited with another code",
         EventKind::Entropy { .. } => "drew another amount of entropy",
         EventKind::TimerFired { .. } => "another timer fired",
+        EventKind::TimerSlept { .. } => "another timer or duration",
         _ => "another address or result",
     };
     format!("same operation ({}), {what}", a.name())

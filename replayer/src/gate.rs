@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use deja_recorder::event::{redacted_bytes, write_ranges};
 use deja_recorder::{content_hash, ConnId, Event, EventKind, ReadOutcome, TaskId, TaskOutcome};
@@ -37,6 +38,8 @@ pub enum Call<'a> {
     Timer {
         /// The runtime's timer id.
         timer: u64,
+        /// What the code armed it for: checked against the recording.
+        target: TimerTarget,
     },
     /// The run's root seed.
     RootSeed,
@@ -82,6 +85,11 @@ pub enum Call<'a> {
         /// The stream or listener.
         conn: ConnId,
     },
+    /// Dropping a UDP socket.
+    UdpClose {
+        /// The socket.
+        socket: ConnId,
+    },
     /// `UdpSocket::bind(addr)`.
     UdpBind {
         /// The address as given.
@@ -123,6 +131,11 @@ pub enum Call<'a> {
         /// The value.
         value: &'a [u8],
     },
+    /// `deja::mark_end(name)`.
+    MarkEnd {
+        /// The name.
+        name: &'a str,
+    },
     /// Waiting for a signal.
     Signal,
     /// The process is exiting with this code.
@@ -130,6 +143,68 @@ pub enum Call<'a> {
         /// The exit code.
         code: i32,
     },
+}
+
+/// What a timer was armed for, as the replaying code computed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerTarget {
+    /// `sleep(d)`, `timeout(d)`: a duration from when it was armed.
+    After {
+        /// The duration in nanoseconds.
+        duration_ns: u64,
+    },
+    /// `sleep_until(t)`, `timeout_at(t)`, an `interval`'s ticks: an instant.
+    At {
+        /// The deadline in run nanoseconds.
+        deadline_ns: u64,
+    },
+}
+
+impl fmt::Display for TimerTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TimerTarget::After { duration_ns } => {
+                write!(f, "sleep {:?}", Duration::from_nanos(*duration_ns))
+            }
+            TimerTarget::At { deadline_ns } => {
+                write!(f, "deadline +{}", seconds(*deadline_ns))
+            }
+        }
+    }
+}
+
+/// Run nanoseconds as `1.002000000s`.
+fn seconds(ns: u64) -> String {
+    format!("{}.{:09}s", ns / 1_000_000_000, ns % 1_000_000_000)
+}
+
+/// A timer armed for `target` matches a recorded firing whose deadline
+/// was `deadline_ns` (and whose duration was `duration_ns`, when the
+/// recording kept it): a deadline is compared exactly, a duration too. A
+/// `sleep(d)` against a log that kept only the deadline (written before
+/// `TimerSlept` existed) cannot be checked: the instant it was armed at
+/// is not in the log.
+fn check_timer(target: &TimerTarget, deadline_ns: u64, duration_ns: Option<u64>) -> Match {
+    let recorded = match duration_ns {
+        Some(duration) => format!(
+            "the recording slept {:?} (deadline +{})",
+            Duration::from_nanos(duration),
+            seconds(deadline_ns)
+        ),
+        None => format!("the recording's deadline was +{}", seconds(deadline_ns)),
+    };
+    let same = match (target, duration_ns) {
+        (TimerTarget::At { deadline_ns: at }, _) => *at == deadline_ns,
+        (TimerTarget::After { duration_ns: d }, Some(recorded)) => *d == recorded,
+        (TimerTarget::After { .. }, None) => true,
+    };
+    if same {
+        Match::Same
+    } else {
+        Match::Conflict(format!(
+            "the timer was armed otherwise: {target} here, {recorded}"
+        ))
+    }
 }
 
 impl Call<'_> {
@@ -160,6 +235,7 @@ impl Call<'_> {
                 | Call::RootSeed
                 | Call::TaskEnd { .. }
                 | Call::TcpClose { .. }
+                | Call::UdpClose { .. }
                 | Call::Adopt
         ) && !self.waits_for_input()
     }
@@ -172,7 +248,7 @@ impl fmt::Display for Call<'_> {
             Call::ClockWall => f.write_str("clock_wall"),
             Call::LibClockMono => f.write_str("lib_clock_mono"),
             Call::LibClockWall => f.write_str("lib_clock_wall"),
-            Call::Timer { timer } => write!(f, "timer_fired timer={timer}"),
+            Call::Timer { timer, target } => write!(f, "timer_fired timer={timer} {target}"),
             Call::RootSeed => f.write_str("root_seed"),
             Call::Entropy { len } => write!(f, "entropy {len}B"),
             Call::TcpListen { addr } => write!(f, "tcp_listen addr={addr}"),
@@ -188,6 +264,7 @@ impl fmt::Display for Call<'_> {
             ),
             Call::TcpShutdown { conn } => write!(f, "tcp_shutdown conn={conn}"),
             Call::TcpClose { conn } => write!(f, "tcp_close conn={conn}"),
+            Call::UdpClose { socket } => write!(f, "udp_close conn={socket}"),
             Call::UdpBind { addr } => write!(f, "udp_bind addr={addr}"),
             Call::UdpSend {
                 socket,
@@ -200,10 +277,29 @@ impl fmt::Display for Call<'_> {
             Call::Adopt => f.write_str("task_adopted"),
             Call::TaskEnd { outcome } => write!(f, "task_end outcome={outcome:?}"),
             Call::Mark { name, value } => write!(f, "mark {name}=\"{}\"", preview(value)),
+            Call::MarkEnd { name } => write!(f, "mark_end {name}"),
             Call::Signal => f.write_str("signal"),
             Call::Exit { code } => write!(f, "exit code={code}"),
         }
     }
+}
+
+/// A recorded event that waited for the world (input, a timer, a signal).
+fn waits_for_input(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::TcpRead { .. }
+            | EventKind::TcpAccept { .. }
+            | EventKind::UdpRecv { .. }
+            | EventKind::Signal { .. }
+            | EventKind::TimerFired { .. }
+            | EventKind::TimerSlept { .. }
+    )
+}
+
+/// A write or datagram sent: it completes at once, as a rule.
+fn is_write(call: &Call<'_>) -> bool {
+    matches!(call, Call::TcpWrite { .. } | Call::UdpSend { .. })
 }
 
 /// A clock reading made through the C library: not held to program order
@@ -247,7 +343,17 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
         | (Call::ClockWall, E::ClockWall { .. })
         | (Call::LibClockMono, E::LibClockMono { .. })
         | (Call::LibClockWall, E::LibClockWall { .. }) => Match::Same,
-        (Call::Timer { timer }, E::TimerFired { timer: t, .. }) => same(timer == t),
+        (Call::Timer { timer, target }, E::TimerFired { timer: t, deadline_ns }) if timer == t => {
+            check_timer(target, *deadline_ns, None)
+        }
+        (
+            Call::Timer { timer, target },
+            E::TimerSlept {
+                timer: t,
+                deadline_ns,
+                duration_ns,
+            },
+        ) if timer == t => check_timer(target, *deadline_ns, Some(*duration_ns)),
         (Call::RootSeed, E::RootSeed { .. }) => Match::Same,
         (Call::Entropy { len }, E::Entropy { bytes }) if *len == bytes.len() => Match::Same,
         (Call::Entropy { len }, E::Entropy { bytes }) => Match::Conflict(format!(
@@ -268,6 +374,10 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
         (Call::TcpRead { conn }, E::TcpRead { conn: c, .. })
         | (Call::TcpShutdown { conn }, E::TcpShutdown { conn: c, .. })
         | (Call::TcpClose { conn }, E::TcpClose { conn: c })
+        | (Call::UdpClose { socket: conn }, E::UdpClose { socket: c })
+        // Logs written before `udp_close` existed have a UDP socket's
+        // close as `tcp_close`.
+        | (Call::UdpClose { socket: conn }, E::TcpClose { conn: c })
         | (Call::UdpRecv { socket: conn }, E::UdpRecv { socket: c, .. }) => same(conn == c),
         (Call::TcpWrite { conn, bytes }, E::TcpWrite { conn: c, result }) if conn == c => {
             check_write(bytes, result)
@@ -308,6 +418,13 @@ fn match_call(call: &Call<'_>, event: &EventKind) -> Match {
                 ))
             }
         }
+        (Call::MarkEnd { name }, E::MarkEnd { name: n }) => {
+            if name == n {
+                Match::Same
+            } else {
+                Match::Conflict(format!("mark {name} ends, the recording ended mark {n}"))
+            }
+        }
         (Call::Signal, E::Signal { .. }) => Match::Same,
         (Call::Exit { code }, E::Exit { code: c }) => {
             if code == c {
@@ -331,7 +448,10 @@ fn recorded_call(event: &EventKind) -> String {
 }
 
 /// A write offering `bytes` matches a recorded write that accepted the
-/// first `len` of them with the same hash.
+/// first `len` of them with the same hash. A mismatch says where the two
+/// first differ and shows the bytes around there on both sides, when the
+/// recording kept its bytes; when it kept only a hash, it says so and
+/// shows this write's bytes.
 fn check_write(
     bytes: &[u8],
     result: &Result<deja_recorder::Written, deja_recorder::IoErrorKind>,
@@ -342,30 +462,91 @@ fn check_write(
     let len = written.len as usize;
     if let Some(recorded) = &written.bytes {
         // The recording kept the bytes: compare them, not just the hash.
-        if bytes.get(..len) != Some(recorded.as_slice()) {
-            return Match::Conflict(format!(
-                "writes \"{}\", the recording wrote \"{}\"",
-                preview(&bytes[..len.min(bytes.len())]),
-                preview(recorded)
-            ));
+        let replayed = &bytes[..len.min(bytes.len())];
+        if replayed == recorded.as_slice() {
+            return Match::Same;
         }
-        return Match::Same;
-    }
-    if bytes.len() < len {
+        let offset = replayed
+            .iter()
+            .zip(recorded.iter())
+            .position(|(a, b)| a != b)
+            .unwrap_or(replayed.len().min(recorded.len()));
+        let (start, end) = window_around(offset, replayed.len().max(recorded.len()));
         return Match::Conflict(format!(
-            "writes {} bytes, the recording wrote {len}",
-            bytes.len()
+            "writes other bytes: they first differ at byte {offset} of {len} \
+             (\"{}\" here, the recording wrote \"{}\")\n    recorded:\n{}    this write:\n{}",
+            preview(&replayed[offset.min(replayed.len())..]),
+            preview(&recorded[offset.min(recorded.len())..]),
+            hex_window(recorded, start, end),
+            hex_window(replayed, start, end),
         ));
     }
-    if content_hash(&bytes[..len]) != written.hash {
-        return Match::Conflict(format!(
+    let shown = &bytes[..len.min(bytes.len())];
+    let what = if bytes.len() < len {
+        format!("writes {} bytes, the recording wrote {len}", bytes.len())
+    } else if content_hash(shown) != written.hash {
+        format!(
             "writes other bytes: \"{}\" (hash {:016x}), the recording wrote {len} bytes with hash {:016x}",
-            preview(&bytes[..len]),
-            content_hash(&bytes[..len]),
-            written.hash
-        ));
+            preview(shown),
+            content_hash(shown),
+            written.hash,
+        )
+    } else {
+        return Match::Same;
+    };
+    let end = shown.len().min(HASH_ONLY_SHOWN_BYTES);
+    Match::Conflict(format!(
+        "{what}; it kept only the hash, so where they differ is unknown (record with \
+         DEJA_KEEP_WRITES=1 to keep the bytes)\n    this write{}:\n{}",
+        if shown.len() > end {
+            format!(" (its first {end} of {} bytes)", shown.len())
+        } else {
+            String::new()
+        },
+        hex_window(shown, 0, end),
+    ))
+}
+
+/// Bytes shown before the first difference of two writes.
+const WINDOW_BEFORE_BYTES: usize = 32;
+/// Bytes shown of a write around its first difference: four rows.
+const WINDOW_BYTES: usize = 64;
+/// Bytes of a write shown when the recording kept only its hash.
+const HASH_ONLY_SHOWN_BYTES: usize = 256;
+
+/// The rows of a hex dump around `offset` in bytes of length `len`,
+/// starting on a 16-byte row.
+fn window_around(offset: usize, len: usize) -> (usize, usize) {
+    let start = offset.saturating_sub(WINDOW_BEFORE_BYTES) / 16 * 16;
+    (start, (start + WINDOW_BYTES).min(len.max(start)))
+}
+
+/// `bytes[start..end]` (clamped) as hex dump rows: offset, 16 bytes in
+/// hex, and the same as text (`.` for what is not printable).
+fn hex_window(bytes: &[u8], start: usize, end: usize) -> String {
+    use fmt::Write as _;
+    let end = end.min(bytes.len());
+    let mut out = String::new();
+    if start >= end {
+        let _ = writeln!(out, "      {start:>8}  (ends here: {} bytes)", bytes.len());
+        return out;
     }
-    Match::Same
+    for row in (start..end).step_by(16) {
+        let chunk = &bytes[row..(row + 16).min(end)];
+        let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        let text: String = chunk
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "      {row:>8}  {:<47}  |{text}|", hex.join(" "));
+    }
+    out
 }
 
 /// What the gate says to a call.
@@ -464,6 +645,14 @@ impl fmt::Display for Divergence {
         };
         writeln!(f, "replay diverged {at} in task {}: {what}", self.task)?;
         match &self.expected {
+            Some(event) if event.task != self.task && self.kind == DivergenceKind::ExtraCall => {
+                writeln!(f, "  expected: {event}")?;
+                writeln!(
+                    f,
+                    "  (task {} has no more events: the call came where the log has this one)",
+                    self.task
+                )?;
+            }
             Some(event) => writeln!(f, "  expected: {event}")?,
             None => writeln!(
                 f,
@@ -557,6 +746,20 @@ pub struct Gate {
     has_turns: bool,
     /// The time of the last turn passed.
     turn_ns: u64,
+    /// Events whose place in the log replay does not hold anyone to (see
+    /// [`Gate::claim`]): library clock readings, adoptions, and every
+    /// event of a task library code started or of a thread outside any task.
+    soft: Vec<bool>,
+    /// Tasks whose first event is `TaskAdopted` (started by library code).
+    adopted: std::collections::BTreeSet<TaskId>,
+    /// Synchronous calls are held to their place in the log (see
+    /// [`Gate::set_strict_order`]).
+    strict_order: bool,
+    /// Tasks parked at the gate: their last call waits (for the cursor, or
+    /// as a pending branch of a `select!`) and they took no event since.
+    waiting: std::collections::BTreeSet<TaskId>,
+    /// The task that took the last event (released or claimed).
+    last_taker: Option<TaskId>,
 }
 
 impl Gate {
@@ -594,6 +797,7 @@ impl Gate {
         let mut tasks: BTreeMap<TaskId, TaskTrack> = BTreeMap::new();
         let mut adoptions = std::collections::VecDeque::new();
         let mut has_turns = false;
+        let mut adopted = std::collections::BTreeSet::new();
         for (index, event) in events.iter().enumerate() {
             // Driver turns are nobody's calls: only `pass_turn` takes them.
             if matches!(event.kind, EventKind::DriverTurn { .. }) {
@@ -603,10 +807,25 @@ impl Gate {
             let track = tasks.entry(event.task).or_default();
             if track.events.is_empty() && matches!(event.kind, EventKind::TaskAdopted { .. }) {
                 adoptions.push_back(event.task);
+                adopted.insert(event.task);
             }
             track.events.push(index);
         }
+        let soft = events
+            .iter()
+            .map(|event| {
+                is_reading(&event.kind)
+                    || matches!(event.kind, EventKind::TaskAdopted { .. })
+                    || event.task == TaskId::OUTSIDE
+                    || adopted.contains(&event.task)
+            })
+            .collect();
         Gate {
+            waiting: std::collections::BTreeSet::new(),
+            last_taker: None,
+            soft,
+            adopted,
+            strict_order: true,
             claimed: vec![false; events.len()],
             events,
             cursor: 0,
@@ -685,6 +904,15 @@ impl Gate {
     fn claimed_at(&self, event: &Event) -> bool {
         self.position_of(event.seq)
             .is_some_and(|index| self.claimed[index])
+    }
+
+    /// Hold synchronous calls to their place in the log (the default), or
+    /// not: a recording made on several worker threads (`DEJA_WORKERS`)
+    /// ran tasks in parallel, so the order of two tasks' synchronous calls
+    /// there says nothing about what caused what, and only each task's own
+    /// order is checked.
+    pub fn set_strict_order(&mut self, strict: bool) {
+        self.strict_order = strict;
     }
 
     /// The logical id of a task library code started with `tokio::spawn`
@@ -894,23 +1122,56 @@ impl Gate {
             if call.waits_for_input() || !matches!(self.tail, LogTail::Exit { .. }) {
                 return Ok(Gated::Wait);
             }
-            return Err(self.divergence(DivergenceKind::ExtraCall, task, None, call.to_string()));
+            let here = self.where_it_differs(task, self.events.len());
+            return Err(self.divergence(DivergenceKind::ExtraCall, task, here, call.to_string()));
         };
         match match_call(call, &self.events[index].kind) {
+            // A write with other bytes by a task still running since it
+            // took its last event: in the recording nothing else was logged
+            // in between (a write completes at once), so it differs there.
+            Match::Conflict(why) if is_write(call) && self.last_taker == Some(task) => {
+                let here = self.where_it_differs(task, index).unwrap_or(index);
+                let why = if here == index {
+                    why
+                } else {
+                    format!(
+                        "task {task} went on from its last event to this write, whose recorded \
+                         twin is #{}: {why}",
+                        self.events[index].seq
+                    )
+                };
+                Err(self.divergence(
+                    DivergenceKind::Conflict(why),
+                    task,
+                    Some(here),
+                    call.to_string(),
+                ))
+            }
             // Not reported before the cursor gets there: an earlier event
             // may differ too, and the report names the first one. The
             // task is woken when the cursor reaches its event.
-            Match::Conflict(_) if index != self.cursor => Ok(Gated::Wait),
+            Match::Conflict(_) if index != self.cursor => {
+                self.waiting.insert(task);
+                Ok(Gated::Wait)
+            }
             Match::Conflict(why) => Err(self.divergence(
                 DivergenceKind::Conflict(why),
                 task,
                 Some(index),
                 call.to_string(),
             )),
-            Match::Other => Ok(Gated::Wait),
-            Match::Same if index != self.cursor => Ok(Gated::Wait),
+            Match::Other => {
+                self.waiting.insert(task);
+                Ok(Gated::Wait)
+            }
+            Match::Same if index != self.cursor => {
+                self.waiting.insert(task);
+                Ok(Gated::Wait)
+            }
             Match::Same => {
                 debug_assert_eq!(self.events[index].task, task);
+                self.waiting.remove(&task);
+                self.last_taker = Some(task);
                 self.take_next(task);
                 self.note_consumed(index);
                 self.cursor += 1;
@@ -948,30 +1209,54 @@ impl Gate {
         }
         let Some(index) = self.next_index(task) else {
             if call.is_effect() && matches!(self.tail, LogTail::Exit { .. }) {
+                let here = self.where_it_differs(task, self.events.len());
                 return Err(self.divergence(
                     DivergenceKind::ExtraCall,
                     task,
-                    None,
+                    here,
                     call.to_string(),
                 ));
             }
             self.beyond_log += 1;
             return Ok(Claimed::BeyondLog);
         };
-        match match_call(call, &self.events[index].kind) {
+        let kind = match_call(call, &self.events[index].kind);
+        // Where this call happens in the log, if that is not its place.
+        let here = match kind {
+            // Out of place only if a task that has not made its call yet
+            // comes first; reported where the replay is.
+            Match::Same => self
+                .first_unreplayed(task, index, true)
+                .and_then(|_| self.first_unreplayed(task, index, false)),
+            _ => self.where_it_differs(task, index),
+        }
+        .unwrap_or(index);
+        match kind {
+            Match::Same if here != index => Err(self.divergence(
+                DivergenceKind::Conflict(format!(
+                    "task {task} did {call} here, the recording did it at seq {} ({} event(s) later)",
+                    self.events[index].seq,
+                    index - here
+                )),
+                task,
+                Some(here),
+                call.to_string(),
+            )),
             Match::Same => {
+                self.waiting.remove(&task);
+                self.last_taker = Some(task);
                 self.take_next(task);
                 self.claimed[index] = true;
                 self.skip_claimed();
                 Ok(Claimed::Event(&self.events[index]))
             }
-            Match::Conflict(why) => Err(self.divergence(
+            Match::Conflict(why) if here == index => Err(self.divergence(
                 DivergenceKind::Conflict(why),
                 task,
                 Some(index),
                 call.to_string(),
             )),
-            Match::Other => Err(self.divergence(
+            Match::Other if here == index => Err(self.divergence(
                 DivergenceKind::Conflict(format!(
                     "the task did {call}, the recording did {}",
                     recorded_call(&self.events[index].kind)
@@ -980,7 +1265,96 @@ impl Gate {
                 Some(index),
                 call.to_string(),
             )),
+            Match::Conflict(_) | Match::Other => Err(self.divergence(
+                DivergenceKind::Conflict(format!(
+                    "task {task} did {call} here, where the recording has another task's event; \
+                     the task's next recorded event is #{} {}",
+                    self.events[index].seq,
+                    recorded_call(&self.events[index].kind)
+                )),
+                task,
+                Some(here),
+                call.to_string(),
+            )),
         }
+    }
+
+    /// The position of the first event before `limit` that the replay has
+    /// not got to and that the recording held before task `task`'s
+    /// synchronous call at `limit`: the cursor's event, unless it and
+    /// those after it are events whose place nobody is held to (library
+    /// clock readings, adoptions, tasks of library code) or already
+    /// claimed. `None` when there is none (the call is in its place).
+    ///
+    /// A recording runs the service on one thread: a task that makes a
+    /// synchronous call runs from its last awaited event to that call
+    /// with nothing else logged in between, so in a faithful replay
+    /// every event before the call has been replayed when the call comes.
+    /// A task of library code is not held to that (tokio schedules it,
+    /// not the log), nor is any task of a recording made on several
+    /// threads.
+    ///
+    /// With `skip_waiting`, events of tasks parked at the gate do not
+    /// count, from the call each is parked on up to its next wait for
+    /// input: those tasks made their calls and wait only for their turn.
+    /// Replay wakes a task parked at the gate when the cursor gets to its
+    /// event, so it runs after tasks that a channel or a join woke
+    /// meanwhile, where the recording's scheduler ran it as soon as its
+    /// I/O was ready; a synchronous call of such a woken task comes
+    /// before their events, harmlessly. A task that is not parked at the
+    /// gate has not got to its call yet: an event of its before this call
+    /// is one the program has not made.
+    fn first_unreplayed(&self, task: TaskId, limit: usize, skip_waiting: bool) -> Option<usize> {
+        if !self.strict_order || self.adopted.contains(&task) || task == TaskId::OUTSIDE {
+            return None;
+        }
+        // Parked tasks whose run of events reached one that waits for input.
+        let mut blocked = std::collections::BTreeSet::new();
+        (self.cursor..limit).find(|&at| {
+            if self.claimed[at] || self.soft[at] {
+                return false;
+            }
+            let event = &self.events[at];
+            if !skip_waiting || !self.waiting.contains(&event.task) {
+                return true;
+            }
+            if self.next_index(event.task) == Some(at) {
+                return false; // the call it is parked on
+            }
+            // What it does after that call without new input is made too;
+            // from its next wait for input on, it is not.
+            blocked.contains(&event.task) || {
+                let waits = waits_for_input(&event.kind);
+                if waits {
+                    blocked.insert(event.task);
+                }
+                waits
+            }
+        })
+    }
+
+    /// Where a call the recording does not have (or another one) first
+    /// makes the log differ: right after the task's last event if it is
+    /// still running since it took that event (nothing else was logged in
+    /// between in the recording), else at the first event nobody has
+    /// asked for yet.
+    fn where_it_differs(&self, task: TaskId, limit: usize) -> Option<usize> {
+        if self.last_taker != Some(task) {
+            return self.first_unreplayed(task, limit, true);
+        }
+        // Its last event may have been taken ahead of the cursor (past
+        // events of tasks parked at the gate): the call follows that one.
+        let track = self.tasks.get(&task)?;
+        let last = track
+            .next
+            .checked_sub(1)
+            .and_then(|at| track.events.get(at).copied());
+        // Not clamped to the cursor: events right after it that other
+        // tasks took ahead of the cursor came after this call in the
+        // recording.
+        let from = last.map_or(self.cursor, |last| last + 1);
+        self.first_unreplayed(task, limit, false)
+            .map(|_| (from..limit).find(|&at| !self.soft[at]))?
     }
 
     /// Pass `task`'s recorded clock readings ahead of its next other
@@ -1073,16 +1447,24 @@ impl Gate {
         expected: Option<usize>,
         actual: String,
     ) -> Box<Divergence> {
-        // The log just before the differing event; a conflict can be seen
-        // before the cursor gets there (the task runs ahead to its call).
+        // The events replayed just before the differing one: those the
+        // cursor passed, and those claimed ahead of it (a conflict can be
+        // seen before the cursor gets there, when the task runs ahead to
+        // its call); never an event the replay did not get to.
         let context_end = expected.unwrap_or(self.cursor).min(self.events.len());
-        let recent_from = context_end.saturating_sub(REPORT_CONTEXT_EVENTS);
+        let mut recent: Vec<Event> = (0..context_end)
+            .rev()
+            .filter(|&at| at < self.cursor || self.claimed[at])
+            .take(REPORT_CONTEXT_EVENTS)
+            .map(|at| self.events[at].clone())
+            .collect();
+        recent.reverse();
         Box::new(Divergence {
             kind,
             task,
             expected: expected.map(|index| self.events[index].clone()),
             actual,
-            recent: self.events[recent_from..context_end].to_vec(),
+            recent,
             after_redacted: self
                 .redacted_used
                 .get(&task)
@@ -1212,6 +1594,56 @@ mod tests {
     }
 
     #[test]
+    fn a_write_with_kept_bytes_shows_where_they_differ_on_both_sides() {
+        let recorded = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nDate: Sat, 05 Dec 2026 17:00:00 GMT\r\n\r\nok";
+        let mut replayed = recorded.to_vec();
+        // In the Date header, deep in the reply: 17:00 becomes 19:00.
+        let at = 1 + recorded.windows(5).position(|w| w == b"17:00").unwrap();
+        replayed[at] = b'9';
+        let mut gate = Gate::new(vec![event(
+            0,
+            1,
+            EventKind::TcpWrite {
+                conn: ConnId(3),
+                result: Ok(Written::of(recorded, true)),
+            },
+        )]);
+        let call = Call::TcpWrite {
+            conn: ConnId(3),
+            bytes: &replayed,
+        };
+        let report = gate.poll(TaskId(1), &call).unwrap_err().to_string();
+        assert!(
+            report.contains(&format!("first differ at byte {at} of {}", recorded.len())),
+            "{report}"
+        );
+        // Both sides, around the difference: the recorded 17:00:00 and the
+        // replayed 19:00:00.
+        assert!(report.contains("2026 17:00|"), "{report}");
+        assert!(report.contains("2026 19:00|"), "{report}");
+    }
+
+    #[test]
+    fn a_write_with_only_a_hash_says_so_and_shows_this_side() {
+        let mut gate = Gate::new(vec![event(
+            0,
+            1,
+            EventKind::TcpWrite {
+                conn: ConnId(3),
+                result: Ok(Written::of(b"CHARGE 42", false)),
+            },
+        )]);
+        let call = Call::TcpWrite {
+            conn: ConnId(3),
+            bytes: b"CHARGE 43",
+        };
+        let report = gate.poll(TaskId(1), &call).unwrap_err().to_string();
+        assert!(report.contains("kept only the hash"), "{report}");
+        assert!(report.contains("DEJA_KEEP_WRITES=1"), "{report}");
+        assert!(report.contains("|CHARGE 43|"), "{report}");
+    }
+
+    #[test]
     fn a_longer_buffer_matches_a_partial_write() {
         let mut gate = Gate::new(vec![event(
             0,
@@ -1247,7 +1679,12 @@ mod tests {
         };
         let err = gate.poll(TaskId(1), &write).unwrap_err();
         assert_eq!(err.kind, DivergenceKind::ExtraCall);
-        assert!(err.to_string().contains("after the end of the log"));
+        // Reported where it happened: the log's exit was next.
+        assert_eq!(err.seq(), Some(1));
+        assert!(
+            err.to_string().contains("task 1 has no more events"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1267,9 +1704,9 @@ mod tests {
         assert_eq!(gate.beyond_log_calls(), 1);
     }
 
-    #[test]
-    fn claims_take_values_early_and_the_cursor_passes_them_later() {
-        let mut gate = Gate::new(vec![
+    /// Task 1 reads twice; task 2 reads a clock and spawns in between.
+    fn clock_and_spawn_between_reads() -> Gate {
+        Gate::new(vec![
             event(0, 1, read(10)),
             event(1, 2, EventKind::ClockMono { ns: 77 }),
             event(
@@ -1281,8 +1718,29 @@ mod tests {
                 },
             ),
             event(3, 1, read(10)),
-        ]);
-        // Task 2 runs early: its clock reading and spawn are claimed now.
+        ])
+    }
+
+    #[test]
+    fn a_synchronous_call_before_its_place_diverges_at_the_first_event_not_replayed() {
+        let mut gate = clock_and_spawn_between_reads();
+        // Task 2 reads the clock before task 1's read was replayed: in the
+        // recording (one thread) it came after it.
+        let err = gate.claim(TaskId(2), &Call::ClockMono).unwrap_err();
+        assert_eq!((err.seq(), err.task), (Some(0), TaskId(2)));
+        assert!(err.recent.is_empty(), "nothing was replayed: {err}");
+        assert!(
+            err.to_string()
+                .contains("task 2 did clock_mono here, the recording did it at seq 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn synchronous_calls_in_their_place_are_passed_by_the_cursor() {
+        let mut gate = clock_and_spawn_between_reads();
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
         let Ok(Claimed::Event(clock)) = gate.claim(TaskId(2), &Call::ClockMono) else {
             panic!("clock not claimed")
         };
@@ -1291,13 +1749,175 @@ mod tests {
             gate.claim(TaskId(2), &Call::Spawn),
             Ok(Claimed::Event(e)) if e.seq == 2
         ));
-        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
-        let t1 = Call::TcpRead { conn: ConnId(10) };
-        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
-        // The claimed events are passed: task 1's second read is next.
         assert_eq!(gate.cursor_event().map(|e| e.seq), Some(3));
         assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 3));
         assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_recording_on_several_threads_lets_synchronous_calls_run_ahead() {
+        let mut gate = clock_and_spawn_between_reads();
+        gate.set_strict_order(false);
+        assert!(matches!(
+            gate.claim(TaskId(2), &Call::ClockMono),
+            Ok(Claimed::Event(e)) if e.seq == 1
+        ));
+        assert!(matches!(
+            gate.claim(TaskId(2), &Call::Spawn),
+            Ok(Claimed::Event(e)) if e.seq == 2
+        ));
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &t1), Ok(Gated::Ready(e)) if e.seq == 0));
+        assert_eq!(gate.cursor_event().map(|e| e.seq), Some(3));
+    }
+
+    #[test]
+    fn library_tasks_and_readings_do_not_hold_a_synchronous_call_back() {
+        let mark = EventKind::Mark {
+            name: "m".into(),
+            value: vec![],
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 5, EventKind::TaskAdopted { tokio_id: 9 }),
+            event(1, 5, read(50)),
+            event(2, 1, EventKind::LibClockMono { ns: 3 }),
+            event(3, 2, mark),
+        ]);
+        // Task 5 (library code: tokio schedules it) has not read yet, and
+        // task 1's library reading is not made: task 2's mark is in place.
+        let call = Call::Mark {
+            name: "m",
+            value: b"",
+        };
+        assert!(matches!(gate.claim(TaskId(2), &call), Ok(Claimed::Event(e)) if e.seq == 3));
+    }
+
+    #[test]
+    fn an_extra_mark_after_a_write_diverges_right_after_the_write() {
+        let write = EventKind::TcpWrite {
+            conn: ConnId(10),
+            result: Ok(Written::of(b"ok", false)),
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, write),
+            event(1, 2, read(20)),
+            event(2, 2, read(20)),
+            event(3, 1, read(10)),
+        ]);
+        let ok = Call::TcpWrite {
+            conn: ConnId(10),
+            bytes: b"ok",
+        };
+        assert!(matches!(gate.poll(TaskId(1), &ok), Ok(Gated::Ready(_))));
+        // Task 1 marks after its write; its next recorded event is seq 3,
+        // but the first event that differs is the one after the write.
+        let extra = Call::Mark {
+            name: "sent",
+            value: b"",
+        };
+        let err = gate.claim(TaskId(1), &extra).unwrap_err();
+        assert_eq!((err.seq(), err.task), (Some(1), TaskId(1)));
+        let recent: Vec<u64> = err.recent.iter().map(|e| e.seq).collect();
+        assert_eq!(recent, [0], "only replayed events: {err}");
+        assert!(
+            err.to_string().contains("next recorded event is #3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_task_woken_before_a_parked_one_runs_ahead_and_its_extra_call_follows_its_last() {
+        let mut gate = Gate::new(vec![
+            event(0, 3, read(30)),
+            event(1, 1, read(10)),
+            event(
+                2,
+                2,
+                EventKind::Spawn {
+                    child: TaskId(9),
+                    name: None,
+                },
+            ),
+            event(3, 2, read(20)),
+        ]);
+        // Task 1 is parked at the gate on its read; once the cursor gets
+        // there, task 2 (woken by a channel) may run before it and take
+        // its spawn: task 1's read is a call already made.
+        let t1 = Call::TcpRead { conn: ConnId(10) };
+        assert_eq!(gate.poll(TaskId(1), &t1), Ok(Gated::Wait));
+        let t3 = Call::TcpRead { conn: ConnId(30) };
+        assert!(matches!(gate.poll(TaskId(3), &t3), Ok(Gated::Ready(_))));
+        assert!(matches!(gate.claim(TaskId(2), &Call::Spawn), Ok(Claimed::Event(e)) if e.seq == 2));
+        // Its next call is one the recording does not have: the log
+        // differs right after its spawn, not at the cursor.
+        let err = gate.claim(TaskId(2), &Call::Spawn).unwrap_err();
+        assert_eq!(err.seq(), Some(3), "{err}");
+    }
+
+    #[test]
+    fn a_timer_armed_for_another_duration_or_deadline_diverges_with_both_values() {
+        let slept = EventKind::TimerSlept {
+            timer: 0,
+            deadline_ns: 1_124_000,
+            duration_ns: 124_000,
+        };
+        let tick = EventKind::TimerFired {
+            timer: 1,
+            deadline_ns: 100_000_000,
+        };
+        let mut gate = Gate::new(vec![event(0, 1, slept.clone()), event(1, 1, tick.clone())]);
+        let after = |duration_ns| Call::Timer {
+            timer: 0,
+            target: TimerTarget::After { duration_ns },
+        };
+        let err = gate.poll(TaskId(1), &after(263_000)).unwrap_err();
+        assert_eq!(err.seq(), Some(0));
+        let report = err.to_string();
+        assert!(report.contains("sleep 263µs here"), "{report}");
+        assert!(report.contains("the recording slept 124µs"), "{report}");
+
+        let mut gate = Gate::new(vec![event(0, 1, slept), event(1, 1, tick)]);
+        assert!(matches!(
+            gate.poll(TaskId(1), &after(124_000)),
+            Ok(Gated::Ready(_))
+        ));
+        let at = |deadline_ns| Call::Timer {
+            timer: 1,
+            target: TimerTarget::At { deadline_ns },
+        };
+        let err = gate.poll(TaskId(1), &at(1_000_000_000)).unwrap_err();
+        assert_eq!(err.seq(), Some(1));
+        assert!(
+            err.to_string().contains("deadline +1.000000000s here"),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("the recording's deadline was +0.100000000s"),
+            "{err}"
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &at(100_000_000)),
+            Ok(Gated::Ready(_))
+        ));
+    }
+
+    #[test]
+    fn a_sleep_in_a_log_without_durations_is_checked_by_its_id_alone() {
+        // Logs written before `TimerSlept` kept only the deadline.
+        let mut gate = Gate::new(vec![event(
+            0,
+            1,
+            EventKind::TimerFired {
+                timer: 0,
+                deadline_ns: 5,
+            },
+        )]);
+        let call = Call::Timer {
+            timer: 0,
+            target: TimerTarget::After { duration_ns: 999 },
+        };
+        assert!(matches!(gate.poll(TaskId(1), &call), Ok(Gated::Ready(_))));
     }
 
     #[test]

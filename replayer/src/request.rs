@@ -529,7 +529,9 @@ impl<'t> Requests<'t> {
                 },
                 Edge::Spawn => Place::Spawn { run: at.run },
                 Edge::Task => match &self.event(at).kind {
-                    EventKind::TimerFired { .. } => Place::Timer { run: at.run },
+                    EventKind::TimerFired { .. } | EventKind::TimerSlept { .. } => {
+                        Place::Timer { run: at.run }
+                    }
                     EventKind::TcpConnect { .. } => Place::Connecting { run: at.run },
                     // Input that came from outside the request: waited for.
                     // (Input from inside it was there already: the gap is

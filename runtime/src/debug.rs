@@ -167,6 +167,10 @@ pub(crate) struct DebugConfig {
     pub(crate) until: Option<u64>,
     pub(crate) on_break: Option<OnBreak>,
     pub(crate) json_fd: Option<i32>,
+    /// `DEJA_JSON_FD` carries only the outcome line (`DEJA_JSON_OUTCOME_ONLY`,
+    /// set by `deja replay` without `--json`): hits are printed and
+    /// prompted as without a JSON channel.
+    pub(crate) outcome_only: bool,
     pub(crate) callback: Option<Callback>,
 }
 
@@ -177,6 +181,7 @@ impl std::fmt::Debug for DebugConfig {
             .field("until", &self.until)
             .field("on_break", &self.on_break)
             .field("json_fd", &self.json_fd)
+            .field("outcome_only", &self.outcome_only)
             .field("callback", &self.callback.is_some())
             .finish()
     }

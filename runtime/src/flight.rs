@@ -27,6 +27,7 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, Weak};
 
 use deja_recorder::WriteError;
@@ -91,6 +92,7 @@ pub(crate) fn activate(recording: &Arc<Recording>, tokio: &tokio::runtime::Runti
             previous(info);
         }));
     });
+    count_usr2_deliveries();
     // The listener is deja's own task, on the real runtime: not a task of
     // the service, and never recorded.
     tokio.spawn(crate::intercept::Internal(async {
@@ -101,12 +103,54 @@ pub(crate) fn activate(recording: &Arc<Recording>, tokio: &tokio::runtime::Runti
         };
         while usr2.recv().await.is_some() {
             // Keeping waits for the writer thread: off the worker.
-            let _ = tokio::task::spawn_blocking(|| keep_and_say("signal")).await;
+            let _ = tokio::task::spawn_blocking(answer_usr2).await;
         }
     }));
 }
 
-/// The recording ends: nothing is kept from here on.
+/// SIGUSR2 deliveries, counted by a signal handler of deja's own beside
+/// tokio's: tokio passes a delivery to the listener task only at its
+/// driver's next turn, and a SIGTERM right behind it can end the service
+/// before that turn comes.
+static USR2_DELIVERED: AtomicU64 = AtomicU64::new(0);
+/// Deliveries the listener task has answered with a keep.
+static USR2_ANSWERED: AtomicU64 = AtomicU64::new(0);
+
+fn count_usr2_deliveries() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: the action only increments an atomic, which is
+        // async-signal-safe; signal-hook-registry chains it with tokio's.
+        let registered = unsafe {
+            signal_hook_registry::register(libc::SIGUSR2, || {
+                USR2_DELIVERED.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        if registered.is_err() {
+            eprintln!("deja: flight recorder cannot count SIGUSR2 deliveries; a SIGUSR2 right before the exit may keep nothing");
+        }
+    });
+}
+
+/// Keep one window for every SIGUSR2 delivered and not yet answered. The
+/// listener task and the end of the recording both call this, one at a
+/// time, so a delivery is answered once, by whichever comes first.
+fn answer_usr2() {
+    static ANSWERING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = ANSWERING
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let delivered = USR2_DELIVERED.load(Ordering::SeqCst);
+    if delivered > USR2_ANSWERED.load(Ordering::SeqCst) {
+        USR2_ANSWERED.store(delivered, Ordering::SeqCst);
+        keep_and_say("signal");
+    }
+}
+
+/// The recording ends: nothing is kept from here on, but a SIGUSR2 that
+/// came before the end and that the listener had no turn to answer (a
+/// SIGTERM right behind it) is answered now, with everything recorded.
 pub(crate) fn deactivate() {
+    answer_usr2();
     *ACTIVE.lock().unwrap_or_else(|poison| poison.into_inner()) = None;
 }

@@ -112,7 +112,7 @@ pub use runtime::{
     STALL_WAIT_DEFAULT, TRACE_DIR_DEFAULT,
 };
 pub use select::SELECT_BRANCHES_MAX;
-pub use task::{mark, spawn, JoinHandle};
+pub use task::{mark, mark_end, mark_scope, spawn, JoinHandle, MarkScope};
 
 #[doc(hidden)]
 pub use tokio as __tokio;

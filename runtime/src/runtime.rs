@@ -217,7 +217,7 @@ impl<E: std::fmt::Debug> MainResult for Result<(), E> {
 /// share memory between tasks need), and for replay `DEJA_BREAK` (specs separated by
 /// `;`), `DEJA_ON_BREAK` (pause, trap, print), `DEJA_UNTIL` (a seq) and
 /// `DEJA_JSON_FD` (an open fd that receives hits and the outcome as JSON
-/// lines).
+/// lines; only the outcome with `DEJA_JSON_OUTCOME_ONLY=1`).
 #[derive(Clone, Debug)]
 pub struct Builder {
     mode: Mode,
@@ -325,6 +325,7 @@ impl Builder {
                 why: "expected a file descriptor number",
             })?);
         }
+        builder.debug.outcome_only = var("DEJA_JSON_OUTCOME_ONLY").is_some_and(|v| v == "1");
 
         Ok(builder)
     }
@@ -466,6 +467,7 @@ impl Builder {
                 }
                 let root_seed = crate::rand::os_seed();
                 meta.root_seed = Some(root_seed);
+                record_workers(&mut meta, self.worker_threads);
                 let created = std::fs::create_dir_all(&out)
                     .map_err(|source| WriteError::Io {
                         path: out.clone(),
@@ -511,6 +513,7 @@ impl Builder {
                 Ok(Runtime {
                     kind: Kind::Replay {
                         events: Some(events),
+                        strict_order: recorded_workers(&meta) <= 1,
                         start_wall_ns: meta.start_wall_unix_ns,
                         stall_wait: self.stall_wait,
                         debug: Box::new((self.debug.clone(), json)),
@@ -612,6 +615,27 @@ fn load_run(dir: &Path) -> Result<(Vec<Event>, RunMeta), Error> {
     Ok((events, meta))
 }
 
+/// The header's environment keeps `DEJA_WORKERS` as the recording ran,
+/// whether it came from the environment or from `Builder::worker_threads`:
+/// replay needs to know whether tasks ran in parallel.
+fn record_workers(meta: &mut RunMeta, workers: Option<usize>) {
+    meta.env.retain(|(name, _)| name != "DEJA_WORKERS");
+    if let Some(workers) = workers {
+        meta.env
+            .push(("DEJA_WORKERS".to_string(), workers.to_string()));
+        meta.env.sort();
+    }
+}
+
+/// The worker threads the recording ran on (1 unless it says more).
+fn recorded_workers(meta: &RunMeta) -> usize {
+    meta.env
+        .iter()
+        .find(|(name, _)| name == "DEJA_WORKERS")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(1)
+}
+
 /// A log belongs to this binary if the service names match or the
 /// recorded command ran an executable of the same name.
 fn check_identity(dir: &Path, meta: &RunMeta, this: &str) -> Result<(), Error> {
@@ -644,6 +668,9 @@ enum Kind {
     Record(tokio::runtime::Runtime, Arc<Recording>),
     Replay {
         events: Option<Vec<Event>>,
+        /// One thread recorded it: synchronous calls are held to their
+        /// place in the log (see `Gate::set_strict_order`).
+        strict_order: bool,
         start_wall_ns: i64,
         stall_wait: Duration,
         debug: Box<(DebugConfig, Option<std::fs::File>)>,
@@ -703,6 +730,7 @@ impl Runtime {
             }
             Kind::Replay {
                 events,
+                strict_order,
                 start_wall_ns,
                 stall_wait,
                 debug,
@@ -712,6 +740,7 @@ impl Runtime {
                 let (config, json) = std::mem::take(&mut **debug);
                 let debugger = Debugger::new(config, json);
                 let setup = ReplaySetup {
+                    strict_order: *strict_order,
                     start_wall_ns: *start_wall_ns,
                     stall_wait: *stall_wait,
                     debugger,
@@ -733,6 +762,7 @@ impl Drop for Runtime {
             &mut self.kind,
             Kind::Replay {
                 events: None,
+                strict_order: true,
                 start_wall_ns: 0,
                 stall_wait: Duration::ZERO,
                 debug: Box::default(),
@@ -748,6 +778,7 @@ impl Drop for Runtime {
 
 /// How a replay runs, besides its events.
 struct ReplaySetup {
+    strict_order: bool,
     start_wall_ns: i64,
     stall_wait: Duration,
     debugger: Option<Debugger>,
@@ -763,8 +794,10 @@ where
     F: Future,
     F::Output: MainResult,
 {
+    let mut gate = Gate::new(events);
+    gate.set_strict_order(setup.strict_order);
     let replay = Rc::new(Replay::new(
-        Gate::new(events),
+        gate,
         setup.start_wall_ns,
         setup.debugger,
         setup.redaction,
@@ -980,6 +1013,14 @@ pub(crate) fn run_to_exit<T: MainResult, F: Future<Output = T>>(
 /// One stderr line at exit when the recording is missing events, so a
 /// service without a `tracing` subscriber still says so.
 fn report_losses(stats: &deja_recorder::RecorderStats, dir: &Path) {
+    if let Some(error) = &stats.index_error {
+        // Only the summary failed: the log itself is complete.
+        eprintln!(
+            "deja: warning: {error}; the log is complete (its footer is written), only its \
+             index is missing or stale: `deja verify {}` reads it",
+            dir.display()
+        );
+    }
     if stats.dropped == 0 && stats.write_error.is_none() {
         return;
     }
@@ -999,10 +1040,43 @@ fn report_losses(stats: &deja_recorder::RecorderStats, dir: &Path) {
     eprintln!("{line}; `deja stats {}` shows where", dir.display());
 }
 
+/// Under `deja replay`, say on its JSON channel that the replay could not
+/// run, so `deja` tells this error apart from a program that is not a
+/// deja service (which never writes there).
+fn report_failure_json(err: &Error) {
+    use std::io::Write as _;
+    use std::os::fd::FromRawFd as _;
+    if std::env::var_os("DEJA_MODE").is_none_or(|mode| mode != "replay") {
+        return;
+    }
+    let Some(fd) = std::env::var("DEJA_JSON_FD")
+        .ok()
+        .and_then(|fd| fd.parse::<i32>().ok())
+        .filter(|fd| *fd > 2)
+    else {
+        return;
+    };
+    // SAFETY: fcntl on any integer is safe; it fails on a closed fd.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return;
+    }
+    let line = serde_json::json!({
+        "type": "outcome",
+        "status": "error",
+        "exit_code": 1,
+        "detail": { "message": err.to_string() },
+    });
+    // SAFETY: the fd is open (checked above) and handed to deja by the
+    // CLI for this purpose; ManuallyDrop leaves it open for the exit.
+    let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    let _ = writeln!(file, "{line}");
+}
+
 /// Exit code of a replay that diverged (the design's table).
 pub const EXIT_DIVERGENCE: i32 = 3;
 
 fn fail(err: &Error) -> ! {
+    report_failure_json(err);
     eprintln!("deja: {err}");
     if let Some(hint) = err.hint() {
         eprintln!("hint: {hint}");

@@ -107,6 +107,69 @@ pub fn mark(name: &str, value: impl AsRef<[u8]>) {
     });
 }
 
+/// End the scope of mark `name` in the running task: breakpoints with a
+/// `mark=` term stop matching its later events (tasks it spawned keep the
+/// scope they inherited). A connection task that marks each request ends
+/// the mark when the request is answered, so `mark=req:42` stops at that
+/// request's events and not at the next request's.
+///
+/// ```
+/// # let mut rt = deja::Builder::new().mode(deja::Mode::Live).build().unwrap();
+/// # rt.block_on(async {
+/// deja::mark("req", "42");
+/// // ... answer request 42 ...
+/// deja::mark_end("req");
+/// # }).unwrap();
+/// ```
+pub fn mark_end(name: &str) {
+    let name = &name[..floor_char_boundary(name, MARK_NAME_BYTES_MAX)];
+    context::with(|ctx| match ctx {
+        Ctx::Live => {}
+        Ctx::Record(recording) => recording.record(EventKind::MarkEnd {
+            name: name.to_string(),
+        }),
+        Ctx::Replay(replay) => {
+            replay.claim(context::task_id(), &Call::MarkEnd { name });
+        }
+        Ctx::Sim(host) => host.record(EventKind::MarkEnd {
+            name: name.to_string(),
+        }),
+    });
+}
+
+/// [`mark`] now and [`mark_end`] when the returned guard drops: a mark
+/// whose scope is a block.
+///
+/// ```
+/// # let mut rt = deja::Builder::new().mode(deja::Mode::Live).build().unwrap();
+/// # rt.block_on(async {
+/// {
+///     let _scope = deja::mark_scope("order", "order-42");
+///     // events here are in the scope of order-42
+/// }
+/// // and these are not
+/// # }).unwrap();
+/// ```
+pub fn mark_scope(name: &str, value: impl AsRef<[u8]>) -> MarkScope {
+    mark(name, value);
+    MarkScope {
+        name: name.to_string(),
+    }
+}
+
+/// The guard of [`mark_scope`]: ends the mark's scope when dropped.
+#[derive(Debug)]
+#[must_use = "the scope ends when this guard drops"]
+pub struct MarkScope {
+    name: String,
+}
+
+impl Drop for MarkScope {
+    fn drop(&mut self) {
+        mark_end(&self.name);
+    }
+}
+
 /// Longest mark value kept: marks are labels, not payloads.
 pub const MARK_VALUE_BYTES_MAX: usize = 4 << 10;
 /// Longest mark name kept.

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 pub use std::time::Duration;
 
 use deja_recorder::EventKind;
-use deja_replayer::gate::Call;
+use deja_replayer::gate::{Call, TimerTarget};
 
 use crate::context::{self, Ctx};
 
@@ -191,8 +191,32 @@ enum Target {
     At(Instant),
 }
 
+impl Target {
+    /// The duration a `sleep(d)` asked for; `None` for a deadline.
+    fn duration_ns(&self) -> Option<u64> {
+        match self {
+            Target::After(duration) => Some(nanos(*duration)),
+            Target::At(_) => None,
+        }
+    }
+}
+
+/// The event of a timer that fired: with its duration when it was armed
+/// with one (replay checks it exactly), else its deadline alone.
+fn fired(timer: u64, deadline_ns: u64, duration_ns: Option<u64>) -> EventKind {
+    match duration_ns {
+        Some(duration_ns) => EventKind::TimerSlept {
+            timer,
+            deadline_ns,
+            duration_ns,
+        },
+        None => EventKind::TimerFired { timer, deadline_ns },
+    }
+}
+
 /// A future that completes when its timer fires. Its firing is one
-/// `TimerFired` event.
+/// `TimerSlept` event (a `sleep(d)`: replay checks `d`) or `TimerFired`
+/// (a deadline: replay checks it).
 #[must_use = "futures do nothing unless polled"]
 pub struct Sleep {
     inner: SleepInner,
@@ -204,13 +228,16 @@ enum SleepInner {
         sleep: Pin<Box<tokio::time::Sleep>>,
         timer: u64,
         deadline_ns: u64,
+        duration_ns: Option<u64>,
     },
     Replay {
         timer: u64,
+        target: TimerTarget,
     },
     Sim {
         timer: u64,
         deadline_ns: u64,
+        duration_ns: Option<u64>,
         key: Option<crate::sim::TimerKey>,
     },
     Fired,
@@ -242,10 +269,17 @@ impl Sleep {
                     sleep: Box::pin(tokio::time::sleep_until(deadline)),
                     timer: context::next_timer_id(),
                     deadline_ns: nanos(deadline.into_std().saturating_duration_since(origin)),
+                    duration_ns: target.duration_ns(),
                 }
             }
             Ctx::Replay(_) => SleepInner::Replay {
                 timer: context::next_timer_id(),
+                target: match target {
+                    Target::After(duration) => TimerTarget::After {
+                        duration_ns: nanos(duration),
+                    },
+                    Target::At(at) => TimerTarget::At { deadline_ns: at.ns },
+                },
             },
             Ctx::Sim(host) => {
                 let now = host.mono_ns();
@@ -255,6 +289,7 @@ impl Sleep {
                         Target::After(duration) => now.saturating_add(nanos(duration)),
                         Target::At(at) => at.ns,
                     },
+                    duration_ns: target.duration_ns(),
                     key: None,
                 }
             }
@@ -281,26 +316,31 @@ impl Future for Sleep {
                 sleep,
                 timer,
                 deadline_ns,
+                duration_ns,
             } => {
                 std::task::ready!(sleep.as_mut().poll(cx));
-                let (timer, deadline_ns) = (*timer, *deadline_ns);
+                let event = fired(*timer, *deadline_ns, *duration_ns);
                 context::with(|ctx| {
                     if let Ctx::Record(recording) = ctx {
-                        recording.record(EventKind::TimerFired { timer, deadline_ns });
+                        recording.record(event);
                     }
                 });
             }
-            SleepInner::Replay { timer } => {
-                let call = Call::Timer { timer: *timer };
+            SleepInner::Replay { timer, target } => {
+                let call = Call::Timer {
+                    timer: *timer,
+                    target: *target,
+                };
                 let ready = crate::replay::poll(cx, &call);
                 std::task::ready!(ready);
             }
             SleepInner::Sim {
                 timer,
                 deadline_ns,
+                duration_ns,
                 key,
             } => {
-                let (timer, deadline_ns) = (*timer, *deadline_ns);
+                let (timer, deadline_ns, duration_ns) = (*timer, *deadline_ns, *duration_ns);
                 let host = context::with(|ctx| match ctx {
                     Ctx::Sim(host) => Some(std::rc::Rc::clone(host)),
                     _ => None,
@@ -310,7 +350,7 @@ impl Future for Sleep {
                     return Poll::Pending;
                 };
                 std::task::ready!(crate::sim::poll_timer(cx, &host, deadline_ns, key));
-                host.record(EventKind::TimerFired { timer, deadline_ns });
+                host.record(fired(timer, deadline_ns, duration_ns));
             }
             SleepInner::Fired => return Poll::Ready(()),
         }

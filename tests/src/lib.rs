@@ -147,6 +147,16 @@ pub fn arb_event_kind() -> impl Strategy<Value = EventKind> {
         any::<i64>().prop_map(|unix_ns| EventKind::ClockWall { unix_ns }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(timer, deadline_ns)| EventKind::TimerFired { timer, deadline_ns }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(timer, deadline_ns, duration_ns)| {
+            EventKind::TimerSlept {
+                timer,
+                deadline_ns,
+                duration_ns,
+            }
+        }),
+        conn.clone()
+            .prop_map(|socket| EventKind::UdpClose { socket }),
+        "[a-z.]{0,12}".prop_map(|name| EventKind::MarkEnd { name }),
         any::<[u8; 32]>().prop_map(|seed| EventKind::RootSeed { seed }),
         arb_bytes(64).prop_map(|bytes| EventKind::Entropy { bytes }),
         (conn.clone(), "[a-z0-9.:]{0,20}", arb_result(arb_addr())).prop_map(

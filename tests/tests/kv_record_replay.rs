@@ -137,6 +137,10 @@ fn a_changed_service_exits_3_at_the_first_changed_write() {
         stderr.contains("expected:") && stderr.contains("actual:"),
         "{stderr}"
     );
+    // Recorded without DEJA_KEEP_WRITES: the report says only a hash was
+    // kept and shows this write's bytes (issue 18).
+    assert!(stderr.contains("kept only the hash"), "{stderr}");
+    assert!(stderr.contains("|HI "), "{stderr}");
 }
 
 /// Bad logs fail with one `deja:` line (and a hint), never a panic.
@@ -241,4 +245,51 @@ fn a_bad_worker_count_is_refused_with_the_setting_named() {
             "{stderr}"
         );
     }
+}
+
+/// Issue 18: a run recorded as `./kv` replays with `deja replay RUN` from
+/// any directory: the header keeps the program's absolute path.
+#[test]
+fn a_program_recorded_by_a_relative_path_replays_from_another_directory() {
+    let kv = workspace_bin("kv");
+    let bin_dir = kv.parent().expect("kv's directory").to_path_buf();
+    let out = tempfile::tempdir().unwrap();
+    let mut record = Command::new(workspace_bin("deja"));
+    record
+        .current_dir(&bin_dir)
+        .arg("record")
+        .arg("--out")
+        .arg(out.path())
+        .args(["--", "./kv", "--listen", "127.0.0.1:0", "--max-conns", "1"])
+        .stderr(std::fs::File::create(out.path().join("record.stderr")).unwrap());
+    let service = deja_fixtures::kv_server::KvServer::start(record).expect("kv starts");
+    {
+        use std::io::{Read, Write};
+        let mut client = std::net::TcpStream::connect(service.addr()).unwrap();
+        client.write_all(b"QUIT\n").unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert!(answer.ends_with("BYE\n"), "{answer}");
+    }
+    let (code, stderr) = finish_recording(service, out.path());
+    assert_eq!(code, Some(0), "{stderr}");
+    let run = only_run(out.path());
+    let header = deja_recorder::RunReader::open(&run).unwrap();
+    let argv0 = header.header().unwrap().run.argv[0].clone();
+    assert_eq!(
+        Path::new(&argv0),
+        kv.as_path(),
+        "the header keeps the absolute path"
+    );
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let output = run_bounded(
+        Command::new(workspace_bin("deja"))
+            .current_dir(elsewhere.path())
+            .arg("replay")
+            .arg(&run),
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(replay_summary(&stderr).is_some(), "{stderr}");
 }

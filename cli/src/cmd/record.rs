@@ -124,6 +124,20 @@ fn report_kept(out: &Path, meta: &RunMeta) {
 /// end cleanly.
 fn report(run_dir: &Path) {
     let (events, warning) = count_events(run_dir);
+    if events == 0
+        && warning
+            .as_deref()
+            .is_some_and(|w| w.starts_with("empty run: "))
+    {
+        // Killed, or out of disk, between creating the run directory and
+        // writing its first record: say that, not "recorded (0 events)".
+        print_warning(&format!(
+            "nothing was recorded: {} holds no events (the service ended, or could not write, \
+             before its first one)",
+            run_dir.display()
+        ));
+        return;
+    }
     print_note(&format!(
         "recorded {} ({events} events, {})",
         run_dir.display(),
@@ -133,6 +147,13 @@ fn report(run_dir: &Path) {
         print_warning(&warning);
     }
     if let Some(summary) = read_recorder_summary(run_dir) {
+        if summary.events_after_close > 0 {
+            print_note(&format!(
+                "{} event(s) of tasks still running at exit were not recorded (a recording ends \
+                 at the service's exit)",
+                summary.events_after_close
+            ));
+        }
         if summary.events_dropped > 0 || summary.last_write_error.is_some() {
             print_warning(&format!(
                 "the recorder lost {} of {} events{}; `deja stats {}` shows the gaps",

@@ -17,10 +17,10 @@ use crate::{child, exit, print_error, print_hint, print_warning};
 const JSON_CHILD_FD: i32 = 3;
 
 /// Run CMD (by default the recorded command line) with `DEJA_MODE=replay`
-/// and exit with its exit code: the runtime in CMD exits like the recorded
-/// run on success, [`exit::DIVERGENCE`] when replay diverged and
-/// [`exit::ERROR`] for a bad log. deja checks only that the run opens and
-/// its header reads; the events are CMD's to read.
+/// and exit with what its outcome says (see [`run_reporting`]): 0 when the
+/// replay completed, [`exit::DIVERGENCE`] when it diverged, [`exit::ERROR`]
+/// for a bad log or a program that never replayed. deja checks only that
+/// the run opens and its header reads; the events are CMD's to read.
 pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let reader = RunReader::open(&args.run_dir)?;
     let Some(header) = reader.header() else {
@@ -74,7 +74,13 @@ pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .env("DEJA_TRACE", &args.run_dir)
         .env_remove("DEJA_RUN_ID");
     // Only this command's breakpoints apply, not a DEJA_BREAK left in the shell.
-    for name in ["DEJA_BREAK", "DEJA_ON_BREAK", "DEJA_UNTIL", "DEJA_JSON_FD"] {
+    for name in [
+        "DEJA_BREAK",
+        "DEJA_ON_BREAK",
+        "DEJA_UNTIL",
+        "DEJA_JSON_FD",
+        "DEJA_JSON_OUTCOME_ONLY",
+    ] {
         command.env_remove(name);
     }
     if !args.breaks.is_empty() {
@@ -92,22 +98,42 @@ pub(crate) fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(action) = action {
         command.env("DEJA_ON_BREAK", action);
     }
-    if args.json {
-        return run_json(command);
+    if args.gdb {
+        // gdb's own exit code: the replaying service is its inferior.
+        let status = child::run(command)?;
+        return Ok(child::exit_code(status));
     }
-    let status = child::run(command)?;
-    Ok(child::exit_code(status))
+    run_reporting(command, args.json)
 }
 
-/// `--json`: the service writes hits and its outcome to a pipe on fd 3,
-/// deja copies them to stdout, and the service's stdout goes to stderr so
-/// stdout carries nothing but JSON lines.
-fn run_json(mut command: Command) -> anyhow::Result<ExitCode> {
+/// How the replaying service said the replay ended (its `outcome` line).
+#[derive(Debug, Default)]
+struct Outcome {
+    /// `exited`, `recording_ended`, `stopped`, `diverged` or `error`.
+    status: String,
+    /// The code the service exits with.
+    exit_code: i64,
+}
+
+/// Run the service with a pipe on fd 3 (`DEJA_JSON_FD`) on which the
+/// runtime reports hits and how the replay ended, and turn that into
+/// deja's exit code: 0 for a replay that completed (whatever code the
+/// recorded service exited with, which is said on stderr), 3 for a
+/// divergence, 1 for an error, and 1 when the program never reported at
+/// all: it made no intercepted call, so it is not a deja service and
+/// replayed nothing. A service killed by a signal gives 128 + N.
+///
+/// With `--json` the lines are copied to stdout and the service's stdout
+/// goes to stderr, so stdout carries nothing but JSON lines.
+fn run_reporting(mut command: Command, json: bool) -> anyhow::Result<ExitCode> {
     let (read_end, write_end) = pipe()?;
     let write_fd = write_end.as_raw_fd();
-    command
-        .env("DEJA_JSON_FD", JSON_CHILD_FD.to_string())
-        .stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?));
+    command.env("DEJA_JSON_FD", JSON_CHILD_FD.to_string());
+    if json {
+        command.stdout(Stdio::from(io::stderr().as_fd().try_clone_to_owned()?));
+    } else {
+        command.env("DEJA_JSON_OUTCOME_ONLY", "1");
+    }
     // SAFETY: dup2 and fcntl are async-signal-safe and touch only fds.
     unsafe {
         command.pre_exec(move || {
@@ -120,41 +146,81 @@ fn run_json(mut command: Command) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
-    let copier = std::thread::spawn(move || copy_json_lines(read_end));
+    let program = command.get_program().to_string_lossy().into_owned();
+    let copier = std::thread::spawn(move || read_json_lines(read_end, json));
     let status = child::run(command);
     drop(write_end);
-    let saw_outcome = copier.join().unwrap_or(false);
+    let outcome = copier.join().unwrap_or(None);
     let status = status?;
-    let code = child::exit_code(status);
-    if !saw_outcome {
-        // The service never got to report (it failed to start, is not a
-        // deja service, or was killed): say how it ended.
-        let exit_code = status.code().unwrap_or(-1);
-        let line = serde_json::json!({
-            "type": "outcome",
-            "status": "error",
-            "exit_code": exit_code,
-            "signal": std::os::unix::process::ExitStatusExt::signal(&status),
+    let signal = std::os::unix::process::ExitStatusExt::signal(&status);
+    let Some(outcome) = outcome else {
+        // The service never got to report: killed, or not a deja service.
+        let message = match signal {
+            Some(signal) => {
+                format!("{program} was killed by signal {signal} before the replay ended")
+            }
+            None => format!(
+                "{program} made no intercepted call: is it built with deja? (it exited {} \
+                 without replaying anything)",
+                status.code().unwrap_or(-1)
+            ),
+        };
+        if json {
+            let line = serde_json::json!({
+                "type": "outcome",
+                "status": "error",
+                "exit_code": status.code(),
+                "signal": signal,
+                "detail": { "message": message },
+            });
+            let mut out = io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        print_error(&message);
+        return Ok(match signal {
+            Some(_) => child::exit_code(status),
+            None => ExitCode::from(exit::ERROR),
         });
-        let mut out = io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-    Ok(code)
+    };
+    Ok(ExitCode::from(match outcome.status.as_str() {
+        "diverged" => exit::DIVERGENCE,
+        "exited" => {
+            if outcome.exit_code != 0 {
+                eprintln!(
+                    "deja: replay: the service exited {}, as the recorded run did",
+                    outcome.exit_code
+                );
+            }
+            exit::SUCCESS
+        }
+        "recording_ended" | "stopped" => exit::SUCCESS,
+        _ => exit::ERROR,
+    }))
 }
 
-/// Copy lines from the service to stdout; true if an outcome line came.
-fn copy_json_lines(read_end: OwnedFd) -> bool {
+/// Read the service's JSON lines (copied to stdout with `json`); the
+/// outcome line, if one came.
+fn read_json_lines(read_end: OwnedFd, json: bool) -> Option<Outcome> {
     let reader = BufReader::new(std::fs::File::from(read_end));
-    let mut saw_outcome = false;
+    let mut outcome = None;
     let mut out = io::stdout().lock();
     for line in reader.lines() {
         let Ok(line) = line else { break };
-        saw_outcome |= line.contains("\"type\":\"outcome\"");
-        // A closed stdout (`| head`) must not block the service: keep reading.
-        let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+            if value["type"] == "outcome" {
+                outcome = Some(Outcome {
+                    status: value["status"].as_str().unwrap_or("error").to_string(),
+                    exit_code: value["exit_code"].as_i64().unwrap_or(-1),
+                });
+            }
+        }
+        if json {
+            // A closed stdout (`| head`) must not block the service: keep reading.
+            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+        }
     }
-    saw_outcome
+    outcome
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {

@@ -202,6 +202,14 @@ fn recorder_line(recorder: &deja_recorder::writer::RecorderSummary) -> String {
     if recorder.ended_in_outage {
         line.push_str("; the run ended in an outage: events after the last one are lost");
     }
+    if recorder.events_after_close > 0 {
+        let _ = write!(
+            line,
+            "; {} event{} of tasks still running at exit not recorded (the run ends at its exit)",
+            recorder.events_after_close,
+            plural(recorder.events_after_close)
+        );
+    }
     line
 }
 

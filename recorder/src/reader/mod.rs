@@ -130,6 +130,16 @@ impl LogEnd {
                 describe_seq(*last_seq)
             )),
             LogEnd::TornTail {
+                last_seq: None,
+                file,
+                offset: 0,
+                partial_bytes: 0,
+            } => Some(format!(
+                "empty run: {} holds nothing (the process was killed, or could not write, before \
+                 its first record); the log has no events",
+                file.display()
+            )),
+            LogEnd::TornTail {
                 last_seq,
                 file,
                 offset,
@@ -187,7 +197,15 @@ impl RunReader {
     /// Open a run directory and read the first segment's header.
     pub fn open(dir: impl AsRef<Path>) -> Result<RunReader, ReadError> {
         let dir = dir.as_ref().to_path_buf();
-        let segments = list_segments(&dir)?;
+        let segments = match list_segments(&dir) {
+            // A run directory is created before its first segment: a
+            // process killed (or out of disk) in between leaves it empty.
+            // That is a run that recorded nothing, like a 0-byte segment.
+            Err(ReadError::NoSegments { .. }) if is_empty_dir(&dir) => {
+                return Ok(RunReader::empty(dir));
+            }
+            listed => listed?,
+        };
         let starts_at_zero = !dir.join(crate::writer::flight::FLIGHT_FILE_NAME).is_file();
         let mut reader = RunReader {
             starts_at_zero,
@@ -203,6 +221,29 @@ impl RunReader {
         };
         reader.open_next_segment()?;
         Ok(reader)
+    }
+
+    /// A run directory with nothing in it: no header, no events, and an
+    /// end that says the log stops before its first record.
+    fn empty(dir: PathBuf) -> RunReader {
+        let file = dir.join(segment_file_name(0));
+        RunReader {
+            starts_at_zero: true,
+            dir,
+            segments: Vec::new(),
+            next_segment: 0,
+            current: None,
+            header: None,
+            end: Some(LogEnd::TornTail {
+                last_seq: None,
+                file,
+                offset: 0,
+                partial_bytes: 0,
+            }),
+            done: true,
+            last_seq: None,
+            stats: ReadStats::default(),
+        }
     }
 
     /// The run directory.
@@ -418,6 +459,11 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<fs::File> {
         ));
     }
     Ok(file)
+}
+
+/// True for a directory with no entries at all.
+fn is_empty_dir(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
 }
 
 /// The run's segment files, in order, checked for holes.

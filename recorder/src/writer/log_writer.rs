@@ -42,6 +42,9 @@ pub struct LogWriter {
     needs_repair: bool,
     /// The recorder's own counts, for `index.json` on close.
     recorder: Option<RecorderSummary>,
+    /// Why `index.json` could not be written at close (the segments, with
+    /// their footers, are complete all the same).
+    index_error: Option<String>,
     ring: Option<Ring>,
 }
 
@@ -195,6 +198,7 @@ impl LogWriter {
             ring: None,
             needs_repair: false,
             recorder: None,
+            index_error: None,
         })
     }
 
@@ -483,9 +487,19 @@ impl LogWriter {
             let _ = fs::remove_dir_all(&self.dir);
             return Ok(self.totals);
         }
-        self.write_index()?;
+        // The footer is written: the log is complete. An index that cannot
+        // be written is only a summary missing, said apart.
+        if let Err(err) = self.write_index() {
+            self.index_error = Some(err.to_string());
+        }
         sync_dir(&self.dir);
         Ok(self.totals)
+    }
+
+    /// Why `index.json` could not be written when the log was finished,
+    /// if it could not.
+    pub fn index_error(&self) -> Option<&str> {
+        self.index_error.as_deref()
     }
 
     fn index<'a>(&'a self, segments: Vec<&'a SegmentSummary>) -> Index<'a> {

@@ -152,8 +152,12 @@ pub struct RecorderStats {
     pub produced: u64,
     /// Events accepted into the queue (gap events included).
     pub queued: u64,
-    /// Events lost: queue full, too large, after close, or not writable.
+    /// Events lost: queue full, too large, or not writable.
     pub dropped: u64,
+    /// Events recorded after close, by tasks still running while the
+    /// process exits: not part of the run (it ended at its exit), so not
+    /// counted in `produced` or `dropped`.
+    pub after_close: u64,
     /// `Gap` events queued.
     pub gaps: u64,
     /// What the writer has put on disk (complete after [`Recorder::close`]).
@@ -167,6 +171,10 @@ pub struct RecorderStats {
     pub in_outage: bool,
     /// The last write error, if a write ever failed.
     pub write_error: Option<String>,
+    /// `index.json` could not be written at close (this error, naming the
+    /// file): the segments and their footers are complete, only the
+    /// summary `deja stats` reads first is missing or stale.
+    pub index_error: Option<String>,
 }
 
 /// The recording side of a run: cheap to call from any thread.
@@ -197,6 +205,7 @@ pub struct Recorder {
 struct WriterProgress {
     totals: WriterTotals,
     error: Option<String>,
+    index_error: Option<String>,
     /// A pending [`Recorder::keep`]: its reason and where to answer.
     keep: Option<(String, std::sync::mpsc::Sender<Result<PathBuf, String>>)>,
     outages: u64,
@@ -306,11 +315,13 @@ impl Recorder {
             produced: counters.produced,
             queued: counters.queued,
             dropped: counters.dropped,
+            after_close: counters.after_close,
             gaps: counters.gaps,
             written: progress.totals,
             write_outages: progress.outages,
             in_outage: progress.in_outage,
             write_error: progress.error.clone(),
+            index_error: progress.index_error.clone(),
         }
     }
 
@@ -499,6 +510,7 @@ fn finish(
             events_produced: counters.produced,
             events_written: writer.totals().events,
             events_dropped: counters.dropped,
+            events_after_close: counters.after_close,
             write_outages: outages,
             last_write_error: progress.error.clone(),
             ended_in_outage,
@@ -508,7 +520,13 @@ fn finish(
         let note = summary(&writer, &lock(shared), outages, false);
         writer.set_recorder_summary(note);
         match writer.finish_in_place() {
-            Ok(totals) => return totals,
+            Ok(totals) => {
+                if let Some(err) = writer.index_error() {
+                    tracing::warn!(error = %err, "deja recorder cannot write the run's index; the log is complete");
+                    lock(shared).index_error = Some(err.to_string());
+                }
+                return totals;
+            }
             Err(err) => {
                 outages += 1;
                 tracing::warn!(error = %err, "deja recorder cannot close the log; it ends without a footer");
@@ -592,6 +610,56 @@ mod tests {
             std::thread::sleep(Duration::from_micros(500));
         }
         i
+    }
+
+    /// Issue 18: when only `index.json` cannot be written at close, the
+    /// stats name that file and the log still ends clean with its footer
+    /// (it used to be reported as "the log ends without a footer").
+    #[test]
+    fn an_index_that_cannot_be_written_at_close_is_named_and_the_log_is_clean() {
+        let out = tempfile::tempdir().unwrap();
+        let recorder = Recorder::create(
+            out.path(),
+            RunMeta::new("idx", "run"),
+            WriterConfig::default(),
+        )
+        .unwrap();
+        recorder.record(TaskId::MAIN, mark(0));
+        // The index goes through `index.json.tmp`: a directory there
+        // makes that one write fail.
+        std::fs::create_dir(recorder.dir().join("index.json.tmp")).unwrap();
+        let stats = recorder.close().unwrap();
+        let error = stats.index_error.as_deref().expect("the index error");
+        assert!(error.contains("index.json.tmp"), "{error}");
+        assert!(!stats.in_outage, "{stats:?}");
+        assert_eq!(stats.write_outages, 0, "{stats:?}");
+        let (events, end) = read_all(recorder.dir());
+        assert_eq!((events.len(), end), (1, LogEnd::Clean));
+    }
+
+    /// Issue 18: events of tasks still running when the recording closed
+    /// (at the service's exit) are not losses: `deja record` and `deja
+    /// stats` must not call them dropped.
+    #[test]
+    fn events_after_close_are_counted_apart_from_losses() {
+        let out = tempfile::tempdir().unwrap();
+        let recorder = Recorder::create(
+            out.path(),
+            RunMeta::new("late", "run"),
+            WriterConfig::default(),
+        )
+        .unwrap();
+        recorder.record(TaskId::MAIN, EventKind::ClockMono { ns: 1 });
+        let stats = recorder.close().unwrap();
+        for _ in 0..4 {
+            recorder.record(TaskId(3), EventKind::ClockMono { ns: 2 });
+        }
+        let after = recorder.stats();
+        assert_eq!((after.dropped, after.after_close), (0, 4), "{after:?}");
+        assert_eq!(after.produced, stats.produced, "{after:?}");
+        assert_eq!(after.produced, after.written.events + after.dropped);
+        let summary = super::summary::read_recorder_summary(recorder.dir()).unwrap();
+        assert_eq!(summary.events_dropped, 0);
     }
 
     #[test]

@@ -38,8 +38,12 @@ pub(crate) struct QueueCounters {
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
     pub(crate) gaps: u64,
-    /// Seqs handed out so far (the next seq).
+    /// Seqs handed out so far (the next seq), not counting the ones
+    /// handed out after close.
     pub(crate) produced: u64,
+    /// Events recorded after close (tasks still running while the process
+    /// exits): not part of the run, and not lost from it either.
+    pub(crate) after_close: u64,
 }
 
 #[derive(Debug)]
@@ -126,9 +130,10 @@ impl Queue {
         let mono_ns = mono_ns.unwrap_or_else(|| self.elapsed_ns());
         let seq = state.next_seq;
         state.next_seq += 1;
-        // After close nothing is written, so no gap covers these.
+        // After close nothing is written, so no gap covers these: the run
+        // ended (its exit is logged), and they are counted apart.
         if state.closed {
-            state.counters.dropped += 1;
+            state.counters.after_close += 1;
             return Recorded::Dropped(seq);
         }
         if state.shedding {
@@ -238,7 +243,7 @@ impl Queue {
     pub(crate) fn counters(&self) -> QueueCounters {
         let state = self.lock();
         QueueCounters {
-            produced: state.next_seq,
+            produced: state.next_seq - state.counters.after_close,
             ..state.counters
         }
     }
@@ -456,6 +461,9 @@ mod tests {
             queue.take(&mut batch, Duration::from_secs(10)),
             "close never waits"
         );
-        assert_eq!(queue.counters().dropped, 1);
+        // Not lost from the run: recorded after it ended.
+        assert_eq!(queue.counters().dropped, 0);
+        assert_eq!(queue.counters().after_close, 1);
+        assert_eq!(queue.counters().produced, queue.counters().queued);
     }
 }

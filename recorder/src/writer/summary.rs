@@ -26,8 +26,13 @@ pub struct RecorderSummary {
     pub events_produced: u64,
     /// Events in complete frames on disk (gap events included).
     pub events_written: u64,
-    /// Events lost: queue full, too large, a failed write, or after close.
+    /// Events lost: queue full, too large, or a failed write.
     pub events_dropped: u64,
+    /// Events of tasks still running when the recording closed (at the
+    /// service's exit): not recorded, and not part of the run. Runs written
+    /// before this field counted them in `events_dropped`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub events_after_close: u64,
     /// Times the disk refused writes and the writer recovered or gave up.
     pub write_outages: u64,
     /// The last write error, if any.
@@ -37,6 +42,10 @@ pub struct RecorderSummary {
     /// event written, with no gap event for what came after.
     #[serde(default)]
     pub ended_in_outage: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The `"recorder"` object of a run directory's `index.json`, if the file

@@ -82,17 +82,39 @@ pub(crate) enum Origin {
 pub(crate) struct CloseOnDrop {
     conn: ConnId,
     origin: Origin,
+    /// A UDP socket: its close is `udp_close`, not `tcp_close`.
+    udp: bool,
 }
 
 impl CloseOnDrop {
+    /// A TCP stream or listener.
     pub(crate) fn new(conn: ConnId, origin: Origin) -> Arc<CloseOnDrop> {
-        Arc::new(CloseOnDrop { conn, origin })
+        Arc::new(CloseOnDrop {
+            conn,
+            origin,
+            udp: false,
+        })
+    }
+
+    /// A UDP socket.
+    pub(crate) fn udp(socket: ConnId, origin: Origin) -> Arc<CloseOnDrop> {
+        Arc::new(CloseOnDrop {
+            conn: socket,
+            origin,
+            udp: true,
+        })
     }
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        let event = EventKind::TcpClose { conn: self.conn };
+        let (event, call) = if self.udp {
+            let socket = self.conn;
+            (EventKind::UdpClose { socket }, Call::UdpClose { socket })
+        } else {
+            let conn = self.conn;
+            (EventKind::TcpClose { conn }, Call::TcpClose { conn })
+        };
         match &self.origin {
             Origin::Live => {}
             Origin::Record(recording) => {
@@ -102,7 +124,7 @@ impl Drop for CloseOnDrop {
             Origin::Replay => {
                 with_replay(|replay| {
                     replay.forget_conn(self.conn);
-                    replay.claim(context::task_id(), &Call::TcpClose { conn: self.conn })
+                    replay.claim(context::task_id(), &call)
                 });
             }
             Origin::Sim(socket) => {

@@ -79,7 +79,7 @@ impl UdpSocket {
             socket,
             local,
             io,
-            _close: CloseOnDrop::new(socket, origin.clone()),
+            _close: CloseOnDrop::udp(socket, origin.clone()),
             origin,
             peer: Mutex::new(None),
         })

@@ -34,6 +34,8 @@ pub(crate) struct Debugger {
     action: Cell<Action>,
     callback: Option<Callback>,
     json: Option<RefCell<std::fs::File>>,
+    /// Hits go to `json` too (not only the outcome), instead of stderr.
+    hits_to_json: bool,
     /// The last step or next, repeated by an empty prompt line.
     repeat: Cell<Option<PromptCommand>>,
     trap_warned: Cell<bool>,
@@ -52,7 +54,11 @@ impl Debugger {
                 Some(OnBreak::Print) => Action::Print,
                 Some(OnBreak::Pause) => Action::Pause,
                 Some(OnBreak::Trap) => Action::Trap,
-                None if json.is_none() && std::io::stdin().is_terminal() => Action::Pause,
+                None if (json.is_none() || config.outcome_only)
+                    && std::io::stdin().is_terminal() =>
+                {
+                    Action::Pause
+                }
                 None => Action::Print,
             }
         };
@@ -60,6 +66,7 @@ impl Debugger {
             watch: RefCell::new(Watch::new(config.breakpoints, config.until)),
             action: Cell::new(action),
             callback: config.callback,
+            hits_to_json: json.is_some() && !config.outcome_only,
             json: json.map(RefCell::new),
             repeat: Cell::new(None),
             trap_warned: Cell::new(false),
@@ -127,7 +134,7 @@ impl Debugger {
             marks: &marks,
             task_events: task_events.iter().collect(),
         };
-        if let Some(json) = &self.json {
+        if let Some(json) = self.json.as_ref().filter(|_| self.hits_to_json) {
             write_json_line(json, &hit_json(&hit));
         }
         let action = self.action.get();
@@ -137,7 +144,7 @@ impl Debugger {
             return callback(&hit);
         }
         let text = hit_text(&hit, &log_before);
-        if action != Action::Print || self.json.is_none() {
+        if action != Action::Print || !self.hits_to_json {
             eprint!("{text}");
         }
         match action {

@@ -76,6 +76,13 @@ const REDACTED_REPORTS_MAX: u64 = 100;
 /// retrying would print a line per try); the rest are counted.
 const FOREIGN_SOCKET_REPORTS_MAX: u64 = 10;
 
+/// Between the calls one task waits on, in stall reports.
+const WAITS_SEPARATOR: &str = " and ";
+
+/// Calls listed per waiting task: a `select!` over more is rare, and a
+/// report must stay readable.
+const WAITS_SHOWN_MAX: usize = 8;
+
 /// Provisional ids of adopted tasks in replay start here: far above any
 /// recorded id and below the ids of tasks spawned past the log's end.
 const PROVISIONAL_TASKS: u64 = 1 << 61;
@@ -589,6 +596,14 @@ impl Replay {
                 drop(gate);
                 if matches!(call, Call::TaskEnd { .. }) {
                     self.pending.borrow_mut().remove(&task);
+                } else if let Some(text) = self
+                    .pending
+                    .borrow_mut()
+                    .get_mut(&task)
+                    .filter(|_| !matches!(call, Call::LibClockMono | Call::LibClockWall))
+                {
+                    // It runs: whatever it waited on is its past.
+                    text.clear();
                 }
                 self.released(&event, call);
                 self.watch(&event);
@@ -610,11 +625,21 @@ impl Replay {
     /// `task` waits at the gate with `call`: noted for stall reports, and
     /// its waker kept for when the cursor reaches it.
     fn wait_at_gate(&self, task: TaskId, call: &Call<'_>, cx: &Context<'_>) {
-        // Reuse the task's buffer: a task waits at the gate often.
+        // Every call the task waits on (a read and a timer in a
+        // `select!`): the list empties when the task takes an event.
         let mut pending = self.pending.borrow_mut();
         let text = pending.entry(task).or_default();
-        text.clear();
+        let start = text.len();
+        if start > 0 {
+            text.push_str(WAITS_SEPARATOR);
+        }
         let _ = write!(text, "{call}");
+        let new = &text[start..];
+        let new = new.strip_prefix(WAITS_SEPARATOR).unwrap_or(new);
+        let known = text[..start].split(WAITS_SEPARATOR).any(|old| old == new);
+        if known || text[..start].matches(WAITS_SEPARATOR).count() + 1 >= WAITS_SHOWN_MAX {
+            text.truncate(start);
+        }
         drop(pending);
         let mut waiters = self.waiters.borrow_mut();
         let wakers = waiters.entry(task).or_default();
