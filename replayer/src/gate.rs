@@ -882,7 +882,9 @@ impl Gate {
             if matches!(event.kind, EventKind::DriverTurn { .. }) {
                 break;
             }
-            if self.claimed_at(event) || seen.contains(&event.task) {
+            // A library reading the clock before its read says nothing
+            // about what woke the task.
+            if is_reading(&event.kind) || self.claimed_at(event) || seen.contains(&event.task) {
                 continue;
             }
             seen.push(event.task);
