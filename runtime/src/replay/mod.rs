@@ -740,14 +740,17 @@ impl Replay {
         if self.stopped() {
             return false;
         }
-        let woken = {
+        let (turn, woken) = {
             let mut gate = self.gate.borrow_mut();
-            if gate.pass_turn().is_none() {
+            let Some(turn) = gate.pass_turn().cloned() else {
                 return false;
-            }
-            gate.woken_by_turn(TURN_SCAN_EVENTS)
+            };
+            (turn, gate.woken_by_turn(TURN_SCAN_EVENTS))
         };
         self.fold_passed();
+        // A breakpoint may stop at a turn too (`kind=turn`, `t>=`, `seq=`):
+        // in the driver, before the tasks it woke run.
+        self.watch(&turn);
         for task in woken {
             let wakers = self.waiters.borrow_mut().remove(&task);
             for waker in wakers.into_iter().flatten() {
