@@ -285,6 +285,17 @@ pub enum EventKind {
         /// The addresses, in the order the resolver gave them, or the error.
         result: Result<Vec<SocketAddr>, IoErrorKind>,
     },
+    /// The runtime's driver turned (its `epoll_wait` returned): sockets
+    /// that became ready together and timers that came due are handed to
+    /// their tasks here, in one batch. Logged by the thread that runs the
+    /// tasks (task `outside`), in a recording on one thread. Replay turns
+    /// its own driver at these points, so the tasks a turn woke run in the
+    /// order the recording ran them, and tokio's timers fire at the turn
+    /// they fired at.
+    DriverTurn {
+        /// Readiness events the turn returned (timers not counted).
+        ready: u32,
+    },
 }
 
 /// The name of the mark the runtime logs when library code connects with
@@ -540,11 +551,13 @@ pub enum KindClass {
     Gap,
     /// Redaction markers.
     Redacted,
+    /// The runtime's driver turns.
+    Turn,
 }
 
 impl KindClass {
     /// Every class, in display order.
-    pub const ALL: [KindClass; 16] = [
+    pub const ALL: [KindClass; 17] = [
         KindClass::Time,
         KindClass::Timer,
         KindClass::Rand,
@@ -561,6 +574,7 @@ impl KindClass {
         KindClass::Exit,
         KindClass::Gap,
         KindClass::Redacted,
+        KindClass::Turn,
     ];
 
     /// The class's name as users type it.
@@ -582,6 +596,7 @@ impl KindClass {
             KindClass::Exit => "exit",
             KindClass::Gap => "gap",
             KindClass::Redacted => "redacted",
+            KindClass::Turn => "turn",
         }
     }
 
@@ -601,7 +616,7 @@ impl fmt::Display for KindClass {
 
 impl EventKind {
     /// Every fine kind name ([`EventKind::name`]), in declaration order.
-    pub const NAMES: [&'static str; 29] = [
+    pub const NAMES: [&'static str; 30] = [
         "clock_mono",
         "clock_wall",
         "timer_fired",
@@ -631,10 +646,11 @@ impl EventKind {
         "udp_close",
         "mark_end",
         "lookup",
+        "driver_turn",
     ];
 
     /// The class of each kind, in the order of [`EventKind::NAMES`].
-    pub const CLASSES: [KindClass; 29] = [
+    pub const CLASSES: [KindClass; 30] = [
         KindClass::Time,
         KindClass::Time,
         KindClass::Timer,
@@ -664,6 +680,7 @@ impl EventKind {
         KindClass::Close,
         KindClass::Mark,
         KindClass::Connect,
+        KindClass::Turn,
     ];
 
     /// The variant's name in snake case, as `inspect` prints it.
@@ -704,6 +721,7 @@ impl EventKind {
             EventKind::UdpClose { .. } => 26,
             EventKind::MarkEnd { .. } => 27,
             EventKind::Lookup { .. } => 28,
+            EventKind::DriverTurn { .. } => 29,
         }
     }
 
@@ -731,6 +749,7 @@ impl EventKind {
             EventKind::Exit { .. } => KindClass::Exit,
             EventKind::Gap { .. } => KindClass::Gap,
             EventKind::Redacted { .. } => KindClass::Redacted,
+            EventKind::DriverTurn { .. } => KindClass::Turn,
         }
     }
 
@@ -869,6 +888,7 @@ impl fmt::Display for EventKind {
                 write_result(f, result, |f, ()| f.write_str("ok"))
             }
             EventKind::TcpClose { conn } => write!(f, " conn={conn}"),
+            EventKind::DriverTurn { ready } => write!(f, " ready={ready}"),
             EventKind::Lookup { host, result } => {
                 write!(f, " host={host} ")?;
                 write_result(f, result, |f, addrs| {
@@ -1084,6 +1104,7 @@ mod tests {
                 host: "payment:7000".into(),
                 result: Ok(vec!["10.0.0.2:7000".parse().unwrap()]),
             },
+            EventKind::DriverTurn { ready: 2 },
         ];
         for kind in &kinds {
             match kind {
@@ -1115,7 +1136,8 @@ mod tests {
                 | EventKind::TimerSlept { .. }
                 | EventKind::UdpClose { .. }
                 | EventKind::MarkEnd { .. }
-                | EventKind::Lookup { .. } => {}
+                | EventKind::Lookup { .. }
+                | EventKind::DriverTurn { .. } => {}
             }
         }
         kinds

@@ -572,9 +572,9 @@ struct Stream {
 }
 
 impl Stream {
-    /// The run's next event, library clock readings left out: a library
-    /// may read the clock on every poll, and two good runs poll
-    /// differently (replay passes such readings too).
+    /// The run's next event, library clock readings and driver turns
+    /// left out: a library may read the clock on every poll, and two good
+    /// runs poll and batch differently (replay passes such readings too).
     fn next(&mut self) -> Result<Option<Event>, ReadError> {
         if self.done {
             return Ok(None);
@@ -583,7 +583,9 @@ impl Stream {
             !matches!(
                 event,
                 Ok(Event {
-                    kind: EventKind::LibClockMono { .. } | EventKind::LibClockWall { .. },
+                    kind: EventKind::LibClockMono { .. }
+                        | EventKind::LibClockWall { .. }
+                        | EventKind::DriverTurn { .. },
                     ..
                 })
             )

@@ -742,6 +742,10 @@ pub struct Gate {
     /// Recorded clock readings no call took, and readings made with none
     /// recorded (see [`Gate::claim`]).
     readings_unmatched: u64,
+    /// The log marks driver turns.
+    has_turns: bool,
+    /// The time of the last turn passed.
+    turn_ns: u64,
     /// Events whose place in the log replay does not hold anyone to (see
     /// [`Gate::claim`]): library clock readings, adoptions, and every
     /// event of a task library code started or of a thread outside any task.
@@ -792,8 +796,14 @@ impl Gate {
         };
         let mut tasks: BTreeMap<TaskId, TaskTrack> = BTreeMap::new();
         let mut adoptions = std::collections::VecDeque::new();
+        let mut has_turns = false;
         let mut adopted = std::collections::BTreeSet::new();
         for (index, event) in events.iter().enumerate() {
+            // Driver turns are nobody's calls: only `pass_turn` takes them.
+            if matches!(event.kind, EventKind::DriverTurn { .. }) {
+                has_turns = true;
+                continue;
+            }
             let track = tasks.entry(event.task).or_default();
             if track.events.is_empty() && matches!(event.kind, EventKind::TaskAdopted { .. }) {
                 adoptions.push_back(event.task);
@@ -828,7 +838,74 @@ impl Gate {
             redacted_uses: 0,
             adoptions,
             readings_unmatched: 0,
+            has_turns,
+            turn_ns: 0,
         }
+    }
+
+    /// Whether the log marks its driver turns (`DriverTurn`): a recording
+    /// made on one thread by a deja that logs them.
+    pub fn has_turns(&self) -> bool {
+        self.has_turns
+    }
+
+    /// The time of the last driver turn passed: what the runtime's own
+    /// clock readings (tokio's timer wheel) see between turns.
+    pub fn turn_ns(&self) -> u64 {
+        self.turn_ns
+    }
+
+    /// The replay's driver turns: when the cursor is at a recorded turn,
+    /// pass it and return it. Afterwards the events up to the next turn
+    /// are those the recording ran in that turn's batch.
+    pub fn pass_turn(&mut self) -> Option<&Event> {
+        let index = self.cursor;
+        let event = self.events.get(index)?;
+        if !matches!(event.kind, EventKind::DriverTurn { .. }) {
+            return None;
+        }
+        self.turn_ns = event.mono_ns;
+        self.claimed[index] = true;
+        self.skip_claimed();
+        Some(&self.events[index])
+    }
+
+    /// The tasks a driver turn woke, as far as the log shows: of the
+    /// events from the cursor up to the next turn (at most `scan` of
+    /// them), the tasks whose first event there waits for input (a read,
+    /// an accept, a datagram, a timer), in log order. The recording's
+    /// driver queued them in that order, before anything they woke.
+    pub fn woken_by_turn(&self, scan: usize) -> Vec<TaskId> {
+        let mut seen: Vec<TaskId> = Vec::new();
+        let mut woken = Vec::new();
+        for event in self.events.iter().skip(self.cursor).take(scan) {
+            if matches!(event.kind, EventKind::DriverTurn { .. }) {
+                break;
+            }
+            // A library reading the clock before its read says nothing
+            // about what woke the task.
+            if is_reading(&event.kind) || self.claimed_at(event) || seen.contains(&event.task) {
+                continue;
+            }
+            seen.push(event.task);
+            if matches!(
+                event.kind,
+                EventKind::TcpRead { .. }
+                    | EventKind::TcpAccept { .. }
+                    | EventKind::UdpRecv { .. }
+                    | EventKind::TcpConnect { .. }
+                    | EventKind::TimerFired { .. }
+                    | EventKind::Signal { .. }
+            ) {
+                woken.push(event.task);
+            }
+        }
+        woken
+    }
+
+    fn claimed_at(&self, event: &Event) -> bool {
+        self.position_of(event.seq)
+            .is_some_and(|index| self.claimed[index])
     }
 
     /// Hold synchronous calls to their place in the log (the default), or

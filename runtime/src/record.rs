@@ -35,6 +35,9 @@ pub(crate) struct Recording {
     foreign_sockets: AtomicU64,
     /// Main's `Exit` is logged: the runtime is shutting down.
     exited: std::sync::atomic::AtomicBool,
+    /// The runtime runs every task on one thread: its driver's turns are
+    /// logged (a multi-thread runtime's are not replayable as one order).
+    log_turns: std::sync::atomic::AtomicBool,
 }
 
 impl Recording {
@@ -56,7 +59,25 @@ impl Recording {
             outside_calls: AtomicU64::new(0),
             foreign_sockets: AtomicU64::new(0),
             exited: std::sync::atomic::AtomicBool::new(false),
+            log_turns: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Log the driver's turns from now on (a runtime on one thread).
+    pub(crate) fn log_driver_turns(&self) {
+        self.log_turns.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the driver's turns are logged.
+    pub(crate) fn logs_driver_turns(&self) -> bool {
+        self.log_turns.load(Ordering::Relaxed) && !self.exited.load(Ordering::Relaxed)
+    }
+
+    /// The runtime's driver turned, `ready` sockets ready (see
+    /// `intercept/driver.rs`).
+    pub(crate) fn driver_turn(&self, ready: u32) {
+        self.recorder
+            .record(TASK_OUTSIDE, EventKind::DriverTurn { ready });
     }
 
     /// Record `kind` as done by the running task, now.

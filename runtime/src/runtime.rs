@@ -546,6 +546,7 @@ impl Builder {
         // runtime starts too, so a deadline rounds to the same tick in
         // both (see `intercept::RuntimeBuild`).
         let _record = context::enter(Ctx::Record(Arc::clone(&recording)));
+        crate::intercept::keep_driver_interposer();
         let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
         let mut builder = match self.worker_threads {
             None | Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -566,6 +567,8 @@ impl Builder {
         if multi_thread {
             // Workers start running while the runtime is built.
             recording.set_adoption_floor(u64::MAX);
+        } else {
+            recording.log_driver_turns();
         }
         let tokio = builder.build().map_err(Error::Tokio)?;
         drop(_build);
@@ -894,6 +897,7 @@ fn replay_runtime(
     root_seed: &[u8; 32],
 ) -> Result<tokio::runtime::Runtime, Error> {
     let _build = crate::intercept::RuntimeBuild::at(crate::intercept::virtual_mono(0) as u64);
+    crate::intercept::keep_driver_interposer();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();
     let parked = Arc::clone(watch);

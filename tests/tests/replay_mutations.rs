@@ -48,10 +48,16 @@ fn seq_of(events: &[Event], what: &str, found: impl Fn(&Event) -> bool) -> u64 {
         .seq
 }
 
-/// The seq of the event that follows `seq` in the log.
+/// The seq of the event that follows `seq` in the log, driver turns
+/// left out (the driver's, not the program's: a report names the
+/// program's next event).
 fn after(events: &[Event], seq: u64) -> u64 {
     let at = events.iter().position(|event| event.seq == seq).unwrap();
-    events[at + 1].seq
+    events[at + 1..]
+        .iter()
+        .find(|event| !matches!(event.kind, EventKind::DriverTurn { .. }))
+        .expect("an event after it")
+        .seq
 }
 
 /// Where each mutant's replay must first differ, from the log alone.

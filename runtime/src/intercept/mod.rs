@@ -18,7 +18,8 @@
 //! `syscall` is interposed too, for `SYS_getrandom` only: getrandom 0.2
 //! (ring, so rustls) makes that system call itself (see `syscall.rs`).
 //! And `connect`, to catch libraries that open their own sockets (see
-//! `socket.rs`).
+//! `socket.rs`), and `epoll_wait`, the runtime's driver turns, so replay
+//! batches wakes as the recording's driver did (see `driver.rs`).
 //!
 //! A reading made while deja itself is working ([`internal`]) is real
 //! and unlogged, so deja's own bookkeeping never shows up in the log.
@@ -27,6 +28,7 @@
 //! (`cargo bench -p deja --bench intercept`).
 
 mod clock;
+mod driver;
 mod entropy;
 mod socket;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
@@ -35,6 +37,7 @@ mod syscall;
 use std::cell::Cell;
 
 pub(crate) use clock::RuntimeBuild;
+pub(crate) use driver::keep as keep_driver_interposer;
 pub(crate) use socket::FOREIGN_SOCKET_MARK;
 
 use deja_recorder::TaskId;

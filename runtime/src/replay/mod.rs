@@ -98,6 +98,10 @@ const OUTSIDE_ENTROPY_STREAM: u64 = u64::MAX - 1;
 /// The one draw a runtime's build makes: std's `HashMap` keys for the
 /// thread, two `u64`s (see [`Replay::pass_build_entropy`]).
 const BUILD_DRAW_BYTES: usize = 16;
+/// Events after a driver turn scanned for the tasks it woke: a turn
+/// wakes at most one task per ready socket (`epoll_wait` returns at most
+/// 1024 events to tokio) and each logs a few events first.
+const TURN_SCAN_EVENTS: usize = 4096;
 
 /// The replay state of one run, owned by the executor's thread.
 pub(crate) struct Replay {
@@ -229,6 +233,12 @@ impl Replay {
     /// Virtual time for readings outside any task (tokio's driver): the
     /// last released event's, or where an idle point moved it.
     fn outside_now_ns(&self) -> u64 {
+        let gate = self.gate.borrow();
+        if gate.has_turns() {
+            // The recording's driver read the clock at its turns only.
+            return gate.turn_ns();
+        }
+        drop(gate);
         self.now_ns().max(self.idle_ns.get())
     }
 
@@ -675,19 +685,8 @@ impl Replay {
     /// cursor, so they are released at their place in the log.
     fn released(&self, event: &Event, call: &Call<'_>) {
         {
-            let gate = self.gate.borrow();
+            self.fold_passed();
             let mut digest = self.digest.borrow_mut();
-            let from = self.digested.get();
-            for passed in gate.passed_since(from) {
-                digest.update(&passed.seq.to_le_bytes());
-                digest.update(&passed.task.0.to_le_bytes());
-                digest.update(&passed.mono_ns.to_le_bytes());
-                digest.update(passed.kind.name().as_bytes());
-            }
-            self.digested.set(gate.released());
-            if let Some(watch) = &*self.watch.borrow() {
-                watch.progressed();
-            }
             if let Call::TcpWrite { bytes, .. } | Call::UdpSend { bytes, .. } = call {
                 let len = match &event.kind {
                     EventKind::TcpWrite {
@@ -704,6 +703,62 @@ impl Replay {
             }
         }
         self.wake_cursor();
+    }
+
+    /// Fold the events the cursor passed into the digest, in log order,
+    /// and tell the stall watchdog the replay moved.
+    fn fold_passed(&self) {
+        let gate = self.gate.borrow();
+        let mut digest = self.digest.borrow_mut();
+        let from = self.digested.get();
+        for passed in gate.passed_since(from) {
+            digest.update(&passed.seq.to_le_bytes());
+            digest.update(&passed.task.0.to_le_bytes());
+            digest.update(&passed.mono_ns.to_le_bytes());
+            digest.update(passed.kind.name().as_bytes());
+        }
+        self.digested.set(gate.released());
+        if let Some(watch) = &*self.watch.borrow() {
+            watch.progressed();
+        }
+    }
+
+    /// Whether the log marks the recording's driver turns: the runtime's
+    /// own turns then wait for them (see [`Replay::driver_turn`]).
+    pub(crate) fn has_turns(&self) -> bool {
+        self.gate.borrow().has_turns()
+    }
+
+    /// The runtime's driver turns (its `epoll_wait`, see
+    /// `intercept/driver.rs`). When the cursor is at a recorded turn it is
+    /// passed: the runtime's clock moves to the turn's time (tokio fires
+    /// the timers that came due there, as the recording's did), and the
+    /// tasks the turn woke in the recording are woken now, in the order
+    /// the recording's driver queued them, before anything they wake.
+    /// Returns whether a recorded turn was passed.
+    pub(crate) fn driver_turn(&self) -> bool {
+        if self.stopped() {
+            return false;
+        }
+        let (turn, woken) = {
+            let mut gate = self.gate.borrow_mut();
+            let Some(turn) = gate.pass_turn().cloned() else {
+                return false;
+            };
+            (turn, gate.woken_by_turn(TURN_SCAN_EVENTS))
+        };
+        self.fold_passed();
+        // A breakpoint may stop at a turn too (`kind=turn`, `t>=`, `seq=`):
+        // in the driver, before the tasks it woke run.
+        self.watch(&turn);
+        for task in woken {
+            let wakers = self.waiters.borrow_mut().remove(&task);
+            for waker in wakers.into_iter().flatten() {
+                waker.wake();
+            }
+        }
+        self.wake_cursor();
+        true
     }
 
     /// Wake the task the cursor waits for; at the end of the log, stop.
