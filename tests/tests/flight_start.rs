@@ -68,4 +68,44 @@ fn a_window_that_holds_the_start_replays_to_its_end() {
             other => panic!("expected the end of the window, got {other}"),
         }
     }
+
+    // One flight recorder per process (`deja::flight::keep` is global):
+    // the damaged-window case reuses this window rather than record its own.
+    a_window_whose_first_event_is_not_the_one_flight_json_names_is_corrupt(&kept);
+}
+
+/// A window's `flight.json` names its first seq; a window whose first
+/// event is another (a segment deleted, the file edited) is damaged, and
+/// every reader says so instead of replaying from the wrong place.
+fn a_window_whose_first_event_is_not_the_one_flight_json_names_is_corrupt(kept: &std::path::Path) {
+    let copy = tempfile::tempdir().unwrap();
+    let damaged = copy.path().join(kept.file_name().unwrap());
+    std::fs::create_dir(&damaged).unwrap();
+    for entry in std::fs::read_dir(kept).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, damaged.join(path.file_name().unwrap())).unwrap();
+    }
+    let flight = damaged.join("flight.json");
+    let text = std::fs::read_to_string(&flight).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    json["first_seq"] = serde_json::json!(5);
+    std::fs::write(&flight, serde_json::to_vec(&json).unwrap()).unwrap();
+
+    let err = deja::recorder::RunReader::open(&damaged)
+        .unwrap()
+        .find_map(Result::err)
+        .expect("the reader refuses the window");
+    assert!(err.is_corruption(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("first event is #0") && message.contains("flight.json says #5"),
+        "{message}"
+    );
+    let replay = Builder::new()
+        .mode(Mode::Replay)
+        .trace_dir(&damaged)
+        .service("echo")
+        .build();
+    let err = replay.err().expect("replay refuses it");
+    assert!(err.to_string().contains("flight.json says #5"), "{err}");
 }

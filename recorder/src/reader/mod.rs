@@ -189,8 +189,10 @@ pub struct RunReader {
     done: bool,
     last_seq: Option<u64>,
     stats: ReadStats,
-    /// The run must start at seq 0: every run but a kept flight window.
-    starts_at_zero: bool,
+    /// The seq the run must start at: 0, or for a kept flight window the
+    /// first seq its `flight.json` names (`None` when that file cannot be
+    /// read: whoever needs the window says why).
+    expected_first: Option<u64>,
 }
 
 impl RunReader {
@@ -206,9 +208,16 @@ impl RunReader {
             }
             listed => listed?,
         };
-        let starts_at_zero = !dir.join(crate::writer::flight::FLIGHT_FILE_NAME).is_file();
+        let expected_first = if dir.join(crate::writer::flight::FLIGHT_FILE_NAME).is_file() {
+            crate::writer::flight::FlightWindow::read(&dir)
+                .ok()
+                .flatten()
+                .map(|window| window.first_seq)
+        } else {
+            Some(0)
+        };
         let mut reader = RunReader {
-            starts_at_zero,
+            expected_first,
             dir,
             segments,
             next_segment: 0,
@@ -228,7 +237,7 @@ impl RunReader {
     fn empty(dir: PathBuf) -> RunReader {
         let file = dir.join(segment_file_name(0));
         RunReader {
-            starts_at_zero: true,
+            expected_first: Some(0),
             dir,
             segments: Vec::new(),
             next_segment: 0,
@@ -392,11 +401,21 @@ impl RunReader {
             // The first frame's header says where it starts, but nothing
             // covers a segment's first frame being cut out whole.
             let first = gap.map_or(event.seq, |(first, _)| first);
-            if self.starts_at_zero && first != 0 {
-                return Err(segment.corrupt_here(format!(
-                    "the run's first event is #{}, not #0: the start of the log is missing",
-                    event.seq
-                )));
+            match self.expected_first {
+                Some(0) if first != 0 => {
+                    return Err(segment.corrupt_here(format!(
+                        "the run's first event is #{}, not #0: the start of the log is missing",
+                        event.seq
+                    )));
+                }
+                Some(expected) if first != expected => {
+                    return Err(segment.corrupt_here(format!(
+                        "the flight window's first event is #{}, but its flight.json says #{expected}: \
+                         a segment of the window is missing or flight.json was changed",
+                        event.seq
+                    )));
+                }
+                _ => {}
             }
             return Ok(());
         };
