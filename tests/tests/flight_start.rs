@@ -106,6 +106,6 @@ fn a_window_whose_first_event_is_not_the_one_flight_json_names_is_corrupt(kept: 
         .trace_dir(&damaged)
         .service("echo")
         .build();
-    let err = replay.err().expect("replay refuses it");
+    let err = replay.expect_err("replay refuses it");
     assert!(err.to_string().contains("flight.json says #5"), "{err}");
 }
