@@ -878,13 +878,14 @@ impl Gate {
     pub fn woken_by_turn(&self, scan: usize) -> Vec<TaskId> {
         let mut seen: Vec<TaskId> = Vec::new();
         let mut woken = Vec::new();
-        for event in self.events.iter().skip(self.cursor).take(scan) {
+        let batch = self.events.iter().enumerate().skip(self.cursor).take(scan);
+        for (index, event) in batch {
             if matches!(event.kind, EventKind::DriverTurn { .. }) {
                 break;
             }
             // A library reading the clock before its read says nothing
             // about what woke the task.
-            if is_reading(&event.kind) || self.claimed_at(event) || seen.contains(&event.task) {
+            if is_reading(&event.kind) || self.claimed[index] || seen.contains(&event.task) {
                 continue;
             }
             seen.push(event.task);
@@ -895,17 +896,13 @@ impl Gate {
                     | EventKind::UdpRecv { .. }
                     | EventKind::TcpConnect { .. }
                     | EventKind::TimerFired { .. }
+                    | EventKind::TimerSlept { .. }
                     | EventKind::Signal { .. }
             ) {
                 woken.push(event.task);
             }
         }
         woken
-    }
-
-    fn claimed_at(&self, event: &Event) -> bool {
-        self.position_of(event.seq)
-            .is_some_and(|index| self.claimed[index])
     }
 
     /// Hold synchronous calls to their place in the log (the default), or
@@ -1495,6 +1492,42 @@ mod tests {
             conn: ConnId(conn),
             result: ReadOutcome::Data(b"x".to_vec()),
         }
+    }
+
+    #[test]
+    fn a_driver_turn_is_passed_only_by_the_driver_and_names_the_tasks_it_woke() {
+        let turn = |seq| Event {
+            seq,
+            task: TaskId::OUTSIDE,
+            mono_ns: seq * 10,
+            kind: EventKind::DriverTurn { ready: 2 },
+        };
+        let write = EventKind::TcpWrite {
+            conn: ConnId(30),
+            result: Ok(deja_recorder::Written::of(b"w", false)),
+        };
+        let mut gate = Gate::new(vec![
+            turn(0),
+            event(1, 1, read(10)),
+            event(2, 2, EventKind::LibClockMono { ns: 5 }),
+            event(3, 2, read(20)),
+            event(4, 3, write.clone()),
+            event(5, 1, write),
+            turn(6),
+            event(7, 4, read(40)),
+        ]);
+        assert!(gate.has_turns());
+        // A task's call waits while the cursor is at a turn.
+        let call = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(gate.poll(TaskId(1), &call), Ok(Gated::Wait)));
+        assert_eq!(gate.pass_turn().map(|event| event.seq), Some(0));
+        assert_eq!(gate.turn_ns(), 0);
+        // Task 1 and task 2 (its clock reading aside) were woken by the
+        // turn; task 3 writes first, so something else woke it. The
+        // scan stops at the next turn.
+        assert_eq!(gate.woken_by_turn(64), vec![TaskId(1), TaskId(2)]);
+        assert!(gate.pass_turn().is_none(), "the cursor is at task 1's read");
+        assert!(matches!(gate.poll(TaskId(1), &call), Ok(Gated::Ready(_))));
     }
 
     /// Two tasks whose reads were recorded interleaved: 1, 2, 1.
