@@ -295,6 +295,10 @@ pub enum EventKind {
     DriverTurn {
         /// Readiness events the turn returned (timers not counted).
         ready: u32,
+        /// The runtime's clock as its driver read it right after the turn
+        /// (nanoseconds since the run started): the reading tokio fired
+        /// timers by.
+        clock_ns: u64,
     },
 }
 
@@ -888,7 +892,9 @@ impl fmt::Display for EventKind {
                 write_result(f, result, |f, ()| f.write_str("ok"))
             }
             EventKind::TcpClose { conn } => write!(f, " conn={conn}"),
-            EventKind::DriverTurn { ready } => write!(f, " ready={ready}"),
+            EventKind::DriverTurn { ready, clock_ns } => {
+                write!(f, " ready={ready} clock_ns={clock_ns}")
+            }
             EventKind::Lookup { host, result } => {
                 write!(f, " host={host} ")?;
                 write_result(f, result, |f, addrs| {
@@ -1104,7 +1110,10 @@ mod tests {
                 host: "payment:7000".into(),
                 result: Ok(vec!["10.0.0.2:7000".parse().unwrap()]),
             },
-            EventKind::DriverTurn { ready: 2 },
+            EventKind::DriverTurn {
+                ready: 2,
+                clock_ns: 3,
+            },
         ];
         for kind in &kinds {
             match kind {

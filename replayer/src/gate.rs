@@ -860,11 +860,10 @@ impl Gate {
     /// are those the recording ran in that turn's batch.
     pub fn pass_turn(&mut self) -> Option<&Event> {
         let index = self.cursor;
-        let event = self.events.get(index)?;
-        if !matches!(event.kind, EventKind::DriverTurn { .. }) {
+        let EventKind::DriverTurn { clock_ns, .. } = self.events.get(index)?.kind else {
             return None;
-        }
-        self.turn_ns = event.mono_ns;
+        };
+        self.turn_ns = clock_ns;
         self.claimed[index] = true;
         self.skip_claimed();
         Some(&self.events[index])
@@ -1500,7 +1499,10 @@ mod tests {
             seq,
             task: TaskId::OUTSIDE,
             mono_ns: seq * 10,
-            kind: EventKind::DriverTurn { ready: 2 },
+            kind: EventKind::DriverTurn {
+                ready: 2,
+                clock_ns: seq * 10 + 1,
+            },
         };
         let write = EventKind::TcpWrite {
             conn: ConnId(30),
@@ -1521,7 +1523,11 @@ mod tests {
         let call = Call::TcpRead { conn: ConnId(10) };
         assert!(matches!(gate.poll(TaskId(1), &call), Ok(Gated::Wait)));
         assert_eq!(gate.pass_turn().map(|event| event.seq), Some(0));
-        assert_eq!(gate.turn_ns(), 0);
+        assert_eq!(
+            gate.turn_ns(),
+            1,
+            "the clock the driver read after the turn"
+        );
         // Task 1 and task 2 (its clock reading aside) were woken by the
         // turn; task 3 writes first, so something else woke it. The
         // scan stops at the next turn.

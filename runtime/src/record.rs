@@ -73,11 +73,13 @@ impl Recording {
         self.log_turns.load(Ordering::Relaxed) && !self.exited.load(Ordering::Relaxed)
     }
 
-    /// The runtime's driver turned, `ready` sockets ready (see
+    /// The runtime's driver turned, `ready` sockets ready, and read the
+    /// monotonic clock as `clock` (the C library's scale) right after (see
     /// `intercept/driver.rs`).
-    pub(crate) fn driver_turn(&self, ready: u32) {
+    pub(crate) fn driver_turn(&self, ready: u32, clock: u64) {
+        let clock_ns = clock.saturating_sub(self.recorder.origin_ns());
         self.recorder
-            .record(TASK_OUTSIDE, EventKind::DriverTurn { ready });
+            .record(TASK_OUTSIDE, EventKind::DriverTurn { ready, clock_ns });
     }
 
     /// Record `kind` as done by the running task, now.

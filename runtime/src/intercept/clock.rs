@@ -71,7 +71,18 @@ fn reading(clock: Clock, real: impl FnOnce() -> i64) -> Option<i64> {
         context::try_with(|ctx| match ctx {
             Ctx::Live => None,
             Ctx::Record(recording) => {
-                let task = super::reading_task()?;
+                let Some(task) = super::reading_task() else {
+                    // The driver's first monotonic reading after a turn
+                    // is the turn's time (see `driver.rs`).
+                    if clock == Clock::Mono {
+                        if let Some(ready) = super::driver::take_pending_turn() {
+                            let value = real();
+                            recording.driver_turn(ready, value.max(0).unsigned_abs());
+                            return Some(value);
+                        }
+                    }
+                    return None;
+                };
                 let value = real();
                 recording.record_libc_clock(task, clock, value);
                 Some(value)

@@ -11,7 +11,8 @@
 //! the tasks, outside any task), and replay turns its own driver at the
 //! same places:
 //!
-//! - record: the real call, then the turn is logged;
+//! - record: the real call; the turn is logged at the driver's next
+//!   clock reading, with it (the reading tokio fires timers by);
 //! - replay: when the log's next event is a turn, it is passed
 //!   ([`crate::replay::Replay::driver_turn`]) and the call returns at
 //!   once; otherwise the runtime waits as asked, in slices, passing the
@@ -21,6 +22,7 @@
 //! Any other thread, and every thread outside deja's runtimes, gets the C
 //! library's `epoll_wait` untouched.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
@@ -31,6 +33,19 @@ use crate::record::Recording;
 /// How long a replay's driver sleeps before it looks again whether the
 /// cursor reached a recorded turn.
 const TURN_RECHECK_MS: libc::c_int = 2;
+
+thread_local! {
+    /// A recorded turn not logged yet: it is logged with the driver's
+    /// next clock reading (tokio reads the clock right after the turn and
+    /// fires the timers due by then), so replay moves its clock to exactly
+    /// that reading. Const, no destructor: the interposers read it.
+    static PENDING_TURN: Cell<Option<u32>> = const { Cell::new(None) };
+}
+
+/// The turn waiting for the driver's clock reading, if any (taken).
+pub(crate) fn take_pending_turn() -> Option<u32> {
+    PENDING_TURN.with(Cell::take)
+}
 
 type EpollWaitFn = unsafe extern "C" fn(
     libc::c_int,
@@ -125,10 +140,16 @@ pub unsafe extern "C" fn epoll_wait(
         // SAFETY: the caller's arguments, as given.
         None => unsafe { real_epoll_wait(epfd, events, max, timeout) },
         Some(Turn::Record(recording)) => {
+            if let Some(ready) = take_pending_turn() {
+                // The driver turned and read no clock since: the turn's
+                // time is now.
+                let now = deja_recorder::clock::mono_ns();
+                super::internal(|| recording.driver_turn(ready, now));
+            }
             // SAFETY: the caller's arguments, as given.
             let ready = unsafe { real_epoll_wait(epfd, events, max, timeout) };
             if ready >= 0 {
-                super::internal(|| recording.driver_turn(ready.unsigned_abs()));
+                PENDING_TURN.with(|pending| pending.set(Some(ready.unsigned_abs())));
             }
             ready
         }
