@@ -76,11 +76,18 @@ impl StallWatch {
         let progress = self.progress.load(Ordering::Relaxed);
         let mut state = self.lock();
         state.parked = true;
+        // A watchdog already timing an idle spell wakes at its deadline and
+        // measures again from `idle`, which is updated here: only one that
+        // waits for a park needs waking (a replay with driver turns parks
+        // once a turn, and a wake-up per park cost a context switch each).
+        let watching = state.idle.is_some();
         if state.idle.is_none_or(|(at, _)| at != progress) {
             // On the replay thread the clock is virtual: read the real one.
             state.idle = Some((progress, crate::intercept::internal(Instant::now)));
         }
-        self.changed.notify_one();
+        if !watching {
+            self.changed.notify_one();
+        }
     }
 
     /// The runtime woke up.
