@@ -8,7 +8,9 @@
 //! default settings; then the server is stopped and the recording is
 //! replayed 20 times, each on a fresh thread (as a new process would be):
 //! every replay sees the recorded answers and gives one digest. A service
-//! that sends another command diverges.
+//! that sends another command diverges. And a recording in which the
+//! default timeout fires (a script on another connection holds the
+//! server) replays that timeout, 10 times, with the server stopped.
 
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)]
 
@@ -237,4 +239,143 @@ fn workers_that_send_the_first_commands_replay() {
         panic!("the replay failed: {err}");
     }
     assert_eq!(report, recorded);
+}
+
+/// A script that holds redis-server for about a second (Redis runs one
+/// command at a time: every other client waits).
+const STALL_SCRIPT: &str = "local s = redis.call('TIME') \
+    while true do \
+      local n = redis.call('TIME') \
+      if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) > 1000000 then break end \
+    end \
+    return 1";
+
+/// Sends [`STALL_SCRIPT`] on a connection of its own (outside deja, not
+/// recorded) and returns once redis-server is inside it.
+fn stall_server(addr: std::net::SocketAddr) -> std::thread::JoinHandle<()> {
+    use std::io::{Read, Write};
+    let (started, wait) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("the stalling connection");
+        let command = format!(
+            "*3\r\n$4\r\nEVAL\r\n${}\r\n{STALL_SCRIPT}\r\n$1\r\n0\r\n",
+            STALL_SCRIPT.len()
+        );
+        stream.write_all(command.as_bytes()).expect("sending EVAL");
+        // Redis reads the script at its next turn; give it that.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = started.send(());
+        let mut reply = [0u8; 16];
+        let _ = stream.read(&mut reply);
+    });
+    wait.recv().expect("the stalling thread");
+    thread
+}
+
+/// The service of the timeout test: a SET, then (after `stall` has made
+/// redis-server busy, in the recording) a GET that the connection's
+/// default 500 ms response timeout gives up on, then a GET that works.
+async fn timeout_service(
+    url: String,
+    stall: Arc<dyn Fn() + Send + Sync>,
+    out: Arc<Mutex<Report>>,
+) -> redis::RedisResult<()> {
+    let (mut con, driver) = deja::net::redis::connect(url.as_str()).await?;
+    let driver = tokio::spawn(driver);
+    let mut report = Vec::new();
+    let () = con.set("deja:timeout", "before").await?;
+    tokio::task::spawn_blocking(move || stall())
+        .await
+        .expect("the stall");
+    let waited = deja::time::Instant::now();
+    let busy: redis::RedisResult<String> = con.get("deja:timeout").await;
+    report.push(match busy {
+        Ok(value) => format!("answered {value}"),
+        Err(err) => format!(
+            "gave up after {} ms: timeout {}",
+            waited.elapsed().as_millis() / 100 * 100,
+            err.is_timeout()
+        ),
+    });
+    // Once the script is done the connection answers again.
+    deja::time::sleep(deja::time::Duration::from_millis(1500)).await;
+    let after: String = con.get("deja:timeout").await?;
+    report.push(format!("then {after}"));
+    drop(con);
+    driver.await.expect("the connection's driver");
+    *out.lock().unwrap() = report;
+    Ok(())
+}
+
+/// The default response timeout fires in the recording (redis-server is
+/// held by a script on another connection) and fires again in every
+/// replay, with the server stopped.
+#[test]
+fn a_response_timeout_that_fired_in_the_recording_fires_in_replay() {
+    let Some(mut server) = Redis::start("real_redis (timeout)") else {
+        return;
+    };
+    let url = server.url();
+    let addr = server.addr();
+    let out = tempfile::tempdir().expect("tempdir");
+    let stalls = Arc::new(Mutex::new(Vec::new()));
+
+    let record_dir = out.path().to_path_buf();
+    let record_url = url.clone();
+    let threads = Arc::clone(&stalls);
+    let (dir, recorded) = on_fresh_thread(move || {
+        let report = Arc::new(Mutex::new(Vec::new()));
+        let mut runtime = Builder::new()
+            .mode(Mode::Record)
+            .trace_dir(&record_dir)
+            .service("redis")
+            .build()
+            .expect("record runtime");
+        let dir = runtime.run_dir().expect("run dir").to_path_buf();
+        let stall: Arc<dyn Fn() + Send + Sync> =
+            Arc::new(move || threads.lock().unwrap().push(stall_server(addr)));
+        runtime
+            .block_on(timeout_service(record_url, stall, Arc::clone(&report)))
+            .expect("recorded run")
+            .expect("the service works against redis-server");
+        let report = report.lock().unwrap().clone();
+        (dir, report)
+    });
+    for thread in stalls.lock().unwrap().drain(..) {
+        thread.join().expect("the stalling thread");
+    }
+    assert_eq!(
+        recorded,
+        ["gave up after 500 ms: timeout true", "then before"],
+        "the default timeout fired while the script held the server"
+    );
+    server.stop();
+
+    let mut digests = BTreeSet::new();
+    for round in 0..10 {
+        let dir = dir.clone();
+        let url = url.clone();
+        let (result, report, digest) = on_fresh_thread(move || {
+            let report = Arc::new(Mutex::new(Vec::new()));
+            let mut runtime = Builder::new()
+                .mode(Mode::Replay)
+                .trace_dir(&dir)
+                .service("redis")
+                .build()
+                .expect("replay runtime");
+            let stall: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+            let result = runtime
+                .block_on(timeout_service(url, stall, Arc::clone(&report)))
+                .map(|output| output.expect("the service works in replay"));
+            let digest = runtime.replay_stats().map_or(0, |stats| stats.digest);
+            let report = report.lock().unwrap().clone();
+            (result, report, digest)
+        });
+        if let Err(err) = result {
+            panic!("replay {round} failed: {err}");
+        }
+        assert_eq!(report, recorded, "replay {round}");
+        digests.insert(digest);
+    }
+    assert_eq!(digests.len(), 1, "replays gave digests {digests:x?}");
 }
