@@ -41,6 +41,30 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// Whether `unshare --net` works here (root, or user namespaces): a
+/// replay run under it has no network at all, not even loopback.
+pub fn offline_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        matches!(
+            Command::new("unshare").args(["--net", "true"]).stderr(Stdio::null()).status(),
+            Ok(status) if status.success()
+        )
+    })
+}
+
+/// `deja` with no network (under `unshare --net`) where that is
+/// available, else plain `deja`: what a replay must do without.
+pub fn deja_offline() -> Command {
+    if offline_available() {
+        let mut command = Command::new("unshare");
+        command.args(["--net", "--"]).arg(workspace_bin("deja"));
+        command
+    } else {
+        Command::new(workspace_bin("deja"))
+    }
+}
+
 /// Run a command to completion with a time limit; kill it past the limit.
 pub fn run_bounded(command: &mut Command) -> Output {
     let child = command

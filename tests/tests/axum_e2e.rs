@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use deja_fixtures::axum_shop::{parse_answer, Answer};
 use deja_fixtures::kv_server::{clean_command, KvServer};
-use deja_tests::e2e::{only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT};
+use deja_tests::e2e::{
+    offline_available, only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT,
+};
 
 /// Concurrent keep-alive clients of the exact test. The issue asks for
 /// 16: recordings made with 16 replayed 9 times in 10 while other tests
@@ -246,13 +248,6 @@ fn finish_recording(service: &mut KvServer, out: &Path) -> (Option<i32>, String)
 }
 
 /// Whether replays can run without a network (`unshare --net`, root).
-fn offline_available() -> bool {
-    matches!(
-        Command::new("unshare").args(["--net", "true"]).stderr(Stdio::null()).status(),
-        Ok(status) if status.success()
-    )
-}
-
 /// `deja replay RUN -- axum-shop serve ...`, under `unshare --net` when
 /// `offline`.
 fn replay_command(recording: &Recording, offline: bool, extra: &[&str]) -> Command {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use deja_fixtures::heisenbug::Heisenbug;
 use deja_fixtures::kv_server::{clean_command, KvServer};
-use deja_tests::e2e::{run_bounded, workspace_bin};
+use deja_tests::e2e::{deja_offline, run_bounded, workspace_bin};
 
 /// Attempts before the hunt gives up (the fixtures show their bug within
 /// a few under this load).
@@ -179,7 +179,7 @@ fn hunt_and_replay<H: Heisenbug>() {
     assert_eq!(outcome["hits"], hits, "{stdout}{stderr}");
 
     // The fix, against the buggy recording: a divergence, exit 3.
-    let mut fixed = Command::new(workspace_bin("deja"));
+    let mut fixed = deja_offline();
     fixed
         .arg("replay")
         .arg(&hunted.run)
@@ -200,8 +200,8 @@ fn hunt_and_replay<H: Heisenbug>() {
 }
 
 /// Hunts the bug and replays the run through `deja replay --json` to the
-/// breakpoint the load named (its dependencies are gone by then: the
-/// replay is offline). For a fixture with `Heisenbug::UNREPLAYABLE_MAX`
+/// breakpoint the load named (its dependencies are gone by then, and the
+/// replay runs under `unshare --net` where that works: no network at all). For a fixture with `Heisenbug::UNREPLAYABLE_MAX`
 /// (a known gap in deja), a replay that diverges is printed as `KNOWN
 /// GAP` and the bug hunted again, in a new recording, at most that many
 /// times; for any other fixture the first replay is the one checked.
@@ -211,12 +211,11 @@ fn hunt_replayable<H: Heisenbug>(out: &Path) -> (Hunted, std::process::Output) {
         let hunt_out = out.join(format!("hunt-{recording}"));
         std::fs::create_dir_all(&hunt_out).unwrap();
         let hunted = hunt(H::NAME, &hunt_out);
-        let replay = run_bounded(
-            Command::new(workspace_bin("deja"))
-                .arg("replay")
-                .arg(&hunted.run)
-                .args(["--json", "--break", &hunted.spec]),
-        );
+        let replay = run_bounded(deja_offline().arg("replay").arg(&hunted.run).args([
+            "--json",
+            "--break",
+            &hunted.spec,
+        ]));
         if recording == recordings_max || replay.status.code() != Some(EXIT_DIVERGENCE) {
             return (hunted, replay);
         }
