@@ -25,6 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 const READERS: usize = 3;
 /// Replays of one recording.
 const REPLAYS: usize = 10;
+/// How long the service keeps its thread busy while the peer answers.
+const BUSY: std::time::Duration = std::time::Duration::from_millis(200);
+/// Recordings tried until the three answers land in one turn (a peer
+/// thread that the machine's load keeps off a core past [`BUSY`] splits
+/// them; the test is about the batch).
+const RECORDINGS_MAX: usize = 3;
 
 /// The peer, outside deja: on `go` from the control connection it writes
 /// one byte to each upstream connection back to back, then collects what
@@ -117,7 +123,7 @@ async fn service(port: u16, written: Arc<Mutex<Vec<String>>>) -> io::Result<()> 
     control.write_all(b"g").await?;
     // Busy while the peer answers: the three answers are ready at the
     // driver's next turn, together.
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    std::thread::sleep(BUSY);
     for handler in handlers {
         handler.await.map_err(io::Error::other)?;
     }
@@ -127,18 +133,23 @@ async fn service(port: u16, written: Arc<Mutex<Vec<String>>>) -> io::Result<()> 
 #[test]
 fn reads_ready_in_one_turn_wake_their_tasks_together_in_replay() {
     let out = tempfile::tempdir().unwrap();
-    let (port, peer) = peer();
-    let recorded = Arc::new(Mutex::new(Vec::new()));
-    let writes = Arc::clone(&recorded);
-    let dir = record_with(out.path(), "turns", move || service(port, writes));
-    let received = peer.join().unwrap();
-    let recorded = recorded.lock().unwrap().clone();
-    assert_eq!(received, b"ABC", "{recorded:?}");
-    assert_eq!(
-        recorded,
-        ["ABC"],
-        "the three answers came in one turn and their handlers queued together"
-    );
+    let mut batched = None;
+    for _ in 0..RECORDINGS_MAX {
+        let (port, peer) = peer();
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let writes = Arc::clone(&recorded);
+        let dir = record_with(out.path(), "turns", move || service(port, writes));
+        let received = peer.join().unwrap();
+        let recorded = recorded.lock().unwrap().clone();
+        assert_eq!(received, b"ABC", "{recorded:?}");
+        if recorded == ["ABC"] {
+            batched = Some((port, dir, recorded));
+            break;
+        }
+        eprintln!("the answers came in separate turns ({recorded:?}): recording again");
+    }
+    // The three answers came in one turn and their handlers queued together.
+    let (port, dir, recorded) = batched.expect("one recording with the answers in one turn");
 
     let mut digests = Vec::new();
     for round in 0..REPLAYS {

@@ -344,11 +344,13 @@ fn a_response_timeout_that_fired_in_the_recording_fires_in_replay() {
     for thread in stalls.lock().unwrap().drain(..) {
         thread.join().expect("the stalling thread");
     }
-    assert_eq!(
-        recorded,
-        ["gave up after 500 ms: timeout true", "then before"],
-        "the default timeout fired while the script held the server"
+    // The timeout is 500 ms; a loaded machine may fire it a little late.
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert!(
+        recorded[0].starts_with("gave up after") && recorded[0].ends_with("timeout true"),
+        "the default timeout fired while the script held the server: {recorded:?}"
     );
+    assert_eq!(recorded[1], "then before", "{recorded:?}");
     server.stop();
 
     let mut digests = BTreeSet::new();
