@@ -109,7 +109,15 @@ fn on_fresh_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
     std::thread::spawn(f).join().expect("the run's thread")
 }
 
-fn record(url: String, out: &Path, options: Options) -> (PathBuf, Report) {
+/// Record `run` (given where to put its report) on a fresh thread: the
+/// run directory and the report.
+fn record_run<Fut>(
+    out: &Path,
+    run: impl FnOnce(Arc<Mutex<Report>>) -> Fut + Send + 'static,
+) -> (PathBuf, Report)
+where
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
     let out = out.to_path_buf();
     on_fresh_thread(move || {
         let report = Arc::new(Mutex::new(Vec::new()));
@@ -121,7 +129,7 @@ fn record(url: String, out: &Path, options: Options) -> (PathBuf, Report) {
             .expect("record runtime");
         let dir = runtime.run_dir().expect("run dir").to_path_buf();
         runtime
-            .block_on(service(url, options, Arc::clone(&report)))
+            .block_on(run(Arc::clone(&report)))
             .expect("recorded run")
             .expect("the service works against redis-server");
         let report = report.lock().unwrap().clone();
@@ -129,7 +137,15 @@ fn record(url: String, out: &Path, options: Options) -> (PathBuf, Report) {
     })
 }
 
-fn replay(url: String, dir: &Path, options: Options) -> (Result<(), Error>, Report, u64) {
+/// Replay `dir` with `run` on a fresh thread: how it ended, the report,
+/// the digest.
+fn replay_run<Fut>(
+    dir: &Path,
+    run: impl FnOnce(Arc<Mutex<Report>>) -> Fut + Send + 'static,
+) -> (Result<(), Error>, Report, u64)
+where
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
     let dir = dir.to_path_buf();
     on_fresh_thread(move || {
         let report = Arc::new(Mutex::new(Vec::new()));
@@ -140,12 +156,20 @@ fn replay(url: String, dir: &Path, options: Options) -> (Result<(), Error>, Repo
             .build()
             .expect("replay runtime");
         let result = runtime
-            .block_on(service(url, options, Arc::clone(&report)))
+            .block_on(run(Arc::clone(&report)))
             .map(|output| output.expect("the service works in replay"));
         let digest = runtime.replay_stats().map_or(0, |stats| stats.digest);
         let report = report.lock().unwrap().clone();
         (result, report, digest)
     })
+}
+
+fn record(url: String, out: &Path, options: Options) -> (PathBuf, Report) {
+    record_run(out, move |report| service(url, options, report))
+}
+
+fn replay(url: String, dir: &Path, options: Options) -> (Result<(), Error>, Report, u64) {
+    replay_run(dir, move |report| service(url, options, report))
 }
 
 #[test]
@@ -320,26 +344,12 @@ fn a_response_timeout_that_fired_in_the_recording_fires_in_replay() {
     let out = tempfile::tempdir().expect("tempdir");
     let stalls = Arc::new(Mutex::new(Vec::new()));
 
-    let record_dir = out.path().to_path_buf();
-    let record_url = url.clone();
     let threads = Arc::clone(&stalls);
-    let (dir, recorded) = on_fresh_thread(move || {
-        let report = Arc::new(Mutex::new(Vec::new()));
-        let mut runtime = Builder::new()
-            .mode(Mode::Record)
-            .trace_dir(&record_dir)
-            .service("redis")
-            .build()
-            .expect("record runtime");
-        let dir = runtime.run_dir().expect("run dir").to_path_buf();
-        let stall: Arc<dyn Fn() + Send + Sync> =
-            Arc::new(move || threads.lock().unwrap().push(stall_server(addr)));
-        runtime
-            .block_on(timeout_service(record_url, stall, Arc::clone(&report)))
-            .expect("recorded run")
-            .expect("the service works against redis-server");
-        let report = report.lock().unwrap().clone();
-        (dir, report)
+    let stall: Arc<dyn Fn() + Send + Sync> =
+        Arc::new(move || threads.lock().unwrap().push(stall_server(addr)));
+    let record_url = url.clone();
+    let (dir, recorded) = record_run(out.path(), move |report| {
+        timeout_service(record_url, stall, report)
     });
     for thread in stalls.lock().unwrap().drain(..) {
         thread.join().expect("the stalling thread");
@@ -355,23 +365,9 @@ fn a_response_timeout_that_fired_in_the_recording_fires_in_replay() {
 
     let mut digests = BTreeSet::new();
     for round in 0..10 {
-        let dir = dir.clone();
         let url = url.clone();
-        let (result, report, digest) = on_fresh_thread(move || {
-            let report = Arc::new(Mutex::new(Vec::new()));
-            let mut runtime = Builder::new()
-                .mode(Mode::Replay)
-                .trace_dir(&dir)
-                .service("redis")
-                .build()
-                .expect("replay runtime");
-            let stall: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
-            let result = runtime
-                .block_on(timeout_service(url, stall, Arc::clone(&report)))
-                .map(|output| output.expect("the service works in replay"));
-            let digest = runtime.replay_stats().map_or(0, |stats| stats.digest);
-            let report = report.lock().unwrap().clone();
-            (result, report, digest)
+        let (result, report, digest) = replay_run(&dir, move |report| {
+            timeout_service(url, Arc::new(|| {}), report)
         });
         if let Err(err) = result {
             panic!("replay {round} failed: {err}");

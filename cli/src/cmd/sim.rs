@@ -168,12 +168,7 @@ fn run_merge(args: &SimMergeArgs) -> anyhow::Result<ExitCode> {
     let merged = sweep::merge(records)?;
     write_outputs(&merged, args.report.as_deref(), args.junit.as_deref())?;
     if let Some(first) = merged.failures.first() {
-        let output = first.output.trim_end();
-        if !output.is_empty() {
-            eprintln!("{output}");
-        }
-        eprintln!("deja sim: seed {} failed ({})", first.seed, first.why);
-        eprintln!("rerun: {}", first.rerun);
+        print_failure(&first.output, first.seed, &first.why, &first.rerun);
     }
     eprintln!("{}", merged.summary());
     Ok(ExitCode::from(if merged.failures.is_empty() {
@@ -181,6 +176,17 @@ fn run_merge(args: &SimMergeArgs) -> anyhow::Result<ExitCode> {
     } else {
         exit::ERROR
     }))
+}
+
+/// The first failing seed, as a sweep and a merge both show it: its
+/// output, then what failed and how to run it again.
+fn print_failure(output: &str, seed: u64, why: &str, rerun: &str) {
+    let output = output.trim_end();
+    if !output.is_empty() {
+        eprintln!("{output}");
+    }
+    eprintln!("deja sim: seed {seed} failed ({why})");
+    eprintln!("rerun: {rerun}");
 }
 
 fn write_outputs(
@@ -317,16 +323,12 @@ fn report(args: &SimArgs, record: &SweepRecord, outcomes: &[Outcome]) -> ExitCod
         .iter()
         .find(|o| !matches!(o.verdict, Verdict::Passed))
     {
-        let output = first.output.trim_end();
-        if !output.is_empty() {
-            eprintln!("{output}");
-        }
-        eprintln!(
-            "deja sim: seed {} failed ({})",
+        print_failure(
+            &first.output,
             first.seed,
-            why(args, &first.verdict)
+            &why(args, &first.verdict),
+            &rerun(args, first.seed),
         );
-        eprintln!("rerun: {}", rerun(args, first.seed));
     }
     eprintln!("{}", record.summary());
     if INTERRUPTED.load(Ordering::Relaxed) {
