@@ -67,7 +67,7 @@ fn keep_for(reason: &str) -> Result<PathBuf, FlightError> {
     let recording = active().ok_or(FlightError::NotFlight)?;
     // Keeping waits for the writer, reading the clock: deja's own
     // readings, not the service's.
-    Ok(crate::intercept::internal(|| recording.keep(reason))?)
+    Ok(crate::backend::internal(|| recording.keep(reason))?)
 }
 
 /// Announce a kept window (or why none was kept) on stderr: the one place
@@ -95,7 +95,7 @@ pub(crate) fn activate(recording: &Arc<Recording>, tokio: &tokio::runtime::Runti
     count_usr2_deliveries();
     // The listener is deja's own task, on the real runtime: not a task of
     // the service, and never recorded.
-    tokio.spawn(crate::intercept::Internal(async {
+    tokio.spawn(crate::backend::Internal(async {
         use tokio::signal::unix::{signal, SignalKind};
         let Ok(mut usr2) = signal(SignalKind::user_defined2()) else {
             eprintln!("deja: flight recorder cannot listen for SIGUSR2; keep windows with deja::flight::keep()");

@@ -76,7 +76,7 @@
 //! interleave; not files, threads the service starts, or sockets a
 //! library opens itself (`runtime/service-clippy.toml` flags those).
 
-mod context;
+mod backend;
 mod intercept;
 mod record;
 mod replay;

@@ -12,7 +12,7 @@ use deja_recorder::{
 };
 use deja_replayer::gate::{Call, Divergence, Gate};
 
-use crate::context::{self, Ctx, TaskCtx};
+use crate::backend::{self, Backend, TaskCtx};
 use crate::debug::{
     BreakHit, Breakpoint, Breakpoints, DebugConfig, Halt, OnBreak, Resume, SpecError,
 };
@@ -465,7 +465,7 @@ impl Builder {
                 if let Some(run_id) = &self.run_id {
                     meta.set_run_id(run_id);
                 }
-                let root_seed = crate::rand::os_seed();
+                let root_seed = backend::os_seed();
                 meta.root_seed = Some(root_seed);
                 record_workers(&mut meta, self.worker_threads);
                 let created = std::fs::create_dir_all(&out)
@@ -544,10 +544,10 @@ impl Builder {
         // recorded; and its timers count milliseconds from the runtime's
         // start, which it reads as the recording's origin, where replay's
         // runtime starts too, so a deadline rounds to the same tick in
-        // both (see `intercept::RuntimeBuild`).
-        let _record = context::enter(Ctx::Record(Arc::clone(&recording)));
+        // both (see `backend::RuntimeBuild`).
+        let _record = backend::enter(Some(Rc::new(Arc::clone(&recording)) as Rc<dyn Backend>));
         crate::intercept::keep_driver_interposer();
-        let _build = crate::intercept::RuntimeBuild::at(recording.origin_ns());
+        let _build = backend::RuntimeBuild::at(recording.origin_ns());
         let mut builder = match self.worker_threads {
             None | Some(1) => tokio::runtime::Builder::new_current_thread(),
             Some(threads) => {
@@ -556,13 +556,15 @@ impl Builder {
                 let recording = Arc::clone(&recording);
                 builder.on_thread_start(move || {
                     // Worker and blocking threads live as long as the runtime.
-                    std::mem::forget(context::enter(Ctx::Record(Arc::clone(&recording))));
+                    std::mem::forget(backend::enter(Some(
+                        Rc::new(Arc::clone(&recording)) as Rc<dyn Backend>
+                    )));
                 });
                 builder
             }
         };
         builder.enable_all();
-        seed_tokio(&mut builder, recording.root_seed());
+        seed_tokio(&mut builder, Recording::root_seed(&recording));
         let multi_thread = self.worker_threads.is_some_and(|threads| threads > 1);
         if multi_thread {
             // Workers start running while the runtime is built.
@@ -576,7 +578,7 @@ impl Builder {
             // The workers' loops are blocking tasks made by the build: a
             // task spawned now has a higher id than every one of them.
             let probe = tokio.block_on(tokio.spawn(async { tokio::task::id() }));
-            let floor = probe.map_or(0, context::tokio_id_number);
+            let floor = probe.map_or(0, backend::tokio_id_number);
             recording.set_adoption_floor(floor);
         }
         Ok(tokio)
@@ -716,9 +718,10 @@ impl Runtime {
         match &mut self.kind {
             Kind::Live(tokio) => Ok(tokio.block_on(main)),
             Kind::Record(tokio, recording) => {
-                let _enter = context::enter(Ctx::Record(Arc::clone(recording)));
-                let task = TaskCtx::new(recording.root_seed(), TaskId::MAIN);
-                let output = tokio.block_on(context::scope(task, CatchUnwind(main)));
+                let _enter =
+                    backend::enter(Some(Rc::new(Arc::clone(recording)) as Rc<dyn Backend>));
+                let task = TaskCtx::new(Recording::root_seed(recording), TaskId::MAIN);
+                let output = tokio.block_on(backend::scope(task, CatchUnwind(main)));
                 let code = match &output {
                     Ok(output) => output.exit_code(),
                     Err(_) => EXIT_PANIC,
@@ -805,11 +808,11 @@ where
         setup.debugger,
         setup.redaction,
     ));
-    let _enter = context::enter(Ctx::Replay(Rc::clone(&replay)));
+    let _enter = backend::enter(Some(Rc::clone(&replay) as Rc<dyn Backend>));
     let root_seed = replay.recorded_root_seed().unwrap_or([0; 32]);
     replay.set_root_seed(root_seed);
     // The recording's first event of main is its root seed; then come the
-    // draws of its runtime's build (see `intercept::RuntimeBuild`).
+    // draws of its runtime's build (see `backend::RuntimeBuild`).
     replay.claim(TaskId::MAIN, &Call::RootSeed);
     let watch = StallWatch::start(setup.stall_wait);
     replay.set_watch(Arc::clone(&watch));
@@ -826,13 +829,13 @@ where
     {
         let output = Rc::clone(&output);
         let task = TaskCtx::new(&root_seed, TaskId::MAIN);
-        let body = context::scope(task, async move {
+        let body = backend::scope(task, async move {
             let value = CatchUnwind(main).await;
             let code = match &value {
                 Ok(value) => value.exit_code(),
                 Err(_) => EXIT_PANIC,
             };
-            crate::net::replay_call(Call::Exit { code }).await;
+            crate::replay::replay_call(Call::Exit { code }).await;
             *output.borrow_mut() = Some(value);
         });
         let mut body = std::pin::pin!(body);
@@ -896,7 +899,7 @@ fn replay_runtime(
     watch: &Arc<StallWatch>,
     root_seed: &[u8; 32],
 ) -> Result<tokio::runtime::Runtime, Error> {
-    let _build = crate::intercept::RuntimeBuild::at(crate::intercept::virtual_mono(0) as u64);
+    let _build = backend::RuntimeBuild::at(backend::virtual_mono(0) as u64);
     crate::intercept::keep_driver_interposer();
     let mut builder = tokio::runtime::Builder::new_current_thread();
     builder.enable_all();

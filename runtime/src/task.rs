@@ -8,11 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use deja_recorder::{EventKind, TaskId, TaskOutcome};
-use deja_replayer::gate::Call;
+use deja_recorder::{TaskId, TaskOutcome};
 
-use crate::context::{self, Ctx, TaskCtx};
-use crate::sim::executor::TaskKey;
+use crate::backend::{self, OwnTask, TaskCtx};
 
 /// Spawn a task, like `tokio::spawn`.
 ///
@@ -23,57 +21,45 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let (child, root_seed) = match context::current() {
-        Ctx::Live => {
-            return JoinHandle {
-                inner: Inner::Tokio(tokio::spawn(future)),
-            }
-        }
-        Ctx::Record(recording) => {
-            let child = recording.next_task();
-            recording.record(EventKind::Spawn { child, name: None });
-            (child, *recording.root_seed())
-        }
-        Ctx::Replay(replay) => {
-            let child = match replay.claim(context::task_id(), &Call::Spawn) {
-                Some(deja_recorder::Event {
-                    kind: EventKind::Spawn { child, .. },
-                    ..
-                }) => child,
-                _ => replay.beyond_log_task(),
-            };
-            (child, replay.root_seed())
-        }
-        Ctx::Sim(host) => return spawn_simulated(&host, future),
+    // Held, not borrowed from the thread: a simulated host's executor
+    // may look at the thread's backend while it takes the task.
+    let tracked = backend::current().and_then(|backend| {
+        let child = backend.spawn()?;
+        let root_seed = backend.root_seed()?;
+        Some((backend, child, root_seed))
+    });
+    let Some((backend, child, root_seed)) = tracked else {
+        // Live: tokio's task, untracked.
+        return JoinHandle {
+            inner: Inner::Tokio(tokio::spawn(future)),
+        };
     };
-    let task = TaskCtx::new(&root_seed, child);
-    JoinHandle {
-        inner: Inner::Tokio(tokio::spawn(context::scope(
-            task,
-            Tracked::new(child, future),
-        ))),
+    let body = backend::scope(TaskCtx::new(&root_seed, child), Tracked::new(child, future));
+    match backend.own_executor() {
+        Some(executor) => spawn_own(executor, body),
+        None => JoinHandle {
+            inner: Inner::Tokio(tokio::spawn(body)),
+        },
     }
 }
 
-/// A task of a simulated host, on the simulation's executor.
-fn spawn_simulated<F>(host: &std::rc::Rc<crate::sim::Host>, future: F) -> JoinHandle<F::Output>
+/// A task on its backend's own executor (a simulated host's); its output
+/// reaches the handle through a shared slot.
+fn spawn_own<F>(executor: &dyn backend::OwnExecutor, future: F) -> JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let child = host.next_task();
-    host.record(EventKind::Spawn { child, name: None });
     let state = Arc::new(Mutex::new(JoinState::default()));
-    let task = TaskCtx::new(&host.root_seed, child);
-    let body = ReplayTask {
-        future: context::scope(task, Tracked::new(child, future)),
+    let body = OwnTaskBody {
+        future,
         state: Arc::clone(&state),
     };
-    match crate::sim::spawn_task(host, Box::pin(body)) {
-        Some(key) => JoinHandle {
-            inner: Inner::Replay { state, key },
+    match executor.spawn_own(Box::pin(body)) {
+        Some(task) => JoinHandle {
+            inner: Inner::Own { state, task },
         },
-        // The simulation is over: the task never runs.
+        // The executor is gone (its simulation ended): the task never runs.
         None => {
             lock(&state).finish(Err(JoinError::cancelled()));
             JoinHandle {
@@ -91,20 +77,7 @@ pub fn mark(name: &str, value: impl AsRef<[u8]>) {
     let value = value.as_ref();
     let value = &value[..value.len().min(MARK_VALUE_BYTES_MAX)];
     let name = &name[..floor_char_boundary(name, MARK_NAME_BYTES_MAX)];
-    context::with(|ctx| match ctx {
-        Ctx::Live => {}
-        Ctx::Record(recording) => recording.record(EventKind::Mark {
-            name: name.to_string(),
-            value: value.to_vec(),
-        }),
-        Ctx::Replay(replay) => {
-            replay.claim(context::task_id(), &Call::Mark { name, value });
-        }
-        Ctx::Sim(host) => host.record(EventKind::Mark {
-            name: name.to_string(),
-            value: value.to_vec(),
-        }),
-    });
+    backend::with(|backend| backend.mark(name, value));
 }
 
 /// End the scope of mark `name` in the running task: breakpoints with a
@@ -123,18 +96,7 @@ pub fn mark(name: &str, value: impl AsRef<[u8]>) {
 /// ```
 pub fn mark_end(name: &str) {
     let name = &name[..floor_char_boundary(name, MARK_NAME_BYTES_MAX)];
-    context::with(|ctx| match ctx {
-        Ctx::Live => {}
-        Ctx::Record(recording) => recording.record(EventKind::MarkEnd {
-            name: name.to_string(),
-        }),
-        Ctx::Replay(replay) => {
-            replay.claim(context::task_id(), &Call::MarkEnd { name });
-        }
-        Ctx::Sim(host) => host.record(EventKind::MarkEnd {
-            name: name.to_string(),
-        }),
-    });
+    backend::with(|backend| backend.mark_end(name));
 }
 
 /// [`mark`] now and [`mark_end`] when the returned guard drops: a mark
@@ -183,6 +145,15 @@ fn floor_char_boundary(text: &str, max: usize) -> usize {
     end
 }
 
+/// A panic payload as text.
+pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".into())
+}
+
 /// Exit code of a process whose main panicked (Rust's).
 pub(crate) const EXIT_PANIC: i32 = 101;
 
@@ -222,14 +193,7 @@ impl<F> Tracked<F> {
 }
 
 fn record_end(task: TaskId, outcome: TaskOutcome) {
-    context::with(|ctx| match ctx {
-        Ctx::Live => {}
-        Ctx::Record(recording) => recording.record_for(task, EventKind::TaskEnd { outcome }),
-        Ctx::Replay(replay) => {
-            replay.claim(task, &Call::TaskEnd { outcome });
-        }
-        Ctx::Sim(host) => host.record_for(task, EventKind::TaskEnd { outcome }),
-    });
+    backend::with(|backend| backend.task_end(task, outcome));
 }
 
 impl<F: Future> Future for Tracked<F> {
@@ -263,13 +227,14 @@ impl<F> Drop for Tracked<F> {
     }
 }
 
-/// A replayed task: runs the future and hands its outcome to the handle.
-struct ReplayTask<F: Future> {
+/// A task on its backend's own executor: runs the future and hands its
+/// outcome to the handle.
+struct OwnTaskBody<F: Future> {
     future: F,
     state: Arc<Mutex<JoinState<F::Output>>>,
 }
 
-impl<F: Future> Future for ReplayTask<F> {
+impl<F: Future> Future for OwnTaskBody<F> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -281,7 +246,12 @@ impl<F: Future> Future for ReplayTask<F> {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(output)) => Ok(output),
                 Err(payload) => {
-                    crate::sim::task_panicked(crate::sim::world::panic_text(&*payload));
+                    let message = panic_text(&*payload);
+                    backend::with(|backend| {
+                        if let Some(executor) = backend.own_executor() {
+                            executor.task_panicked(message);
+                        }
+                    });
                     Err(JoinError::panicked(payload))
                 }
             };
@@ -290,7 +260,7 @@ impl<F: Future> Future for ReplayTask<F> {
     }
 }
 
-impl<F: Future> Drop for ReplayTask<F> {
+impl<F: Future> Drop for OwnTaskBody<F> {
     fn drop(&mut self) {
         lock(&self.state).finish(Err(JoinError::cancelled()));
     }
@@ -337,9 +307,10 @@ pub struct JoinHandle<T> {
 
 enum Inner<T> {
     Tokio(tokio::task::JoinHandle<T>),
-    Replay {
+    /// On its backend's own executor.
+    Own {
         state: Arc<Mutex<JoinState<T>>>,
-        key: TaskKey,
+        task: Box<dyn OwnTask>,
     },
     /// A task that never started (spawned after its simulation ended).
     Done {
@@ -358,7 +329,7 @@ impl<T> JoinHandle<T> {
     pub fn abort(&self) {
         match &self.inner {
             Inner::Tokio(handle) => handle.abort(),
-            Inner::Replay { key, .. } => crate::sim::abort(*key),
+            Inner::Own { task, .. } => task.abort(),
             Inner::Done { .. } => {}
         }
     }
@@ -367,7 +338,7 @@ impl<T> JoinHandle<T> {
     pub fn is_finished(&self) -> bool {
         match &self.inner {
             Inner::Tokio(handle) => handle.is_finished(),
-            Inner::Replay { state, .. } | Inner::Done { state } => lock(state).finished,
+            Inner::Own { state, .. } | Inner::Done { state } => lock(state).finished,
         }
     }
 }
@@ -384,7 +355,7 @@ impl<T> Future for JoinHandle<T> {
                     JoinError::cancelled()
                 }
             }),
-            Inner::Replay { state, .. } | Inner::Done { state } => {
+            Inner::Own { state, .. } | Inner::Done { state } => {
                 let mut state = lock(state);
                 match state.result.take() {
                     Some(result) => Poll::Ready(result),

@@ -9,21 +9,11 @@ use std::fmt;
 use std::future::Future;
 use std::ops::{Add, AddAssign, Sub, SubAssign};
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 pub use std::time::Duration;
 
-use deja_recorder::EventKind;
-use deja_replayer::gate::{Call, TimerTarget};
-
-use crate::context::{self, Ctx};
-
-/// The origin of live-mode instants: first use in the process.
-fn live_origin() -> std::time::Instant {
-    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(std::time::Instant::now)
-}
+use crate::backend::{self, live::nanos, TimerIo, TimerTarget};
 
 /// A monotonic instant: nanoseconds since the run started. Use it like
 /// `std::time::Instant`.
@@ -36,18 +26,7 @@ impl Instant {
     /// The current monotonic time: recorded in record mode, read from the
     /// log in replay.
     pub fn now() -> Instant {
-        let ns = context::with(|ctx| match ctx {
-            Ctx::Live => nanos(crate::intercept::internal(|| live_origin().elapsed())),
-            Ctx::Record(recording) => recording.record_clock(),
-            Ctx::Replay(replay) => match replay.claim(context::task_id(), &Call::ClockMono) {
-                Some(deja_recorder::Event {
-                    kind: EventKind::ClockMono { ns },
-                    ..
-                }) => ns,
-                _ => replay.now_ns(),
-            },
-            Ctx::Sim(host) => host.record_clock_mono(),
-        });
+        let ns = backend::with(|backend| backend.clock_mono());
         Instant { ns }
     }
 
@@ -84,14 +63,6 @@ impl Instant {
             .checked_sub(nanos(duration))
             .map(|ns| Instant { ns })
     }
-
-    fn to_tokio(self, origin: std::time::Instant) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(origin + Duration::from_nanos(self.ns))
-    }
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for Instant {
@@ -145,22 +116,7 @@ pub struct SystemTime(());
 impl SystemTime {
     /// The current wall-clock time.
     pub fn now() -> std::time::SystemTime {
-        let unix_ns = context::with(|ctx| match ctx {
-            Ctx::Live => None,
-            Ctx::Record(recording) => {
-                let unix_ns = unix_ns(crate::intercept::internal(std::time::SystemTime::now));
-                recording.record(EventKind::ClockWall { unix_ns });
-                Some(unix_ns)
-            }
-            Ctx::Replay(replay) => Some(match replay.claim(context::task_id(), &Call::ClockWall) {
-                Some(deja_recorder::Event {
-                    kind: EventKind::ClockWall { unix_ns },
-                    ..
-                }) => unix_ns,
-                _ => replay.wall_ns(),
-            }),
-            Ctx::Sim(host) => Some(host.record_clock_wall()),
-        });
+        let unix_ns = backend::with(|backend| backend.clock_wall());
         match unix_ns {
             None => std::time::SystemTime::now(),
             Some(ns) if ns >= 0 => std::time::UNIX_EPOCH + Duration::from_nanos(ns.unsigned_abs()),
@@ -169,49 +125,14 @@ impl SystemTime {
     }
 }
 
-fn unix_ns(time: std::time::SystemTime) -> i64 {
-    match time.duration_since(std::time::UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
-        Err(before) => -i64::try_from(before.duration().as_nanos()).unwrap_or(i64::MAX),
-    }
-}
-
 /// Wait until `duration` has elapsed, like `tokio::time::sleep`.
 pub fn sleep(duration: Duration) -> Sleep {
-    Sleep::new(Target::After(duration))
+    Sleep::new(TimerTarget::After(nanos(duration)))
 }
 
 /// Wait until `deadline`, like `tokio::time::sleep_until`.
 pub fn sleep_until(deadline: Instant) -> Sleep {
-    Sleep::new(Target::At(deadline))
-}
-
-enum Target {
-    After(Duration),
-    At(Instant),
-}
-
-impl Target {
-    /// The duration a `sleep(d)` asked for; `None` for a deadline.
-    fn duration_ns(&self) -> Option<u64> {
-        match self {
-            Target::After(duration) => Some(nanos(*duration)),
-            Target::At(_) => None,
-        }
-    }
-}
-
-/// The event of a timer that fired: with its duration when it was armed
-/// with one (replay checks it exactly), else its deadline alone.
-fn fired(timer: u64, deadline_ns: u64, duration_ns: Option<u64>) -> EventKind {
-    match duration_ns {
-        Some(duration_ns) => EventKind::TimerSlept {
-            timer,
-            deadline_ns,
-            duration_ns,
-        },
-        None => EventKind::TimerFired { timer, deadline_ns },
-    }
+    Sleep::new(TimerTarget::At(deadline.ns))
 }
 
 /// A future that completes when its timer fires. Its firing is one
@@ -223,23 +144,8 @@ pub struct Sleep {
 }
 
 enum SleepInner {
-    Live(Pin<Box<tokio::time::Sleep>>),
-    Record {
-        sleep: Pin<Box<tokio::time::Sleep>>,
-        timer: u64,
-        deadline_ns: u64,
-        duration_ns: Option<u64>,
-    },
-    Replay {
-        timer: u64,
-        target: TimerTarget,
-    },
-    Sim {
-        timer: u64,
-        deadline_ns: u64,
-        duration_ns: Option<u64>,
-        key: Option<crate::sim::TimerKey>,
-    },
+    /// Armed: the backend's timer.
+    Armed(Pin<Box<dyn TimerIo>>),
     Fired,
 }
 
@@ -250,51 +156,10 @@ impl fmt::Debug for Sleep {
 }
 
 impl Sleep {
-    fn new(target: Target) -> Sleep {
-        let inner = context::with(|ctx| match ctx {
-            Ctx::Live => SleepInner::Live(Box::pin(match target {
-                Target::After(duration) => tokio::time::sleep(duration),
-                Target::At(at) => tokio::time::sleep_until(at.to_tokio(live_origin())),
-            })),
-            Ctx::Record(recording) => {
-                let origin = recording.origin();
-                let deadline = match target {
-                    // deja's own reading, not the service's: unlogged.
-                    Target::After(duration) => {
-                        crate::intercept::internal(tokio::time::Instant::now) + duration
-                    }
-                    Target::At(at) => at.to_tokio(origin),
-                };
-                SleepInner::Record {
-                    sleep: Box::pin(tokio::time::sleep_until(deadline)),
-                    timer: context::next_timer_id(),
-                    deadline_ns: nanos(deadline.into_std().saturating_duration_since(origin)),
-                    duration_ns: target.duration_ns(),
-                }
-            }
-            Ctx::Replay(_) => SleepInner::Replay {
-                timer: context::next_timer_id(),
-                target: match target {
-                    Target::After(duration) => TimerTarget::After {
-                        duration_ns: nanos(duration),
-                    },
-                    Target::At(at) => TimerTarget::At { deadline_ns: at.ns },
-                },
-            },
-            Ctx::Sim(host) => {
-                let now = host.mono_ns();
-                SleepInner::Sim {
-                    timer: context::next_timer_id(),
-                    deadline_ns: match target {
-                        Target::After(duration) => now.saturating_add(nanos(duration)),
-                        Target::At(at) => at.ns,
-                    },
-                    duration_ns: target.duration_ns(),
-                    key: None,
-                }
-            }
-        });
-        Sleep { inner }
+    fn new(target: TimerTarget) -> Sleep {
+        Sleep {
+            inner: SleepInner::Armed(backend::with(|backend| backend.timer(target))),
+        }
     }
 
     /// True once the timer has fired.
@@ -309,49 +174,7 @@ impl Future for Sleep {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         match &mut this.inner {
-            SleepInner::Live(sleep) => {
-                std::task::ready!(sleep.as_mut().poll(cx));
-            }
-            SleepInner::Record {
-                sleep,
-                timer,
-                deadline_ns,
-                duration_ns,
-            } => {
-                std::task::ready!(sleep.as_mut().poll(cx));
-                let event = fired(*timer, *deadline_ns, *duration_ns);
-                context::with(|ctx| {
-                    if let Ctx::Record(recording) = ctx {
-                        recording.record(event);
-                    }
-                });
-            }
-            SleepInner::Replay { timer, target } => {
-                let call = Call::Timer {
-                    timer: *timer,
-                    target: *target,
-                };
-                let ready = crate::replay::poll(cx, &call);
-                std::task::ready!(ready);
-            }
-            SleepInner::Sim {
-                timer,
-                deadline_ns,
-                duration_ns,
-                key,
-            } => {
-                let (timer, deadline_ns, duration_ns) = (*timer, *deadline_ns, *duration_ns);
-                let host = context::with(|ctx| match ctx {
-                    Ctx::Sim(host) => Some(std::rc::Rc::clone(host)),
-                    _ => None,
-                });
-                // Polled outside its simulation (it ended): never fires.
-                let Some(host) = host else {
-                    return Poll::Pending;
-                };
-                std::task::ready!(crate::sim::poll_timer(cx, &host, deadline_ns, key));
-                host.record(fired(timer, deadline_ns, duration_ns));
-            }
+            SleepInner::Armed(timer) => std::task::ready!(timer.as_mut().poll_fired(cx)),
             SleepInner::Fired => return Poll::Ready(()),
         }
         this.inner = SleepInner::Fired;

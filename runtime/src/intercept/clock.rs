@@ -1,11 +1,9 @@
 //! `clock_gettime` and `gettimeofday`, interposed.
 
-use std::cell::Cell;
-
 use deja_recorder::clock::real_clock_gettime;
 
-use super::{intercepting, Clock};
-use crate::context::{self, Ctx};
+use super::intercepting;
+use crate::backend::{self, Clock, RuntimeBuild};
 
 /// The clock a reading is of, `None` for clocks deja leaves alone (CPU
 /// time of a process or thread, and clocks it does not know).
@@ -20,80 +18,22 @@ fn clock_of(clock: libc::clockid_t) -> Option<Clock> {
     }
 }
 
-thread_local! {
-    /// While a tokio runtime is built for a recording or a replay: the
-    /// run's origin, which monotonic readings return (see [`RuntimeBuild`]).
-    static BUILD_ORIGIN: Cell<Option<i64>> = const { Cell::new(None) };
-}
-
-/// While a recording's or a replay's tokio runtime is built on this
-/// thread: its time driver takes its origin from the monotonic clock, and
-/// reads the run's origin instead, so a timer deadline rounds to the same
-/// millisecond tick in the recording and in every replay; and the
-/// entropy it draws (seeds for its own RNG, std's `HashMap` keys for this
-/// thread) is main's, logged in the recording and handed back in replay,
-/// so a std `HashMap` iterates in the same order in both.
-pub(crate) struct RuntimeBuild {
-    previous: Option<i64>,
-}
-
-impl RuntimeBuild {
-    pub(crate) fn at(origin_ns: u64) -> RuntimeBuild {
-        let origin = i64::try_from(origin_ns).unwrap_or(i64::MAX);
-        RuntimeBuild {
-            previous: BUILD_ORIGIN.with(|clock| clock.replace(Some(origin))),
-        }
-    }
-
-    /// True while a runtime is built on this thread.
-    pub(crate) fn active() -> bool {
-        BUILD_ORIGIN.with(Cell::get).is_some()
-    }
-}
-
-impl Drop for RuntimeBuild {
-    fn drop(&mut self) {
-        BUILD_ORIGIN.with(|clock| clock.set(self.previous));
-    }
-}
-
 /// What a reading of `clock` returns instead of the real one, if anything.
 fn reading(clock: Clock, real: impl FnOnce() -> i64) -> Option<i64> {
-    if !context::active() {
+    if !backend::active() {
         return None;
     }
     if clock == Clock::Mono {
-        if let Some(origin) = BUILD_ORIGIN.with(Cell::get) {
+        if let Some(origin) = RuntimeBuild::origin() {
             return Some(origin);
         }
     }
+    let mut real = Some(real);
     intercepting(|| {
-        context::try_with(|ctx| match ctx {
-            Ctx::Live => None,
-            Ctx::Record(recording) => {
-                let Some(task) = super::reading_task() else {
-                    // The driver's first monotonic reading after a turn
-                    // is the turn's time (see `driver.rs`).
-                    if clock == Clock::Mono {
-                        if let Some(ready) = super::driver::take_pending_turn() {
-                            let value = real();
-                            recording.driver_turn(ready, value.max(0).unsigned_abs());
-                            return Some(value);
-                        }
-                    }
-                    return None;
-                };
-                let value = real();
-                recording.record_libc_clock(task, clock, value);
-                Some(value)
-            }
-            Ctx::Replay(replay) => Some(replay.libc_clock(clock, super::reading_task())),
-            Ctx::Sim(host) => match context::current_task() {
-                Some(_) => Some(host.libc_clock(clock)),
-                // tokio's scheduler and timer driver, while the world
-                // steps the host's runtime: its virtual clock, unlogged.
-                None => crate::sim::tokio_rt::driver_clock(host, clock),
-            },
+        backend::try_with(|backend| {
+            backend.libc_clock(clock, super::reading_task(), &mut || {
+                real.take().map_or(0, |real| real())
+            })
         })
         .flatten()
     })

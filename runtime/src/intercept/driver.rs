@@ -22,30 +22,11 @@
 //! Any other thread, and every thread outside deja's runtimes, gets the C
 //! library's `epoll_wait` untouched.
 
-use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::Arc;
 
 use super::intercepting;
-use crate::context::{self, Ctx};
-use crate::record::Recording;
-
-/// How long a replay's driver sleeps before it looks again whether the
-/// cursor reached a recorded turn.
-const TURN_RECHECK_MS: libc::c_int = 2;
-
-thread_local! {
-    /// A recorded turn not logged yet: it is logged with the driver's
-    /// next clock reading (tokio reads the clock right after the turn and
-    /// fires the timers due by then), so replay moves its clock to exactly
-    /// that reading. Const, no destructor: the interposers read it.
-    static PENDING_TURN: Cell<Option<u32>> = const { Cell::new(None) };
-}
-
-/// The turn waiting for the driver's clock reading, if any (taken).
-pub(crate) fn take_pending_turn() -> Option<u32> {
-    PENDING_TURN.with(Cell::take)
-}
+use crate::backend::{self, Backend};
 
 type EpollWaitFn = unsafe extern "C" fn(
     libc::c_int,
@@ -83,31 +64,15 @@ unsafe fn real_epoll_wait(
     }
 }
 
-/// What this thread's turn is to deja.
-enum Turn {
-    Record(Arc<Recording>),
-    Replay,
-}
-
-/// The runtime's driver turning on this thread, outside any task.
-fn turn() -> Option<Turn> {
+/// The backend of the runtime whose driver turns on this thread, outside
+/// any task (a task's own `epoll_wait` is not the driver's).
+fn driver() -> Option<Rc<dyn Backend>> {
     intercepting(|| {
-        if context::current_task().is_some() {
+        if backend::current_task().is_some() {
             return None;
         }
-        context::try_with(|ctx| match ctx {
-            Ctx::Record(recording) if recording.logs_driver_turns() => {
-                Some(Turn::Record(Arc::clone(recording)))
-            }
-            Ctx::Replay(replay) if replay.has_turns() => Some(Turn::Replay),
-            _ => None,
-        })
-        .flatten()
+        backend::current()
     })
-}
-
-fn pass_recorded_turn() -> bool {
-    intercepting(|| crate::replay::with_replay(|replay| replay.driver_turn())).unwrap_or(false)
 }
 
 /// Makes the linker keep this file's `epoll_wait`: nothing else in the
@@ -136,46 +101,12 @@ pub unsafe extern "C" fn epoll_wait(
     max: libc::c_int,
     timeout: libc::c_int,
 ) -> libc::c_int {
-    match turn() {
-        // SAFETY: the caller's arguments, as given.
-        None => unsafe { real_epoll_wait(epfd, events, max, timeout) },
-        Some(Turn::Record(recording)) => {
-            if let Some(ready) = take_pending_turn() {
-                // The driver turned and read no clock since: the turn's
-                // time is now.
-                let now = deja_recorder::clock::mono_ns();
-                super::internal(|| recording.driver_turn(ready, now));
-            }
-            // SAFETY: the caller's arguments, as given.
-            let ready = unsafe { real_epoll_wait(epfd, events, max, timeout) };
-            if ready >= 0 {
-                PENDING_TURN.with(|pending| pending.set(Some(ready.unsigned_abs())));
-            }
-            ready
-        }
-        Some(Turn::Replay) => {
-            if pass_recorded_turn() {
-                // Nothing replay needs is in the kernel (replay opens no
-                // sockets); a wake-up left there is taken at the next
-                // real wait. Saves a system call per turn.
-                return 0;
-            }
-            let started = deja_recorder::clock::mono_ns();
-            let limit_ns = u64::try_from(timeout).ok().map(|ms| ms * 1_000_000);
-            loop {
-                let waited_ns = deja_recorder::clock::mono_ns().saturating_sub(started);
-                let left_ms = match limit_ns {
-                    Some(limit) if waited_ns >= limit => return 0,
-                    Some(limit) => ((limit - waited_ns).div_ceil(1_000_000) as libc::c_int)
-                        .min(TURN_RECHECK_MS),
-                    None => TURN_RECHECK_MS,
-                };
-                // SAFETY: the caller's arguments, with a shorter wait.
-                let ready = unsafe { real_epoll_wait(epfd, events, max, left_ms) };
-                if ready != 0 || pass_recorded_turn() {
-                    return ready;
-                }
-            }
+    // SAFETY: the caller's arguments, with the timeout the backend asks.
+    let mut wait = |timeout_ms| unsafe { real_epoll_wait(epfd, events, max, timeout_ms) };
+    if let Some(backend) = driver() {
+        if let Some(ready) = backend.driver_wait(&mut wait, timeout) {
+            return ready;
         }
     }
+    wait(timeout)
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use super::intercepting;
-use crate::context::{self, Ctx};
+use crate::backend;
 
 type GetrandomFn =
     unsafe extern "C" fn(*mut libc::c_void, libc::size_t, libc::c_uint) -> libc::ssize_t;
@@ -101,27 +101,10 @@ fn real_fill(out: &mut [u8]) -> bool {
 /// Fill `out` the way the thread's mode says, or `false`: use the C library.
 fn fill(out: &mut [u8]) -> bool {
     intercepting(|| {
-        context::try_with(|ctx| match ctx {
-            Ctx::Live => None,
-            Ctx::Record(recording) => {
-                let task = super::reading_task()?;
-                if !real_fill(out) {
-                    return None; // the C library reports the failure
-                }
-                for chunk in out.chunks(deja_recorder::EVENT_PAYLOAD_BYTES_MAX) {
-                    recording.record_libc_entropy(task, chunk);
-                }
-                Some(())
-            }
-            Ctx::Replay(replay) => {
-                replay.libc_entropy(out, super::reading_task());
-                Some(())
-            }
-            Ctx::Sim(host) => {
-                context::current_task()?;
-                host.libc_entropy(out);
-                Some(())
-            }
+        backend::try_with(|backend| {
+            backend
+                .libc_entropy(out, super::reading_task(), &mut real_fill)
+                .then_some(())
         })
         .flatten()
     })

@@ -8,7 +8,7 @@
 //! marked [`super::internal`]; any other `connect` made by a task is a
 //! foreign socket:
 //!
-//! - record: logged as a mark named [`FOREIGN_SOCKET_MARK`] (its value is
+//! - record: logged as a mark named [`deja_recorder::FOREIGN_SOCKET_MARK`] (its value is
 //!   the address), counted, and warned about once on stderr; the
 //!   connection goes ahead;
 //! - replay: the mark is taken from the log (so the replay still matches),
@@ -18,9 +18,7 @@
 use std::sync::atomic::{AtomicPtr, Ordering};
 
 use super::intercepting;
-use crate::context::{self, Ctx};
-
-pub(crate) use deja_recorder::FOREIGN_SOCKET_MARK;
+use crate::backend;
 
 type ConnectFn =
     unsafe extern "C" fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int;
@@ -85,19 +83,8 @@ unsafe fn peer_of(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<S
 /// `None` to go ahead.
 fn foreign_connect(peer: &str) -> Option<bool> {
     intercepting(|| {
-        context::try_with(|ctx| match ctx {
-            Ctx::Live | Ctx::Sim(_) => None,
-            Ctx::Record(recording) => {
-                context::current_task()?;
-                recording.foreign_socket(peer);
-                Some(false)
-            }
-            Ctx::Replay(replay) => {
-                replay.foreign_socket(peer, context::current_task());
-                Some(true)
-            }
-        })
-        .flatten()
+        backend::try_with(|backend| backend.foreign_connect(peer, backend::current_task()))
+            .flatten()
     })
 }
 

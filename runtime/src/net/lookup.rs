@@ -4,16 +4,10 @@
 use std::io;
 use std::net::SocketAddr;
 
-use deja_recorder::EventKind;
-use deja_replayer::gate::Call;
+use super::ToAddr;
+use crate::backend;
 
-use super::{mode, replay_call, to_error, unexpected, Mode, ToAddr};
-use crate::sim::net as sim;
-
-/// Most addresses one lookup keeps: a resolver answer longer than this
-/// is cut (no real service dials past the first few, and the log bounds
-/// every event's payload).
-pub const LOOKUP_ADDRS_MAX: usize = 64;
+pub use crate::backend::live::LOOKUP_ADDRS_MAX;
 
 /// Look up `host` (`"name:port"`, or an address, which resolves to
 /// itself), like `tokio::net::lookup_host`: recorded, replayed from the
@@ -52,37 +46,5 @@ pub(crate) async fn resolve_one(target: impl ToAddr) -> io::Result<SocketAddr> {
 }
 
 async fn lookup(text: &str) -> io::Result<Vec<SocketAddr>> {
-    match mode() {
-        Mode::Live => real(text).await,
-        Mode::Sim => sim::lookup(text),
-        Mode::Record(recording) => {
-            let answer = real(text).await;
-            recording.record(EventKind::Lookup {
-                host: text.to_string(),
-                result: answer
-                    .as_ref()
-                    .map(Clone::clone)
-                    .map_err(|err| err.kind().into()),
-            });
-            answer
-        }
-        Mode::Replay => {
-            let event = replay_call(Call::Lookup { host: text }).await;
-            match event.kind {
-                EventKind::Lookup {
-                    result: Ok(addrs), ..
-                } => Ok(addrs),
-                EventKind::Lookup {
-                    result: Err(kind), ..
-                } => Err(to_error(kind)),
-                _ => Err(unexpected(&event)),
-            }
-        }
-    }
-}
-
-async fn real(text: &str) -> io::Result<Vec<SocketAddr>> {
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host(text).await?.collect();
-    addrs.truncate(LOOKUP_ADDRS_MAX);
-    Ok(addrs)
+    backend::with(|backend| backend.lookup(text.to_string())).await
 }

@@ -3,6 +3,10 @@
 //! single-threaded [`executor`].
 
 pub(crate) mod debug;
+mod net;
+mod ops;
+
+pub(crate) use net::replay_call;
 pub(crate) mod stall;
 
 use std::cell::{Cell, RefCell};
@@ -15,8 +19,7 @@ use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use deja_replayer::gate::{Call, Claimed, Divergence, Gate, Gated, LogTail, RedactedUse};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::context::{self, Adoptions, TaskCtx};
-use crate::intercept::Clock;
+use crate::backend::{self, Adoptions, Clock, TaskCtx};
 use crate::redact::{Direction, Redaction};
 
 /// Why the replay stopped.
@@ -318,14 +321,14 @@ impl Replay {
         let recorded = task
             .and_then(|task| self.claim(task, &call))
             .and_then(|event| match event.kind {
-                EventKind::LibClockMono { ns } => Some(crate::intercept::virtual_mono(ns)),
+                EventKind::LibClockMono { ns } => Some(crate::backend::virtual_mono(ns)),
                 EventKind::LibClockWall { unix_ns } => Some(unix_ns),
                 _ => None,
             });
         recorded.unwrap_or_else(|| {
             let now = self.outside_now_ns();
             match clock {
-                Clock::Mono => crate::intercept::virtual_mono(now),
+                Clock::Mono => crate::backend::virtual_mono(now),
                 Clock::Wall => self
                     .start_wall_ns
                     .saturating_add(i64::try_from(now).unwrap_or(i64::MAX)),
@@ -338,7 +341,7 @@ impl Replay {
     /// A task's draw that the log does not have (a std `HashMap`'s keys
     /// drawn here but not in the recording) is a divergence.
     pub(crate) fn libc_entropy(&self, out: &mut [u8], task: Option<TaskId>) {
-        let building = crate::intercept::RuntimeBuild::active();
+        let building = crate::backend::RuntimeBuild::active();
         for chunk in out.chunks_mut(deja_recorder::EVENT_PAYLOAD_BYTES_MAX) {
             let call = Call::Entropy { len: chunk.len() };
             // While the runtime is built, a draw the recording's build did
@@ -363,7 +366,7 @@ impl Replay {
     pub(crate) fn foreign_socket(&self, peer: &str, task: Option<TaskId>) {
         if let Some(task) = task {
             let call = Call::Mark {
-                name: crate::intercept::FOREIGN_SOCKET_MARK,
+                name: deja_recorder::FOREIGN_SOCKET_MARK,
                 value: peer.as_bytes(),
             };
             self.claim(task, &call);
@@ -491,7 +494,7 @@ impl Replay {
     ) -> Option<Vec<u8>> {
         let redaction = self.redaction.as_ref()?;
         let gate = self.gate.borrow();
-        let event = gate.next_event_of(context::task_id())?;
+        let event = gate.next_event_of(backend::task_id())?;
         gate.redaction(event.seq)?;
         let len = match (&event.kind, direction) {
             (
@@ -550,7 +553,7 @@ impl Replay {
         if self.stopped() {
             return Poll::Pending;
         }
-        let provisional = context::task_id();
+        let provisional = backend::task_id();
         let Some(task) = self.try_resolve(provisional, call, call.waits_for_input()) else {
             // Not known yet: wait, and try again at the next adoption.
             self.wait_at_gate(provisional, call, cx);
@@ -841,8 +844,5 @@ pub(crate) fn wrote(direction: Direction, conn: ConnId, bytes: &[u8]) {
 
 /// Run `f` with the thread's replay, if this thread replays.
 pub(crate) fn with_replay<R>(f: impl FnOnce(&Replay) -> R) -> Option<R> {
-    context::with(|ctx| match ctx {
-        context::Ctx::Replay(replay) => Some(f(replay)),
-        _ => None,
-    })
+    crate::backend::with_mode(f)
 }

@@ -83,7 +83,7 @@ impl StallWatch {
         let watching = state.idle.is_some();
         if state.idle.is_none_or(|(at, _)| at != progress) {
             // On the replay thread the clock is virtual: read the real one.
-            state.idle = Some((progress, crate::intercept::internal(Instant::now)));
+            state.idle = Some((progress, crate::backend::internal(Instant::now)));
         }
         if !watching {
             self.changed.notify_one();

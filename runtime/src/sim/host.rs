@@ -11,7 +11,7 @@ use deja_recorder::{ConnId, Event, EventKind, TaskId};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::capture::{HostCapture, CHECKPOINT_EVENTS};
-use crate::context::{self, Adoptions, TaskCtx};
+use crate::backend::{self, Adoptions, Clock, TaskCtx};
 use crate::sim::executor::TaskKey;
 use crate::sim::tokio_rt::HostRuntime;
 
@@ -140,7 +140,7 @@ impl Host {
 
     /// Record `kind` as done by the running task.
     pub(crate) fn record(&self, kind: EventKind) {
-        self.record_for(context::task_id(), kind);
+        self.record_for(backend::task_id(), kind);
     }
 
     /// Record `kind` for `task`, now.
@@ -181,26 +181,20 @@ impl Host {
 
     /// A clock reading made through the C library by one of this host's
     /// tasks: simulated, and logged like [`Host::record_clock_mono`].
-    pub(crate) fn libc_clock(&self, clock: crate::intercept::Clock) -> i64 {
+    pub(crate) fn libc_clock(&self, clock: Clock) -> i64 {
         self.reads_libc_clock.set(true);
         match clock {
-            crate::intercept::Clock::Mono => {
+            Clock::Mono => {
                 let ns = self.mono_ns();
                 self.record(EventKind::LibClockMono { ns });
-                crate::intercept::virtual_mono(ns)
+                backend::virtual_mono(ns)
             }
-            crate::intercept::Clock::Wall => {
+            Clock::Wall => {
                 let unix_ns = self.wall_ns();
                 self.record(EventKind::LibClockWall { unix_ns });
                 unix_ns
             }
         }
-    }
-
-    /// Entropy drawn through the C library by one of this host's tasks:
-    /// from the host's seed, and logged.
-    pub(crate) fn libc_entropy(&self, out: &mut [u8]) {
-        crate::rand::sim_entropy(self, out);
     }
 
     /// The context of a task library code started with `tokio::spawn` in

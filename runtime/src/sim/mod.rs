@@ -81,7 +81,9 @@ pub(crate) mod executor;
 mod hash;
 pub(crate) mod host;
 pub(crate) mod net;
+mod ops;
 mod policy;
+mod sockets;
 mod sweep;
 pub(crate) mod tokio_rt;
 pub(crate) mod world;
@@ -1099,10 +1101,10 @@ pub(crate) fn abort(key: crate::sim::executor::TaskKey) {
 
 /// A spawned task panicked: fail the simulation (unless told not to).
 pub(crate) fn task_panicked(message: String) {
-    let host = match crate::context::current() {
-        crate::context::Ctx::Sim(host) => host.name.clone(),
-        _ => return,
+    let Ok(host) = net::current_host() else {
+        return;
     };
+    let host = host.name.clone();
     world::with_world(|world| {
         if world.fail_on_task_panic {
             world.fail(FailureKind::Panicked {

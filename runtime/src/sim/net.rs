@@ -25,7 +25,7 @@ use super::hash::FastMap;
 use super::host::{host_ip, Host};
 use super::policy::{Latency, LinkPolicy};
 use super::world::{with_world, Item, World};
-use crate::context::{self, Ctx};
+use crate::backend;
 
 /// Most bytes one TCP write hands to the network (a socket send buffer's
 /// worth; the caller writes the rest next).
@@ -615,13 +615,9 @@ fn split_host_port(text: &str) -> io::Result<(&str, u16)> {
 
 /// The host running now; sockets are only usable on their simulation's
 /// thread.
-fn current_host() -> io::Result<Rc<Host>> {
-    match context::current() {
-        Ctx::Sim(host) => Ok(host),
-        _ => Err(io::Error::other(
-            "a simulated socket was used outside its simulation",
-        )),
-    }
+pub(crate) fn current_host() -> io::Result<Rc<Host>> {
+    backend::current_mode::<Host>()
+        .ok_or_else(|| io::Error::other("a simulated socket was used outside its simulation"))
 }
 
 fn with_net<R>(f: impl FnOnce(&World, &mut Net) -> R) -> io::Result<R> {

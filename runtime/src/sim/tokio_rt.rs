@@ -52,8 +52,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use super::host::Host;
-use crate::context::{self, Ctx};
-use crate::intercept::Clock;
+use crate::backend::{self, Clock};
 
 /// Virtual time between two steps of a host runtime's timer driver while
 /// its wheel holds timers. tokio's wheel counts whole milliseconds (a
@@ -110,7 +109,7 @@ impl HostRuntime {
         in_flight: &Arc<AtomicU64>,
     ) -> std::io::Result<HostRuntime> {
         let gate = Arc::new(BlockingGate::new(Arc::clone(in_flight)));
-        let _ctx = context::enter(Ctx::Sim(Rc::clone(host)));
+        let _ctx = backend::enter(Some(Rc::clone(host) as Rc<dyn backend::Backend>));
         let driving = Driving::install();
         let mut builder = tokio::runtime::Builder::new_current_thread();
         // I/O: a library that opens a socket of its own gets one (or an
@@ -167,7 +166,7 @@ impl HostRuntime {
         let Some(runtime) = &self.runtime else {
             return StepOutcome::default();
         };
-        let _ctx = context::enter(Ctx::Sim(Rc::clone(host)));
+        let _ctx = backend::enter(Some(Rc::clone(host) as Rc<dyn backend::Backend>));
         let driving = Driving::install();
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             runtime.block_on(Step { first: true });
@@ -191,7 +190,7 @@ impl HostRuntime {
     /// context, so their drops find the simulation), its timers fire with
     /// an error, its blocking threads are not waited for.
     pub(crate) fn shutdown(&mut self, host: &Rc<Host>) {
-        let _ctx = context::enter(Ctx::Sim(Rc::clone(host)));
+        let _ctx = backend::enter(Some(Rc::clone(host) as Rc<dyn backend::Backend>));
         self.shut_down();
     }
 
@@ -374,7 +373,7 @@ pub(crate) fn driver_clock(host: &Host, clock: Clock) -> Option<i64> {
         waker.wake();
     }
     Some(match clock {
-        Clock::Mono => crate::intercept::virtual_mono(host.mono_ns()),
+        Clock::Mono => backend::virtual_mono(host.mono_ns()),
         Clock::Wall => host.wall_ns(),
     })
 }
@@ -444,7 +443,7 @@ impl BlockingGate {
     /// Release the threads one by one, each after the previous one ended:
     /// the first runs every queued task in order, the others find none.
     fn settle(&self, limit: Duration) -> Result<(), ()> {
-        crate::intercept::internal(|| {
+        backend::internal(|| {
             let mut state = self.lock();
             while state.exited < state.spawned && !state.open {
                 let target = state.exited + 1;

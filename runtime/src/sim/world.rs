@@ -8,7 +8,6 @@
 //! the agenda is ordered by (time, insertion), and every random choice is
 //! drawn from one ChaCha stream.
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -29,7 +28,7 @@ use super::hash::FastMap;
 use super::host::Host;
 use super::net::{Net, Packet};
 use super::{Control, Exited, FailureKind, HostFuture};
-use crate::context::{self, Ctx, TaskCtx};
+use crate::backend::{self, TaskCtx};
 use crate::sim::executor::{Executor, TaskKey};
 use crate::sim::tokio_rt::{HostRuntime, TOKIO_TICK_NS};
 
@@ -344,7 +343,7 @@ impl World {
             let future = match &mut slot.entry {
                 Entry::Server(factory) => {
                     let factory = Rc::clone(factory);
-                    let _enter = context::enter(Ctx::Sim(Rc::clone(&host)));
+                    let _enter = backend::enter(Some(Rc::clone(&host) as Rc<dyn backend::Backend>));
                     let handle = host.tokio_handle();
                     let _runtime = handle.as_ref().map(tokio::runtime::Handle::enter);
                     Some(factory())
@@ -366,7 +365,7 @@ impl World {
             },
         );
         let incarnation = host.incarnation;
-        let body = context::scope(TaskCtx::new(&host.root_seed, TaskId::MAIN), async move {
+        let body = backend::scope(TaskCtx::new(&host.root_seed, TaskId::MAIN), async move {
             let exited = match crate::task::CatchUnwind(future).await {
                 Ok(exited) => exited,
                 Err(payload) => Exited {
@@ -374,11 +373,9 @@ impl World {
                     error: Some(format!("panicked: {}", panic_text(&*payload))),
                 },
             };
-            crate::context::with(|ctx| {
-                if let Ctx::Sim(host) = ctx {
-                    host.record(EventKind::Exit { code: exited.code });
-                }
-            });
+            if let Ok(host) = super::net::current_host() {
+                host.record(EventKind::Exit { code: exited.code });
+            }
             with_world(|world| world.request(Control::Exited(index, incarnation, exited)));
         });
         self.spawn_on(&host, Box::pin(body));
@@ -788,7 +785,7 @@ impl World {
     }
 }
 
-pub(crate) use crate::task::EXIT_PANIC;
+pub(crate) use crate::task::{panic_text, EXIT_PANIC};
 
 /// The root seed of incarnation `incarnation` of host `index`.
 fn host_seed(seed: u64, index: usize, incarnation: u32) -> [u8; 32] {
@@ -814,7 +811,7 @@ impl Future for InHost {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         self.host.polled.set(true);
-        let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+        let _enter = backend::enter(Some(Rc::clone(&self.host) as Rc<dyn backend::Backend>));
         let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
         match self.future.as_mut() {
             Some(future) => future.as_mut().poll(cx),
@@ -826,18 +823,9 @@ impl Future for InHost {
 impl Drop for InHost {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
-            let _enter = context::enter(Ctx::Sim(Rc::clone(&self.host)));
+            let _enter = backend::enter(Some(Rc::clone(&self.host) as Rc<dyn backend::Backend>));
             let _runtime = self.runtime.as_ref().map(tokio::runtime::Handle::enter);
             drop(future);
         }
     }
-}
-
-/// A panic payload as text.
-pub(crate) fn panic_text(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string payload".into())
 }

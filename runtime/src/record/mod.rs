@@ -1,5 +1,11 @@
 //! Record mode: real tokio underneath, every intercepted result appended
-//! to the run's log.
+//! to the run's log. `ops.rs` is the mode's side of every operation
+//! (`crate::backend::Backend`), `net.rs` its sockets, `driver.rs` the
+//! driver's turns.
+
+mod driver;
+mod net;
+mod ops;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,8 +17,7 @@ use deja_recorder::{
     WriteError, Written,
 };
 
-use crate::context::{self, Adoptions, TaskCtx, TASK_OUTSIDE};
-use crate::intercept::Clock;
+use crate::backend::{self, Adoptions, Clock, TaskCtx, TASK_OUTSIDE};
 use crate::redact::{Direction, Redaction};
 
 /// A recording in progress: shared by every thread of the runtime.
@@ -84,7 +89,7 @@ impl Recording {
 
     /// Record `kind` as done by the running task, now.
     pub(crate) fn record(&self, kind: EventKind) {
-        let task = context::task_id();
+        let task = backend::task_id();
         if task == TASK_OUTSIDE {
             self.outside_call(&kind);
         }
@@ -112,7 +117,7 @@ impl Recording {
     /// `intercept/socket.rs`): logged as a mark, counted, said once.
     pub(crate) fn foreign_socket(&self, peer: &str) {
         self.record(EventKind::Mark {
-            name: crate::intercept::FOREIGN_SOCKET_MARK.to_string(),
+            name: deja_recorder::FOREIGN_SOCKET_MARK.to_string(),
             value: peer.as_bytes().to_vec(),
         });
         if self.foreign_sockets.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -133,7 +138,7 @@ impl Recording {
             self.recorder.record(
                 child,
                 EventKind::TaskAdopted {
-                    tokio_id: context::tokio_id_number(tokio_id),
+                    tokio_id: backend::tokio_id_number(tokio_id),
                 },
             );
             TaskCtx::new(&self.root_seed, child)
@@ -172,7 +177,7 @@ impl Recording {
     pub(crate) fn record_read(&self, conn: ConnId, peer: SocketAddr, bytes: &[u8]) {
         let (logged, ranges) = self.redacted(Direction::TcpRead, conn, peer, bytes);
         let recorded = self.recorder.record(
-            context::task_id(),
+            backend::task_id(),
             EventKind::TcpRead {
                 conn,
                 result: ReadOutcome::Data(logged),
@@ -185,7 +190,7 @@ impl Recording {
     pub(crate) fn record_datagram(&self, socket: ConnId, peer: SocketAddr, bytes: &[u8]) {
         let (logged, ranges) = self.redacted(Direction::UdpRecv, socket, peer, bytes);
         let recorded = self.recorder.record(
-            context::task_id(),
+            backend::task_id(),
             EventKind::UdpRecv {
                 socket,
                 result: Ok(Datagram {
@@ -216,7 +221,7 @@ impl Recording {
         let ranges = redaction.mask(direction, conn, peer, accepted, &mut logged);
         redaction.advance(direction, conn, accepted);
         let recorded = self.recorder.record(
-            context::task_id(),
+            backend::task_id(),
             make(Written::of(&logged, self.keep_write_bytes)),
         );
         self.mark_redacted(recorded, ranges);
@@ -266,7 +271,7 @@ impl Recording {
     pub(crate) fn record_clock(&self) -> u64 {
         let ns = self.recorder.elapsed_ns();
         self.recorder
-            .record_at(context::task_id(), ns, EventKind::ClockMono { ns });
+            .record_at(backend::task_id(), ns, EventKind::ClockMono { ns });
         ns
     }
 

@@ -1,94 +1,19 @@
-//! Which mode this thread runs in, and which logical task is running.
-//!
-//! Every intercepted call starts here: a thread-local says whether the
-//! thread belongs to a recording runtime, a replay executor, or neither
-//! (live: plain tokio), and a tokio task-local carries the logical task.
-//! Task-locals work on any executor, so record and replay share them.
+//! Which logical task is running: a tokio task-local carries it (task-
+//! locals work on any executor, so every backend shares them), and tasks
+//! library code starts with `tokio::spawn` are adopted at their first
+//! intercepted call.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use deja_recorder::TaskId;
 
-use crate::record::Recording;
-use crate::replay::Replay;
-use crate::sim::Host;
-
 /// The task id given to intercepted calls made outside any task (from a
 /// thread the service started, or `spawn_blocking`): outside the
 /// guarantee, but still recorded so the log shows them.
 pub(crate) const TASK_OUTSIDE: TaskId = TaskId::OUTSIDE;
-
-/// The mode of the current thread.
-#[derive(Clone, Default)]
-pub(crate) enum Ctx {
-    /// Plain tokio: nothing is intercepted.
-    #[default]
-    Live,
-    /// A recording runtime's thread.
-    Record(Arc<Recording>),
-    /// The replay executor's thread.
-    Replay(Rc<Replay>),
-    /// A simulated host's task, on the simulation's thread.
-    Sim(Rc<Host>),
-}
-
-thread_local! {
-    static CONTEXT: RefCell<Ctx> = const { RefCell::new(Ctx::Live) };
-    /// `CONTEXT` is not `Live`: the one check the clock and entropy
-    /// interposers make on threads that are not deja's (const, no
-    /// destructor, so it is readable at any point of a thread's life).
-    static ACTIVE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// True if this thread is in a deja mode other than live.
-pub(crate) fn active() -> bool {
-    ACTIVE.with(Cell::get)
-}
-
-/// Run `f` with the current thread's mode.
-pub(crate) fn with<R>(f: impl FnOnce(&Ctx) -> R) -> R {
-    CONTEXT.with(|ctx| f(&ctx.borrow()))
-}
-
-/// Like [`with`], but `None` while the thread's locals are being torn
-/// down (the clock interposer can be called then).
-pub(crate) fn try_with<R>(f: impl FnOnce(&Ctx) -> R) -> Option<R> {
-    CONTEXT.try_with(|ctx| f(&ctx.borrow())).ok()
-}
-
-/// The current thread's mode (a cheap clone).
-pub(crate) fn current() -> Ctx {
-    with(Ctx::clone)
-}
-
-/// Make this thread run in `ctx` until the guard drops.
-pub(crate) fn enter(ctx: Ctx) -> EnterGuard {
-    let active = !matches!(ctx, Ctx::Live);
-    let previous = CONTEXT.with(|slot| slot.replace(ctx));
-    ACTIVE.with(|flag| flag.set(active));
-    EnterGuard { previous }
-}
-
-/// Restores the thread's previous mode.
-pub(crate) struct EnterGuard {
-    previous: Ctx,
-}
-
-impl Drop for EnterGuard {
-    fn drop(&mut self) {
-        let previous = std::mem::take(&mut self.previous);
-        let active = !matches!(previous, Ctx::Live);
-        // Dropping the replaced context may run drops that look at the
-        // thread's mode: take it out first, then drop it.
-        let replaced = CONTEXT.with(|slot| slot.replace(previous));
-        ACTIVE.with(|flag| flag.set(active));
-        drop(replaced);
-    }
-}
 
 /// Per-task state that must evolve identically in record and replay.
 /// Atomic because an adopted task's state is shared through a table (a
@@ -117,7 +42,7 @@ impl TaskCtx {
             id: AtomicU64::new(id.0),
             next_timer: AtomicU64::new(0),
             next_rng: AtomicU64::new(0),
-            select_state: AtomicU64::new(crate::rand::select_seed(root_seed, id)),
+            select_state: AtomicU64::new(super::select_seed(root_seed, id)),
         }
     }
 
@@ -130,7 +55,7 @@ impl TaskCtx {
     pub(crate) fn set_id(&self, root_seed: &[u8; 32], id: TaskId) {
         self.id.store(id.0, Ordering::Relaxed);
         self.select_state
-            .store(crate::rand::select_seed(root_seed, id), Ordering::Relaxed);
+            .store(super::select_seed(root_seed, id), Ordering::Relaxed);
     }
 
     fn bump(counter: &AtomicU64) -> u64 {
@@ -166,15 +91,7 @@ pub(crate) fn with_task<R>(f: impl FnOnce(&TaskCtx) -> R) -> Option<R> {
 /// its first intercepted call.
 fn adopted_task() -> Option<Arc<TaskCtx>> {
     let tokio_id = tokio::task::try_id()?;
-    CONTEXT
-        .try_with(|ctx| match &*ctx.borrow() {
-            Ctx::Live => None,
-            Ctx::Record(recording) => recording.adopt(tokio_id),
-            Ctx::Replay(replay) => replay.adopt(tokio_id),
-            Ctx::Sim(host) => host.adopt(tokio_id),
-        })
-        .ok()
-        .flatten()
+    super::try_with(|backend| backend.adopt(tokio_id)).flatten()
 }
 
 /// The logical task running now, if any.
