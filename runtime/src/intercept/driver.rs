@@ -11,9 +11,10 @@
 //! the tasks, outside any task), and replay turns its own driver at the
 //! same places:
 //!
-//! - record: the real call; the turn is logged at the driver's next
-//!   clock reading, with it (the reading tokio fires timers by);
-//! - replay: when the log's next event is a turn, it is passed
+//! - record (`record/driver.rs`): the real call; the turn is logged at
+//!   the driver's next clock reading, with it (the reading tokio fires
+//!   timers by);
+//! - replay (`replay/ops.rs`): when the log's next event is a turn, it is passed
 //!   ([`crate::replay::Replay::driver_turn`]) and the call returns at
 //!   once; otherwise the runtime waits as asked, in slices, passing the
 //!   turn as soon as the cursor reaches it (a blocking task may get it
