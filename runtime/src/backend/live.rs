@@ -13,8 +13,8 @@ use deja_recorder::{ConnId, SignalKind, TaskId, TaskOutcome};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{
-    Backend, BoxFuture, Clock, ListenerIo, ReadIo, StreamIo, TaskCtx, TimerIo, TimerTarget, UdpIo,
-    WriteIo,
+    Backend, BoxFuture, Clock, ListenerIo, NewSocket, NewStream, ReadIo, StreamIo, TaskCtx,
+    TimerIo, TimerTarget, UdpIo, WriteIo,
 };
 
 /// Connection ids mean nothing in live mode.
@@ -118,25 +118,33 @@ impl Backend for Live {
         Box::pin(wait_signal(kinds))
     }
 
-    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn ListenerIo>>> {
+    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn ListenerIo>>> {
         Box::pin(async move {
             let (io, local) = bind_tcp(&addr).await?;
-            Ok(Box::new(LiveListener { io, local }) as Box<dyn ListenerIo>)
+            Ok(NewSocket {
+                conn: LIVE_CONN,
+                local,
+                io: Box::new(LiveListener { io, local }) as Box<dyn ListenerIo>,
+            })
         })
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn StreamIo>>> {
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<NewStream>> {
         Box::pin(async move {
             let io = tokio::net::TcpStream::connect(addr.as_str()).await?;
             let (local, peer) = (io.local_addr()?, io.peer_addr()?);
-            Ok(Box::new(LiveStream { io, local, peer }) as Box<dyn StreamIo>)
+            Ok(live_stream(io, local, peer))
         })
     }
 
-    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn UdpIo>>> {
+    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn UdpIo>>> {
         Box::pin(async move {
             let (io, local) = bind_udp(&addr).await?;
-            Ok(Box::new(LiveUdp { io, local }) as Box<dyn UdpIo>)
+            Ok(NewSocket {
+                conn: LIVE_CONN,
+                local,
+                io: Box::new(LiveUdp(io)) as Box<dyn UdpIo>,
+            })
         })
     }
 
@@ -226,42 +234,29 @@ struct LiveListener {
 }
 
 impl ListenerIo for LiveListener {
-    fn conn(&self) -> ConnId {
-        LIVE_CONN
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn accept(&self) -> BoxFuture<'_, io::Result<Box<dyn StreamIo>>> {
+    fn accept(&self) -> BoxFuture<'_, io::Result<NewStream>> {
         Box::pin(async move {
             let (io, peer) = self.io.accept().await?;
             let local = io.local_addr().unwrap_or(self.local);
-            Ok(Box::new(LiveStream { io, local, peer }) as Box<dyn StreamIo>)
+            Ok(live_stream(io, local, peer))
         })
+    }
+}
+
+fn live_stream(io: tokio::net::TcpStream, local: SocketAddr, peer: SocketAddr) -> NewStream {
+    NewStream {
+        conn: LIVE_CONN,
+        local,
+        peer,
+        io: Box::new(LiveStream { io }),
     }
 }
 
 struct LiveStream {
     io: tokio::net::TcpStream,
-    local: SocketAddr,
-    peer: SocketAddr,
 }
 
 impl StreamIo for LiveStream {
-    fn conn(&self) -> ConnId {
-        LIVE_CONN
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.io.set_nodelay(nodelay)
     }
@@ -300,32 +295,21 @@ impl AsyncWrite for LiveStream {
     }
 }
 
-struct LiveUdp {
-    io: tokio::net::UdpSocket,
-    local: SocketAddr,
-}
+struct LiveUdp(tokio::net::UdpSocket);
 
 impl UdpIo for LiveUdp {
-    fn conn(&self) -> ConnId {
-        LIVE_CONN
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     fn send_to<'a>(
         &'a self,
         buf: &'a [u8],
         target: SocketAddr,
     ) -> BoxFuture<'a, io::Result<usize>> {
-        Box::pin(self.io.send_to(buf, target))
+        Box::pin(self.0.send_to(buf, target))
     }
 
     fn recv_from<'a>(
         &'a self,
         buf: &'a mut [u8],
     ) -> BoxFuture<'a, io::Result<(usize, SocketAddr)>> {
-        Box::pin(self.io.recv_from(buf))
+        Box::pin(self.0.recv_from(buf))
     }
 }

@@ -184,11 +184,11 @@ pub(crate) trait Backend: 'static {
     /// Wait for the first of `kinds`.
     fn signal(&self, kinds: &'static [SignalKind]) -> BoxFuture<'static, io::Result<SignalKind>>;
     /// Bind a TCP listener.
-    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn ListenerIo>>>;
+    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn ListenerIo>>>;
     /// Connect a TCP stream.
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn StreamIo>>>;
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<NewStream>>;
     /// Bind a UDP socket.
-    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn UdpIo>>>;
+    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn UdpIo>>>;
     /// Resolve `host` ("name:port").
     fn lookup(&self, host: String) -> BoxFuture<'static, io::Result<Vec<SocketAddr>>>;
 }
@@ -206,19 +206,30 @@ pub(crate) trait OwnTask: Send + Sync {
     fn abort(&self);
 }
 
+/// A listener or UDP socket a backend bound, with what the log knows of
+/// it: its id and its address.
+pub(crate) struct NewSocket<T: ?Sized> {
+    pub(crate) conn: ConnId,
+    pub(crate) local: SocketAddr,
+    pub(crate) io: Box<T>,
+}
+
+/// A stream a backend connected or accepted: its id, both ends, and the
+/// backend's stream.
+pub(crate) struct NewStream {
+    pub(crate) conn: ConnId,
+    pub(crate) local: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) io: Box<dyn StreamIo>,
+}
+
 /// A listening TCP socket of one backend.
 pub(crate) trait ListenerIo: Send + Sync {
-    /// The log's id for it.
-    fn conn(&self) -> ConnId;
-    fn local_addr(&self) -> SocketAddr;
-    fn accept(&self) -> BoxFuture<'_, io::Result<Box<dyn StreamIo>>>;
+    fn accept(&self) -> BoxFuture<'_, io::Result<NewStream>>;
 }
 
 /// A connected TCP stream of one backend.
 pub(crate) trait StreamIo: AsyncRead + AsyncWrite + Send + Sync + Unpin {
-    fn conn(&self) -> ConnId;
-    fn local_addr(&self) -> SocketAddr;
-    fn peer_addr(&self) -> SocketAddr;
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()>;
     /// Halves that can move to different tasks; the connection closes
     /// when both are dropped.
@@ -235,8 +246,6 @@ impl<T: AsyncWrite + Send + Sync + Unpin> WriteIo for T {}
 
 /// A UDP socket of one backend.
 pub(crate) trait UdpIo: Send + Sync {
-    fn conn(&self) -> ConnId;
-    fn local_addr(&self) -> SocketAddr;
     fn send_to<'a>(&'a self, buf: &'a [u8], target: SocketAddr)
         -> BoxFuture<'a, io::Result<usize>>;
     fn recv_from<'a>(&'a self, buf: &'a mut [u8])

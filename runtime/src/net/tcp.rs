@@ -9,21 +9,24 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use deja_recorder::ConnId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::ToAddr;
-use crate::backend::{self, ListenerIo, ReadIo, StreamIo, WriteIo};
+use crate::backend::{self, ListenerIo, NewStream, ReadIo, StreamIo, WriteIo};
 
 /// A TCP listener, like `tokio::net::TcpListener`.
 pub struct TcpListener {
+    listener: ConnId,
+    local: SocketAddr,
     io: Box<dyn ListenerIo>,
 }
 
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpListener")
-            .field("listener", &self.io.conn())
-            .field("local", &self.io.local_addr())
+            .field("listener", &self.listener)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
@@ -32,35 +35,53 @@ impl TcpListener {
     /// Bind to `addr` (`"127.0.0.1:0"`, a `SocketAddr`, ...).
     pub async fn bind(addr: impl ToAddr) -> io::Result<TcpListener> {
         let addr = addr.to_addr_string();
-        let io = backend::with(|backend| backend.tcp_bind(addr)).await?;
-        Ok(TcpListener { io })
+        let bound = backend::with(|backend| backend.tcp_bind(addr)).await?;
+        Ok(TcpListener {
+            listener: bound.conn,
+            local: bound.local,
+            io: bound.io,
+        })
     }
 
     /// Accept a connection: the stream and the peer's address.
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let io = self.io.accept().await?;
-        let peer = io.peer_addr();
-        Ok((TcpStream { io }, peer))
+        let stream = TcpStream::from(self.io.accept().await?);
+        let peer = stream.peer;
+        Ok((stream, peer))
     }
 
     /// The bound address (as recorded, in replay).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.io.local_addr())
+        Ok(self.local)
     }
 }
 
 /// A TCP stream, like `tokio::net::TcpStream` (tokio `AsyncRead` and
 /// `AsyncWrite`).
 pub struct TcpStream {
+    conn: ConnId,
+    local: SocketAddr,
+    peer: SocketAddr,
     io: Box<dyn StreamIo>,
+}
+
+impl From<NewStream> for TcpStream {
+    fn from(stream: NewStream) -> TcpStream {
+        TcpStream {
+            conn: stream.conn,
+            local: stream.local,
+            peer: stream.peer,
+            io: stream.io,
+        }
+    }
 }
 
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpStream")
-            .field("conn", &self.io.conn())
-            .field("local", &self.io.local_addr())
-            .field("peer", &self.io.peer_addr())
+            .field("conn", &self.conn)
+            .field("local", &self.local)
+            .field("peer", &self.peer)
             .finish_non_exhaustive()
     }
 }
@@ -69,18 +90,18 @@ impl TcpStream {
     /// Connect to `addr`.
     pub async fn connect(addr: impl ToAddr) -> io::Result<TcpStream> {
         let addr = addr.to_addr_string();
-        let io = backend::with(|backend| backend.tcp_connect(addr)).await?;
-        Ok(TcpStream { io })
+        let stream = backend::with(|backend| backend.tcp_connect(addr)).await?;
+        Ok(TcpStream::from(stream))
     }
 
     /// The remote address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.io.peer_addr())
+        Ok(self.peer)
     }
 
     /// The local address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.io.local_addr())
+        Ok(self.local)
     }
 
     /// Set `TCP_NODELAY` (a no-op in replay).
@@ -91,9 +112,8 @@ impl TcpStream {
     /// Split into halves that can move to different tasks. The connection
     /// closes (one `TcpClose` event) when both halves are dropped.
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
-        let conn = self.io.conn();
-        let peer = self.io.peer_addr();
-        let (read, write) = self.io.into_split();
+        let TcpStream { conn, peer, io, .. } = self;
+        let (read, write) = io.into_split();
         (
             OwnedReadHalf {
                 conn,
@@ -139,7 +159,7 @@ impl AsyncWrite for TcpStream {
 
 /// The read half of [`TcpStream::into_split`].
 pub struct OwnedReadHalf {
-    conn: deja_recorder::ConnId,
+    conn: ConnId,
     peer: SocketAddr,
     io: Box<dyn ReadIo>,
 }
@@ -166,7 +186,7 @@ impl AsyncRead for OwnedReadHalf {
 /// The write half of [`TcpStream::into_split`]. Dropping it shuts the
 /// write side down, as with tokio.
 pub struct OwnedWriteHalf {
-    conn: deja_recorder::ConnId,
+    conn: ConnId,
     peer: SocketAddr,
     io: Box<dyn WriteIo>,
 }

@@ -5,11 +5,15 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
+use deja_recorder::ConnId;
+
 use super::ToAddr;
 use crate::backend::{self, UdpIo};
 
 /// A UDP socket, like `tokio::net::UdpSocket`.
 pub struct UdpSocket {
+    socket: ConnId,
+    local: SocketAddr,
     io: Box<dyn UdpIo>,
     /// Set by [`UdpSocket::connect`]: where `send` goes, whom `recv` hears.
     peer: Mutex<Option<SocketAddr>>,
@@ -18,8 +22,8 @@ pub struct UdpSocket {
 impl fmt::Debug for UdpSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UdpSocket")
-            .field("socket", &self.io.conn())
-            .field("local", &self.io.local_addr())
+            .field("socket", &self.socket)
+            .field("local", &self.local)
             .finish_non_exhaustive()
     }
 }
@@ -28,16 +32,18 @@ impl UdpSocket {
     /// Bind to `addr`.
     pub async fn bind(addr: impl ToAddr) -> io::Result<UdpSocket> {
         let addr = addr.to_addr_string();
-        let io = backend::with(|backend| backend.udp_bind(addr)).await?;
+        let bound = backend::with(|backend| backend.udp_bind(addr)).await?;
         Ok(UdpSocket {
-            io,
+            socket: bound.conn,
+            local: bound.local,
+            io: bound.io,
             peer: Mutex::new(None),
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.io.local_addr())
+        Ok(self.local)
     }
 
     /// Connect to `addr` (`"host:port"` is looked up, see

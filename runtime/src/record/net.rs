@@ -12,7 +12,9 @@ use deja_recorder::{Accepted, ConnId, Connected, EventKind, ReadOutcome, EVENT_P
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Recording;
-use crate::backend::{self, live, BoxFuture, ListenerIo, ReadIo, StreamIo, UdpIo, WriteIo};
+use crate::backend::{
+    self, live, BoxFuture, ListenerIo, NewSocket, NewStream, ReadIo, StreamIo, UdpIo, WriteIo,
+};
 use crate::redact::Direction;
 
 /// Logs the close of a socket when its last handle drops.
@@ -37,7 +39,7 @@ impl Drop for Close {
 pub(super) async fn tcp_bind(
     recording: Arc<Recording>,
     addr: String,
-) -> io::Result<Box<dyn ListenerIo>> {
+) -> io::Result<NewSocket<dyn ListenerIo>> {
     let bound = live::bind_tcp(&addr).await;
     let listener = recording.next_conn();
     recording.record(EventKind::TcpListen {
@@ -49,23 +51,24 @@ pub(super) async fn tcp_bind(
             .map_err(|err| err.kind().into()),
     });
     let (io, local) = bound?;
-    Ok(Box::new(Listener {
-        listener,
+    Ok(NewSocket {
+        conn: listener,
         local,
-        io,
-        _close: Close {
-            conn: listener,
-            udp: false,
-            recording: Arc::clone(&recording),
-        },
-        recording,
-    }))
+        io: Box::new(Listener {
+            listener,
+            local,
+            io,
+            _close: Close {
+                conn: listener,
+                udp: false,
+                recording: Arc::clone(&recording),
+            },
+            recording,
+        }),
+    })
 }
 
-pub(super) async fn tcp_connect(
-    recording: Arc<Recording>,
-    addr: String,
-) -> io::Result<Box<dyn StreamIo>> {
+pub(super) async fn tcp_connect(recording: Arc<Recording>, addr: String) -> io::Result<NewStream> {
     // deja's own connect: not a foreign socket.
     let connected = backend::Internal(async {
         let io = tokio::net::TcpStream::connect(addr.as_str()).await?;
@@ -92,7 +95,7 @@ pub(super) async fn tcp_connect(
 pub(super) async fn udp_bind(
     recording: Arc<Recording>,
     addr: String,
-) -> io::Result<Box<dyn UdpIo>> {
+) -> io::Result<NewSocket<dyn UdpIo>> {
     let bound = live::bind_udp(&addr).await;
     let socket = recording.next_conn();
     recording.record(EventKind::UdpBind {
@@ -104,17 +107,20 @@ pub(super) async fn udp_bind(
             .map_err(|err| err.kind().into()),
     });
     let (io, local) = bound?;
-    Ok(Box::new(Udp {
-        socket,
+    Ok(NewSocket {
+        conn: socket,
         local,
-        io,
-        _close: Close {
-            conn: socket,
-            udp: true,
-            recording: Arc::clone(&recording),
-        },
-        recording,
-    }))
+        io: Box::new(Udp {
+            socket,
+            io,
+            _close: Close {
+                conn: socket,
+                udp: true,
+                recording: Arc::clone(&recording),
+            },
+            recording,
+        }),
+    })
 }
 
 pub(super) async fn lookup(recording: Arc<Recording>, host: String) -> io::Result<Vec<SocketAddr>> {
@@ -138,15 +144,7 @@ struct Listener {
 }
 
 impl ListenerIo for Listener {
-    fn conn(&self) -> ConnId {
-        self.listener
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn accept(&self) -> BoxFuture<'_, io::Result<Box<dyn StreamIo>>> {
+    fn accept(&self) -> BoxFuture<'_, io::Result<NewStream>> {
         Box::pin(async move {
             let accepted = self.io.accept().await.map(|(stream, peer)| {
                 let conn = self.recording.next_conn();
@@ -181,7 +179,6 @@ impl ListenerIo for Listener {
 struct Stream<S> {
     io: S,
     conn: ConnId,
-    local: SocketAddr,
     peer: SocketAddr,
     recording: Arc<Recording>,
     close: Arc<Close>,
@@ -194,20 +191,24 @@ impl Stream<tokio::net::TcpStream> {
         peer: SocketAddr,
         io: tokio::net::TcpStream,
         recording: Arc<Recording>,
-    ) -> Box<dyn StreamIo> {
+    ) -> NewStream {
         let close = Arc::new(Close {
             conn,
             udp: false,
             recording: Arc::clone(&recording),
         });
-        Box::new(Stream {
-            io,
+        NewStream {
             conn,
             local,
             peer,
-            recording,
-            close,
-        })
+            io: Box::new(Stream {
+                io,
+                conn,
+                peer,
+                recording,
+                close,
+            }),
+        }
     }
 }
 
@@ -216,7 +217,6 @@ impl<S> Stream<S> {
         Stream {
             io,
             conn: self.conn,
-            local: self.local,
             peer: self.peer,
             recording: Arc::clone(&self.recording),
             close: Arc::clone(&self.close),
@@ -225,18 +225,6 @@ impl<S> Stream<S> {
 }
 
 impl StreamIo for Stream<tokio::net::TcpStream> {
-    fn conn(&self) -> ConnId {
-        self.conn
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
     fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.io.set_nodelay(nodelay)
     }
@@ -344,21 +332,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Stream<S> {
 
 struct Udp {
     socket: ConnId,
-    local: SocketAddr,
     io: tokio::net::UdpSocket,
     recording: Arc<Recording>,
     _close: Close,
 }
 
 impl UdpIo for Udp {
-    fn conn(&self) -> ConnId {
-        self.socket
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     fn send_to<'a>(
         &'a self,
         buf: &'a [u8],

@@ -12,8 +12,8 @@ use deja_recorder::{EventKind, SignalKind, TaskId, TaskOutcome};
 
 use super::{net, Recording};
 use crate::backend::{
-    self, live, Backend, BoxFuture, Clock, ListenerIo, StreamIo, TaskCtx, TimerIo, TimerTarget,
-    UdpIo,
+    self, live, Backend, BoxFuture, Clock, ListenerIo, NewSocket, NewStream, TaskCtx, TimerIo,
+    TimerTarget, UdpIo,
 };
 
 impl Backend for Arc<Recording> {
@@ -149,15 +149,15 @@ impl Backend for Arc<Recording> {
         })
     }
 
-    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn ListenerIo>>> {
+    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn ListenerIo>>> {
         Box::pin(net::tcp_bind(Arc::clone(self), addr))
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn StreamIo>>> {
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<NewStream>> {
         Box::pin(net::tcp_connect(Arc::clone(self), addr))
     }
 
-    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn UdpIo>>> {
+    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn UdpIo>>> {
         Box::pin(net::udp_bind(Arc::clone(self), addr))
     }
 

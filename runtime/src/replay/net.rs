@@ -13,7 +13,9 @@ use deja_replayer::gate::Call;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{poll, redact_write, with_replay, wrote};
-use crate::backend::{self, BoxFuture, ListenerIo, ReadIo, StreamIo, UdpIo, WriteIo};
+use crate::backend::{
+    self, BoxFuture, ListenerIo, NewSocket, NewStream, ReadIo, StreamIo, UdpIo, WriteIo,
+};
 use crate::redact::Direction;
 
 pub(crate) fn to_error(kind: IoErrorKind) -> io::Error {
@@ -54,21 +56,24 @@ impl Drop for Close {
     }
 }
 
-pub(super) async fn tcp_bind(addr: String) -> io::Result<Box<dyn ListenerIo>> {
+pub(super) async fn tcp_bind(addr: String) -> io::Result<NewSocket<dyn ListenerIo>> {
     let event = replay_call(Call::TcpListen { addr: &addr }).await;
     match event.kind {
         EventKind::TcpListen {
             listener,
             result: Ok(local),
             ..
-        } => Ok(Box::new(Listener {
-            listener,
+        } => Ok(NewSocket {
+            conn: listener,
             local,
-            _close: Close {
-                conn: listener,
-                udp: false,
-            },
-        })),
+            io: Box::new(Listener {
+                listener,
+                _close: Close {
+                    conn: listener,
+                    udp: false,
+                },
+            }),
+        }),
         EventKind::TcpListen {
             result: Err(kind), ..
         } => Err(to_error(kind)),
@@ -76,7 +81,7 @@ pub(super) async fn tcp_bind(addr: String) -> io::Result<Box<dyn ListenerIo>> {
     }
 }
 
-pub(super) async fn tcp_connect(addr: String) -> io::Result<Box<dyn StreamIo>> {
+pub(super) async fn tcp_connect(addr: String) -> io::Result<NewStream> {
     let event = replay_call(Call::TcpConnect { addr: &addr }).await;
     match event.kind {
         EventKind::TcpConnect {
@@ -91,21 +96,24 @@ pub(super) async fn tcp_connect(addr: String) -> io::Result<Box<dyn StreamIo>> {
     }
 }
 
-pub(super) async fn udp_bind(addr: String) -> io::Result<Box<dyn UdpIo>> {
+pub(super) async fn udp_bind(addr: String) -> io::Result<NewSocket<dyn UdpIo>> {
     let event = replay_call(Call::UdpBind { addr: &addr }).await;
     match event.kind {
         EventKind::UdpBind {
             socket,
             result: Ok(local),
             ..
-        } => Ok(Box::new(Udp {
-            socket,
+        } => Ok(NewSocket {
+            conn: socket,
             local,
-            _close: Close {
-                conn: socket,
-                udp: true,
-            },
-        })),
+            io: Box::new(Udp {
+                socket,
+                _close: Close {
+                    conn: socket,
+                    udp: true,
+                },
+            }),
+        }),
         EventKind::UdpBind {
             result: Err(kind), ..
         } => Err(to_error(kind)),
@@ -128,20 +136,11 @@ pub(super) async fn lookup(host: String) -> io::Result<Vec<SocketAddr>> {
 
 struct Listener {
     listener: ConnId,
-    local: SocketAddr,
     _close: Close,
 }
 
 impl ListenerIo for Listener {
-    fn conn(&self) -> ConnId {
-        self.listener
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn accept(&self) -> BoxFuture<'_, io::Result<Box<dyn StreamIo>>> {
+    fn accept(&self) -> BoxFuture<'_, io::Result<NewStream>> {
         Box::pin(async move {
             let event = replay_call(Call::TcpAccept {
                 listener: self.listener,
@@ -164,37 +163,28 @@ impl ListenerIo for Listener {
 /// A replayed stream, or one half of it: both halves share the close.
 struct Stream {
     conn: ConnId,
-    local: SocketAddr,
     peer: SocketAddr,
     reads: ReplayReads,
     _close: Arc<Close>,
 }
 
 impl Stream {
-    fn boxed(conn: ConnId, local: SocketAddr, peer: SocketAddr) -> Box<dyn StreamIo> {
-        Box::new(Stream {
+    fn boxed(conn: ConnId, local: SocketAddr, peer: SocketAddr) -> NewStream {
+        NewStream {
             conn,
             local,
             peer,
-            reads: ReplayReads::default(),
-            _close: Arc::new(Close { conn, udp: false }),
-        })
+            io: Box::new(Stream {
+                conn,
+                peer,
+                reads: ReplayReads::default(),
+                _close: Arc::new(Close { conn, udp: false }),
+            }),
+        }
     }
 }
 
 impl StreamIo for Stream {
-    fn conn(&self) -> ConnId {
-        self.conn
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
     fn set_nodelay(&self, _nodelay: bool) -> io::Result<()> {
         Ok(())
     }
@@ -202,7 +192,6 @@ impl StreamIo for Stream {
     fn into_split(self: Box<Self>) -> (Box<dyn ReadIo>, Box<dyn WriteIo>) {
         let write = Stream {
             conn: self.conn,
-            local: self.local,
             peer: self.peer,
             reads: ReplayReads::default(),
             _close: Arc::clone(&self._close),
@@ -336,19 +325,10 @@ fn poll_write(
 
 struct Udp {
     socket: ConnId,
-    local: SocketAddr,
     _close: Close,
 }
 
 impl UdpIo for Udp {
-    fn conn(&self) -> ConnId {
-        self.socket
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     fn send_to<'a>(
         &'a self,
         buf: &'a [u8],

@@ -14,7 +14,8 @@ use deja_replayer::gate::{self, Call};
 use super::net::{self, replay_call, unexpected};
 use super::{poll, Replay};
 use crate::backend::{
-    self, Backend, BoxFuture, Clock, ListenerIo, StreamIo, TaskCtx, TimerIo, TimerTarget, UdpIo,
+    self, Backend, BoxFuture, Clock, ListenerIo, NewSocket, NewStream, TaskCtx, TimerIo,
+    TimerTarget, UdpIo,
 };
 
 /// How long a replay's driver sleeps before it looks again whether the
@@ -166,15 +167,15 @@ impl Backend for Replay {
         })
     }
 
-    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn ListenerIo>>> {
+    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn ListenerIo>>> {
         Box::pin(net::tcp_bind(addr))
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn StreamIo>>> {
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<NewStream>> {
         Box::pin(net::tcp_connect(addr))
     }
 
-    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn UdpIo>>> {
+    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn UdpIo>>> {
         Box::pin(net::udp_bind(addr))
     }
 

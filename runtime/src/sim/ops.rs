@@ -18,8 +18,8 @@ use rand_core::{RngCore, SeedableRng};
 use super::executor::TaskKey;
 use super::{net, sockets, Host, TimerKey};
 use crate::backend::{
-    self, Backend, BoxFuture, Clock, ListenerIo, OwnExecutor, OwnTask, StreamIo, TaskCtx, TimerIo,
-    TimerTarget, UdpIo,
+    self, Backend, BoxFuture, Clock, ListenerIo, NewSocket, NewStream, OwnExecutor, OwnTask,
+    TaskCtx, TimerIo, TimerTarget, UdpIo,
 };
 
 impl Backend for Host {
@@ -131,15 +131,15 @@ impl Backend for Host {
         Box::pin(std::future::pending())
     }
 
-    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn ListenerIo>>> {
+    fn tcp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn ListenerIo>>> {
         Box::pin(std::future::ready(sockets::tcp_bind(&addr)))
     }
 
-    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn StreamIo>>> {
+    fn tcp_connect(&self, addr: String) -> BoxFuture<'static, io::Result<NewStream>> {
         Box::pin(sockets::tcp_connect(addr))
     }
 
-    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<Box<dyn UdpIo>>> {
+    fn udp_bind(&self, addr: String) -> BoxFuture<'static, io::Result<NewSocket<dyn UdpIo>>> {
         Box::pin(std::future::ready(sockets::udp_bind(&addr)))
     }
 

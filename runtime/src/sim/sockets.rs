@@ -11,7 +11,9 @@ use deja_recorder::{ConnId, EventKind};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::net::{self, SimSocket};
-use crate::backend::{BoxFuture, ListenerIo, ReadIo, StreamIo, UdpIo, WriteIo};
+use crate::backend::{
+    BoxFuture, ListenerIo, NewSocket, NewStream, ReadIo, StreamIo, UdpIo, WriteIo,
+};
 
 /// Logs the close of a socket when its last handle drops, and closes it
 /// in the simulated network.
@@ -36,54 +38,52 @@ impl Drop for Close {
     }
 }
 
-pub(super) fn tcp_bind(addr: &str) -> io::Result<Box<dyn ListenerIo>> {
+pub(super) fn tcp_bind(addr: &str) -> io::Result<NewSocket<dyn ListenerIo>> {
     let (listener, local, socket) = net::tcp_bind(addr)?;
-    Ok(Box::new(Listener {
-        listener,
+    Ok(NewSocket {
+        conn: listener,
         local,
-        socket,
-        _close: Close {
-            conn: listener,
+        io: Box::new(Listener {
+            listener,
             socket,
-        },
-    }))
+            _close: Close {
+                conn: listener,
+                socket,
+            },
+        }),
+    })
 }
 
-pub(super) async fn tcp_connect(addr: String) -> io::Result<Box<dyn StreamIo>> {
+pub(super) async fn tcp_connect(addr: String) -> io::Result<NewStream> {
     let (conn, local, peer, socket) = net::tcp_connect(&addr).await?;
     Ok(Stream::boxed(conn, local, peer, socket))
 }
 
-pub(super) fn udp_bind(addr: &str) -> io::Result<Box<dyn UdpIo>> {
+pub(super) fn udp_bind(addr: &str) -> io::Result<NewSocket<dyn UdpIo>> {
     let (socket, local, sim_socket) = net::udp_bind(addr)?;
-    Ok(Box::new(Udp {
-        socket,
+    Ok(NewSocket {
+        conn: socket,
         local,
-        sim_socket,
-        _close: Close {
-            conn: socket,
-            socket: sim_socket,
-        },
-    }))
+        io: Box::new(Udp {
+            socket,
+            local,
+            sim_socket,
+            _close: Close {
+                conn: socket,
+                socket: sim_socket,
+            },
+        }),
+    })
 }
 
 struct Listener {
     listener: ConnId,
-    local: SocketAddr,
     socket: SimSocket,
     _close: Close,
 }
 
 impl ListenerIo for Listener {
-    fn conn(&self) -> ConnId {
-        self.listener
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn accept(&self) -> BoxFuture<'_, io::Result<Box<dyn StreamIo>>> {
+    fn accept(&self) -> BoxFuture<'_, io::Result<NewStream>> {
         Box::pin(async move {
             let (conn, local, peer, socket) = net::tcp_accept(self.listener, self.socket).await?;
             Ok(Stream::boxed(conn, local, peer, socket))
@@ -94,8 +94,6 @@ impl ListenerIo for Listener {
 /// A simulated stream, or one half of it: both halves share the close.
 struct Stream {
     conn: ConnId,
-    local: SocketAddr,
-    peer: SocketAddr,
     key: u64,
     /// The write half: dropping it shuts the write side down, as tokio's.
     write_half: bool,
@@ -103,23 +101,21 @@ struct Stream {
 }
 
 impl Stream {
-    fn boxed(
-        conn: ConnId,
-        local: SocketAddr,
-        peer: SocketAddr,
-        socket: SimSocket,
-    ) -> Box<dyn StreamIo> {
+    fn boxed(conn: ConnId, local: SocketAddr, peer: SocketAddr, socket: SimSocket) -> NewStream {
         let SimSocket::Stream { key } = socket else {
             unreachable!("a simulated stream is made from a stream socket")
         };
-        Box::new(Stream {
+        NewStream {
             conn,
             local,
             peer,
-            key,
-            write_half: false,
-            close: Arc::new(Close { conn, socket }),
-        })
+            io: Box::new(Stream {
+                conn,
+                key,
+                write_half: false,
+                close: Arc::new(Close { conn, socket }),
+            }),
+        }
     }
 }
 
@@ -132,18 +128,6 @@ impl Drop for Stream {
 }
 
 impl StreamIo for Stream {
-    fn conn(&self) -> ConnId {
-        self.conn
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    fn peer_addr(&self) -> SocketAddr {
-        self.peer
-    }
-
     fn set_nodelay(&self, _nodelay: bool) -> io::Result<()> {
         Ok(())
     }
@@ -151,8 +135,6 @@ impl StreamIo for Stream {
     fn into_split(self: Box<Self>) -> (Box<dyn ReadIo>, Box<dyn WriteIo>) {
         let write = Stream {
             conn: self.conn,
-            local: self.local,
-            peer: self.peer,
             key: self.key,
             write_half: true,
             close: Arc::clone(&self.close),
@@ -197,14 +179,6 @@ struct Udp {
 }
 
 impl UdpIo for Udp {
-    fn conn(&self) -> ConnId {
-        self.socket
-    }
-
-    fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     fn send_to<'a>(
         &'a self,
         buf: &'a [u8],
