@@ -298,18 +298,31 @@ impl AsyncWrite for LiveStream {
 struct LiveUdp(tokio::net::UdpSocket);
 
 impl UdpIo for LiveUdp {
-    fn send_to<'a>(
-        &'a self,
-        buf: &'a [u8],
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
         target: SocketAddr,
-    ) -> BoxFuture<'a, io::Result<usize>> {
-        Box::pin(self.0.send_to(buf, target))
+    ) -> Poll<io::Result<usize>> {
+        self.0.poll_send_to(cx, buf, target)
     }
 
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, io::Result<(usize, SocketAddr)>> {
-        Box::pin(self.0.recv_from(buf))
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        poll_recv_real(&self.0, cx, buf)
     }
+}
+
+/// tokio's `poll_recv_from`, with the length received.
+pub(crate) fn poll_recv_real(
+    io: &tokio::net::UdpSocket,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<(usize, SocketAddr)>> {
+    let mut read = ReadBuf::new(buf);
+    let from = std::task::ready!(io.poll_recv_from(cx, &mut read))?;
+    Poll::Ready(Ok((read.filled().len(), from)))
 }

@@ -244,12 +244,20 @@ impl<T: AsyncRead + Send + Sync + Unpin> ReadIo for T {}
 pub(crate) trait WriteIo: AsyncWrite + Send + Sync + Unpin {}
 impl<T: AsyncWrite + Send + Sync + Unpin> WriteIo for T {}
 
-/// A UDP socket of one backend.
+/// A UDP socket of one backend (polled: a datagram is too small a thing
+/// to allocate a future for).
 pub(crate) trait UdpIo: Send + Sync {
-    fn send_to<'a>(&'a self, buf: &'a [u8], target: SocketAddr)
-        -> BoxFuture<'a, io::Result<usize>>;
-    fn recv_from<'a>(&'a self, buf: &'a mut [u8])
-        -> BoxFuture<'a, io::Result<(usize, SocketAddr)>>;
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>>;
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>>;
 }
 
 /// A timer of one backend: ready once it fired (and its firing is logged,

@@ -95,12 +95,12 @@ impl UdpSocket {
     }
 
     async fn send_to_addr(&self, buf: &[u8], target: SocketAddr) -> io::Result<usize> {
-        self.io.send_to(buf, target).await
+        std::future::poll_fn(|cx| self.io.poll_send_to(cx, buf, target)).await
     }
 
     /// Receive one datagram into `buf` (cut to its length, as the OS does):
     /// the bytes received and the sender.
     pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io.recv_from(buf).await
+        std::future::poll_fn(|cx| self.io.poll_recv_from(cx, buf)).await
     }
 }

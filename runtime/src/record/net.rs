@@ -338,54 +338,52 @@ struct Udp {
 }
 
 impl UdpIo for Udp {
-    fn send_to<'a>(
-        &'a self,
-        buf: &'a [u8],
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
         target: SocketAddr,
-    ) -> BoxFuture<'a, io::Result<usize>> {
-        Box::pin(async move {
-            let result = self.io.send_to(buf, target).await;
-            let socket = self.socket;
-            match &result {
-                Ok(n) => self.recording.record_write(
-                    Direction::UdpSend,
-                    socket,
-                    target,
-                    &buf[..(*n).min(buf.len())],
-                    |written| EventKind::UdpSend {
-                        socket,
-                        peer: target,
-                        result: Ok(written),
-                    },
-                ),
-                Err(err) => self.recording.record(EventKind::UdpSend {
+    ) -> Poll<io::Result<usize>> {
+        let result = ready!(self.io.poll_send_to(cx, buf, target));
+        let socket = self.socket;
+        match &result {
+            Ok(n) => self.recording.record_write(
+                Direction::UdpSend,
+                socket,
+                target,
+                &buf[..(*n).min(buf.len())],
+                |written| EventKind::UdpSend {
                     socket,
                     peer: target,
-                    result: Err(err.kind().into()),
-                }),
-            }
-            result
-        })
+                    result: Ok(written),
+                },
+            ),
+            Err(err) => self.recording.record(EventKind::UdpSend {
+                socket,
+                peer: target,
+                result: Err(err.kind().into()),
+            }),
+        }
+        Poll::Ready(result)
     }
 
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, io::Result<(usize, SocketAddr)>> {
-        Box::pin(async move {
-            let result = self.io.recv_from(buf).await;
-            match &result {
-                // The service gets the real bytes; the log gets them masked.
-                Ok((n, peer)) => {
-                    self.recording
-                        .record_datagram(self.socket, *peer, &buf[..(*n).min(buf.len())]);
-                }
-                Err(err) => self.recording.record(EventKind::UdpRecv {
-                    socket: self.socket,
-                    result: Err(err.kind().into()),
-                }),
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let result = ready!(live::poll_recv_real(&self.io, cx, buf));
+        match &result {
+            // The service gets the real bytes; the log gets them masked.
+            Ok((n, peer)) => {
+                self.recording
+                    .record_datagram(self.socket, *peer, &buf[..(*n).min(buf.len())]);
             }
-            result
-        })
+            Err(err) => self.recording.record(EventKind::UdpRecv {
+                socket: self.socket,
+                result: Err(err.kind().into()),
+            }),
+        }
+        Poll::Ready(result)
     }
 }

@@ -329,56 +329,54 @@ struct Udp {
 }
 
 impl UdpIo for Udp {
-    fn send_to<'a>(
-        &'a self,
-        buf: &'a [u8],
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
         target: SocketAddr,
-    ) -> BoxFuture<'a, io::Result<usize>> {
-        Box::pin(async move {
-            // Compared as the recording logged it: masked by the same redactors.
-            let masked = redact_write(Direction::UdpSend, self.socket, target, buf);
-            let event = replay_call(Call::UdpSend {
-                socket: self.socket,
-                peer: target,
-                bytes: masked.as_deref().unwrap_or(buf),
-            })
-            .await;
-            match event.kind {
-                EventKind::UdpSend {
-                    result: Ok(written),
-                    ..
-                } => Ok((written.len as usize).min(buf.len())),
-                EventKind::UdpSend {
-                    result: Err(kind), ..
-                } => Err(to_error(kind)),
-                _ => Err(unexpected(&event)),
-            }
+    ) -> Poll<io::Result<usize>> {
+        // Compared as the recording logged it: masked by the same redactors.
+        let masked = redact_write(Direction::UdpSend, self.socket, target, buf);
+        let call = Call::UdpSend {
+            socket: self.socket,
+            peer: target,
+            bytes: masked.as_deref().unwrap_or(buf),
+        };
+        let event = ready!(poll(cx, &call));
+        Poll::Ready(match event.kind {
+            EventKind::UdpSend {
+                result: Ok(written),
+                ..
+            } => Ok((written.len as usize).min(buf.len())),
+            EventKind::UdpSend {
+                result: Err(kind), ..
+            } => Err(to_error(kind)),
+            _ => Err(unexpected(&event)),
         })
     }
 
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, io::Result<(usize, SocketAddr)>> {
-        Box::pin(async move {
-            let event = replay_call(Call::UdpRecv {
-                socket: self.socket,
-            })
-            .await;
-            match event.kind {
-                EventKind::UdpRecv {
-                    result: Ok(datagram),
-                    ..
-                } => {
-                    let n = datagram.bytes.len().min(buf.len());
-                    buf[..n].copy_from_slice(&datagram.bytes[..n]);
-                    Ok((n, datagram.peer))
-                }
-                EventKind::UdpRecv {
-                    result: Err(kind), ..
-                } => Err(to_error(kind)),
-                _ => Err(unexpected(&event)),
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        let call = Call::UdpRecv {
+            socket: self.socket,
+        };
+        let event = ready!(poll(cx, &call));
+        Poll::Ready(match event.kind {
+            EventKind::UdpRecv {
+                result: Ok(datagram),
+                ..
+            } => {
+                let n = datagram.bytes.len().min(buf.len());
+                buf[..n].copy_from_slice(&datagram.bytes[..n]);
+                Ok((n, datagram.peer))
             }
+            EventKind::UdpRecv {
+                result: Err(kind), ..
+            } => Err(to_error(kind)),
+            _ => Err(unexpected(&event)),
         })
     }
 }

@@ -1109,19 +1109,32 @@ pub(crate) fn udp_send(
 }
 
 /// `UdpSocket::recv_from`: the datagram is cut to `buf`, as the OS does.
-pub(crate) async fn udp_recv(
+pub(crate) fn poll_udp_recv(
     socket: ConnId,
     sim: SimSocket,
+    cx: &mut Context<'_>,
+    buf: &mut [u8],
+) -> Poll<io::Result<(usize, SocketAddr)>> {
+    let SimSocket::Udp { host: index, port } = sim else {
+        return Poll::Ready(Err(io::ErrorKind::InvalidInput.into()));
+    };
+    let received = match with_net(|_, net| {
+        let queue = net.udp.get_mut(&(index, port));
+        pop_or_park(queue.map(|q| (&mut q.datagrams, &mut q.waker)), cx.waker())
+    }) {
+        Ok(Poll::Pending) => return Poll::Pending,
+        Ok(Poll::Ready(received)) => received,
+        Err(err) => Err(err),
+    };
+    Poll::Ready(record_udp_recv(socket, received, buf))
+}
+
+/// Hand a received datagram to `buf` and log it.
+fn record_udp_recv(
+    socket: ConnId,
+    received: io::Result<(SocketAddr, Vec<u8>)>,
     buf: &mut [u8],
 ) -> io::Result<(usize, SocketAddr)> {
-    let SimSocket::Udp { host: index, port } = sim else {
-        return Err(io::ErrorKind::InvalidInput.into());
-    };
-    let received = net_wait(|net, waker| {
-        let queue = net.udp.get_mut(&(index, port));
-        pop_or_park(queue.map(|q| (&mut q.datagrams, &mut q.waker)), waker)
-    })
-    .await;
     let host = current_host()?;
     let received = received.map(|(peer, bytes)| {
         let n = bytes.len().min(buf.len());

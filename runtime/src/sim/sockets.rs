@@ -179,25 +179,26 @@ struct Udp {
 }
 
 impl UdpIo for Udp {
-    fn send_to<'a>(
-        &'a self,
-        buf: &'a [u8],
+    fn poll_send_to(
+        &self,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
         target: SocketAddr,
-    ) -> BoxFuture<'a, io::Result<usize>> {
-        let sent = net::udp_send(
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(net::udp_send(
             self.socket,
             self.local,
             buf,
             target,
             super::keep_write_bytes(),
-        );
-        Box::pin(std::future::ready(sent))
+        ))
     }
 
-    fn recv_from<'a>(
-        &'a self,
-        buf: &'a mut [u8],
-    ) -> BoxFuture<'a, io::Result<(usize, SocketAddr)>> {
-        Box::pin(net::udp_recv(self.socket, self.sim_socket, buf))
+    fn poll_recv_from(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<(usize, SocketAddr)>> {
+        net::poll_udp_recv(self.socket, self.sim_socket, cx, buf)
     }
 }
