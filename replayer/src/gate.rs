@@ -2226,4 +2226,184 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("mark order is \"43\""), "{err}");
     }
+
+    // Issue 16: hyper's `Date` header at a second boundary. hyper's
+    // connection task reads the wall clock at the start of every poll
+    // (`date::update`) and renders the header from the latest reading
+    // when it writes in that poll. Recorded: a poll that waited read
+    // ...538.999947, the poll that went on read ...539.000092 and wrote
+    // second 539. Replay must hand that poll the later reading.
+    const BEFORE_SECOND: i64 = 538_999_947_000;
+    const AFTER_SECOND: i64 = 539_000_092_000;
+
+    fn wall(unix_ns: i64) -> EventKind {
+        EventKind::LibClockWall { unix_ns }
+    }
+
+    fn driver_turn(seq: u64) -> Event {
+        Event {
+            seq,
+            task: TaskId::OUTSIDE,
+            mono_ns: seq * 10,
+            kind: EventKind::DriverTurn {
+                ready: 1,
+                clock_ns: seq * 10 + 1,
+            },
+        }
+    }
+
+    /// The whole second a library wall reading gives hyper's `Date`
+    /// header: `None` when the recording has no reading there (replay
+    /// answers with virtual time).
+    fn date_second(claimed: Result<Claimed<'_>, Box<Divergence>>) -> Option<i64> {
+        match claimed.expect("a reading never diverges") {
+            Claimed::Event(Event {
+                kind: EventKind::LibClockWall { unix_ns },
+                ..
+            }) => Some(unix_ns.div_euclid(1_000_000_000)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
+    fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_fewer_times() {
+        let mark = EventKind::Mark {
+            name: "m".into(),
+            value: vec![],
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(BEFORE_SECOND)),
+            event(1, 2, mark),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        // Replay runs task 2 first: its mark is in place (a reading is
+        // nobody's place), and task 1's read is next for the cursor.
+        let mark_call = Call::Mark {
+            name: "m",
+            value: b"",
+        };
+        assert!(matches!(
+            gate.claim(TaskId(2), &mark_call),
+            Ok(Claimed::Event(_))
+        ));
+        // Task 1's one poll reads the clock, then its read is released:
+        // the recording read 539 in the poll that went on to it.
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 1, "the waiting poll's reading");
+        assert!(gate.finished());
+    }
+
+    #[test]
+    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
+    fn hyper_date_at_a_second_boundary_when_a_waiting_poll_came_first() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(BEFORE_SECOND)),
+            driver_turn(1),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        // The poll that waited, as recorded: its reading, its read waits
+        // for the turn.
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(538)
+        );
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(gate.pass_turn().is_some());
+        // The poll the turn woke reads the clock and goes on: the reading
+        // recorded there is still there for it.
+        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
+    }
+
+    #[test]
+    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
+    fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_more_often() {
+        let mut gate = Gate::new(vec![
+            event(0, 2, wall(BEFORE_SECOND)),
+            driver_turn(1),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        assert_eq!(
+            date_second(gate.claim(TaskId(2), &Call::LibClockWall)),
+            Some(538)
+        );
+        // Task 1 is polled before the turn that woke it in the recording:
+        // a poll the recording did not make, which waits. The time stands
+        // still for it: the last wall reading the replay got past.
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(538)
+        );
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(gate.pass_turn().is_some());
+        // The poll the recording made gets its reading.
+        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 1, "the extra poll's reading");
+        assert!(gate.finished());
+    }
+
+    #[test]
+    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
+    fn library_readings_made_poll_for_poll_as_recorded_are_handed_out_in_order() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(1)),
+            event(1, 2, read(20)),
+            event(2, 1, wall(2)),
+            event(3, 1, EventKind::LibClockMono { ns: 3 }),
+            event(4, 1, wall(4)),
+            event(5, 1, read(10)),
+        ]);
+        let reading = |gate: &mut Gate, call: Call<'_>| match gate.claim(TaskId(1), &call) {
+            Ok(Claimed::Event(event)) => event.seq,
+            other => panic!("{other:?}"),
+        };
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        // A poll that waits, then one that reads three times and goes on.
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 0);
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(matches!(
+            gate.poll(TaskId(2), &Call::TcpRead { conn: ConnId(20) }),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 2);
+        assert_eq!(reading(&mut gate, Call::LibClockMono), 3);
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 4);
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
+    }
 }
