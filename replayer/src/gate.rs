@@ -22,6 +22,12 @@ use deja_recorder::{content_hash, ConnId, Event, EventKind, ReadOutcome, TaskId,
 /// Events shown before the divergence point in a report.
 pub const REPORT_CONTEXT_EVENTS: usize = 8;
 
+/// How far back from the cursor a library reading in a poll the recording
+/// did not make looks for the last reading of its clock (see
+/// [`Gate::claim`]): a busy service reads the clock every few events, and
+/// a scan this long costs microseconds; none found, it reads virtual time.
+const REPEAT_SCAN_EVENTS_MAX: usize = 4096;
+
 /// An intercepted operation as the replaying code performs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call<'a> {
@@ -312,6 +318,27 @@ fn is_reading(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::LibClockMono { .. } | EventKind::LibClockWall { .. }
+    )
+}
+
+/// An event a synchronous call claims (see [`Gate::claim`]); the others
+/// are polled and released at the cursor.
+fn is_claimed_kind(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ClockMono { .. }
+            | EventKind::ClockWall { .. }
+            | EventKind::LibClockMono { .. }
+            | EventKind::LibClockWall { .. }
+            | EventKind::RootSeed { .. }
+            | EventKind::Entropy { .. }
+            | EventKind::Spawn { .. }
+            | EventKind::TaskEnd { .. }
+            | EventKind::TaskAdopted { .. }
+            | EventKind::Mark { .. }
+            | EventKind::MarkEnd { .. }
+            | EventKind::TcpClose { .. }
+            | EventKind::UdpClose { .. }
     )
 }
 
@@ -715,6 +742,11 @@ pub enum Claimed<'a> {
     /// A clock reading the recording did not make here (see
     /// [`Gate::claim`]): the runtime answers with virtual time.
     Unrecorded,
+    /// A library clock reading in a poll the recording did not make (see
+    /// [`Gate::claim`]): the runtime answers with this reading, the last
+    /// of that clock the cursor passed or the task took, so the time
+    /// stands still. It is not the task's event and is not taken.
+    Repeated(&'a Event),
 }
 
 /// The recorded order, and the cursor that walks it.
@@ -973,10 +1005,10 @@ impl Gate {
         self.last_redacted_use.as_ref()
     }
 
-    /// Task `task`'s next recorded event (not yet released or claimed):
-    /// what its next call must match.
+    /// Task `task`'s next recorded event (not yet released or claimed),
+    /// library clock readings aside: what its next call must match.
     pub fn next_event_of(&self, task: TaskId) -> Option<&Event> {
-        self.next_index(task).map(|index| &self.events[index])
+        self.next_other_index(task).map(|index| &self.events[index])
     }
 
     /// Note a released read or datagram that the recording redacted.
@@ -1113,10 +1145,10 @@ impl Gate {
     /// read, an accept, a timer: it was still pending when the recording
     /// ended) and diverges otherwise, when the recording is complete.
     pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
-        if !is_reading_call(call) {
+        if !is_reading_call(call) && !self.keeps_readings(task) {
             self.pass_readings(task);
         }
-        let Some(index) = self.next_index(task) else {
+        let Some(index) = self.next_other_index(task) else {
             if call.waits_for_input() || !matches!(self.tail, LogTail::Exit { .. }) {
                 return Ok(Gated::Wait);
             }
@@ -1193,8 +1225,38 @@ impl Gate {
     /// none recorded next is [`Claimed::Unrecorded`]; both are counted
     /// ([`Gate::readings_unmatched`]). Readings through `deja::time` stay
     /// in program order like every other call.
+    ///
+    /// Which of a task's pending readings a library reading gets follows
+    /// the recording's polls. The recording ran one task at a time, so the
+    /// readings of the poll that went on to the task's next other event E
+    /// are the ones right before E in the log, with nothing between them
+    /// (the *final block*); readings further back were made by polls that
+    /// waited. A library that reads the clock at the start of every poll
+    /// and writes what it read (hyper's `Date` header) must get the final
+    /// block's readings in the poll that goes on, whatever replay's polls
+    /// before it. So, in a recording made on one thread:
+    /// - when E would be taken now (the task's poll goes on to it), the
+    ///   readings before the final block are passed and the reading is
+    ///   the final block's next one;
+    /// - when E would not be taken now and only the final block is left,
+    ///   this poll will wait, and the recording did not make it: the
+    ///   reading is [`Claimed::Repeated`], the last reading of that clock
+    ///   the cursor passed or the task took (the time stands still), and
+    ///   the final block stays for the poll that goes on;
+    /// - otherwise readings are handed out in order.
+    ///
+    /// A replay that polls the task as the recording did gets every
+    /// reading in order; one that polls it fewer times or more often gets
+    /// the final block in the poll that goes on.
     pub fn claim(&mut self, task: TaskId, call: &Call<'_>) -> Result<Claimed<'_>, Box<Divergence>> {
         if is_reading_call(call) {
+            if let Some(repeated) = self.place_reading(task, call) {
+                self.readings_unmatched += 1;
+                return Ok(match repeated {
+                    Some(index) => Claimed::Repeated(&self.events[index]),
+                    None => Claimed::Unrecorded,
+                });
+            }
             let recorded_here = self
                 .next_index(task)
                 .is_some_and(|index| match_call(call, &self.events[index].kind) == Match::Same);
@@ -1316,7 +1378,7 @@ impl Gate {
             if !skip_waiting || !self.waiting.contains(&event.task) {
                 return true;
             }
-            if self.next_index(event.task) == Some(at) {
+            if self.next_other_index(event.task) == Some(at) {
                 return false; // the call it is parked on
             }
             // What it does after that call without new input is made too;
@@ -1371,6 +1433,95 @@ impl Gate {
         if passed {
             self.skip_claimed();
         }
+    }
+
+    /// Where task `task`'s library reading `call` goes (see
+    /// [`Gate::claim`]): `None` to take its next pending reading (stale
+    /// readings passed first when its poll goes on), `Some` for a poll
+    /// the recording did not make, with the reading to repeat if any.
+    fn place_reading(&mut self, task: TaskId, call: &Call<'_>) -> Option<Option<usize>> {
+        if !self.strict_order {
+            return None;
+        }
+        let next = self.next_index(task)?;
+        let other = self.next_other_index(task)?;
+        if next == other {
+            return None; // no reading pending: unrecorded, as before
+        }
+        // The final block: the task's readings right before its event.
+        let block = (next..other)
+            .rev()
+            .take_while(|&at| self.events[at].task == task && is_reading(&self.events[at].kind))
+            .last()
+            .unwrap_or(other);
+        if self.reaches(task, other) {
+            if next < block {
+                self.pass_readings_before(task, block);
+            }
+            return None;
+        }
+        if next < block {
+            return None; // a poll that waited in the recording too
+        }
+        // The latest reading of this clock the replay got past, or this
+        // task took: no later than any other task's write now due sees
+        // in the recording, and never behind the task's own.
+        let repeatable = |at: &usize| {
+            let event = &self.events[*at];
+            (*at < self.cursor || (self.claimed[*at] && event.task == task))
+                && match_call(call, &event.kind) == Match::Same
+        };
+        Some(
+            (0..next)
+                .rev()
+                .take(REPEAT_SCAN_EVENTS_MAX)
+                .find(repeatable),
+        )
+    }
+
+    /// Whether task `task`'s pending readings stay for its next poll: it
+    /// has some, and its next other event would not be taken now, so the
+    /// call it makes now waits (see [`Gate::claim`]).
+    fn keeps_readings(&self, task: TaskId) -> bool {
+        if !self.strict_order {
+            return false;
+        }
+        match (self.next_index(task), self.next_other_index(task)) {
+            (Some(next), Some(other)) => next != other && !self.reaches(task, other),
+            _ => false,
+        }
+    }
+
+    /// Task `task`'s next event that is not a library clock reading.
+    fn next_other_index(&self, task: TaskId) -> Option<usize> {
+        let track = self.tasks.get(&task)?;
+        track.events[track.next.min(track.events.len())..]
+            .iter()
+            .copied()
+            .find(|&at| !is_reading(&self.events[at].kind))
+    }
+
+    /// Whether task `task`'s call for its event at `at` would be taken now,
+    /// its readings before it aside: a polled event must be the cursor's
+    /// once those readings are passed; a claimed one must be in its place.
+    fn reaches(&self, task: TaskId, at: usize) -> bool {
+        if is_claimed_kind(&self.events[at].kind) {
+            return self.first_unreplayed(task, at, true).is_none();
+        }
+        (self.cursor..at).all(|between| self.claimed[between] || self.events[between].task == task)
+    }
+
+    /// Pass `task`'s pending readings before position `limit`.
+    fn pass_readings_before(&mut self, task: TaskId, limit: usize) {
+        while let Some(index) = self.next_index(task).filter(|&index| index < limit) {
+            if !is_reading(&self.events[index].kind) {
+                break;
+            }
+            self.take_next(task);
+            self.claimed[index] = true;
+            self.readings_unmatched += 1;
+        }
+        self.skip_claimed();
     }
 
     /// Clock readings recorded but not made in replay, plus readings made
@@ -2260,13 +2411,16 @@ mod tests {
             Claimed::Event(Event {
                 kind: EventKind::LibClockWall { unix_ns },
                 ..
+            })
+            | Claimed::Repeated(Event {
+                kind: EventKind::LibClockWall { unix_ns },
+                ..
             }) => Some(unix_ns.div_euclid(1_000_000_000)),
             _ => None,
         }
     }
 
     #[test]
-    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
     fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_fewer_times() {
         let mark = EventKind::Mark {
             name: "m".into(),
@@ -2304,7 +2458,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
     fn hyper_date_at_a_second_boundary_when_a_waiting_poll_came_first() {
         let mut gate = Gate::new(vec![
             event(0, 1, wall(BEFORE_SECOND)),
@@ -2337,7 +2490,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
     fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_more_often() {
         let mut gate = Gate::new(vec![
             event(0, 2, wall(BEFORE_SECOND)),
@@ -2374,7 +2526,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "reproduction of issue 16 (Date at a second boundary): fails until the gate hands each poll its own readings"]
     fn library_readings_made_poll_for_poll_as_recorded_are_handed_out_in_order() {
         let mut gate = Gate::new(vec![
             event(0, 1, wall(1)),
