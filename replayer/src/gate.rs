@@ -1144,6 +1144,10 @@ impl Gate {
     /// A call past the task's last event waits if it waits for input (a
     /// read, an accept, a timer: it was still pending when the recording
     /// ended) and diverges otherwise, when the recording is complete.
+    ///
+    /// The task's library clock readings still pending before its event
+    /// are passed only if the event would be taken now; otherwise they
+    /// stay for the poll that goes on (see [`Gate::claim`]).
     pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
         if !is_reading_call(call) && !self.keeps_readings(task) {
             self.pass_readings(task);
@@ -1221,7 +1225,9 @@ impl Gate {
     /// it for its `Date` header), and replay does not poll a task exactly
     /// as often as the recording's scheduler did. A reading is not an
     /// effect, so a task's recorded library readings that its next other
-    /// call finds still pending are passed, and a library reading with
+    /// call finds still pending are passed when that call goes on (one
+    /// that waits leaves them for the task's next poll), and a library
+    /// reading with
     /// none recorded next is [`Claimed::Unrecorded`]; both are counted
     /// ([`Gate::readings_unmatched`]). Readings through `deja::time` stay
     /// in program order like every other call.
