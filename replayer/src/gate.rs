@@ -1241,11 +1241,13 @@ impl Gate {
     /// and writes what it read (hyper's `Date` header) must get the final
     /// block's readings in the poll that goes on, whatever replay's polls
     /// before it. So, in a recording made on one thread:
-    /// - when E would be taken now (the task's poll goes on to it), the
-    ///   readings before the final block are passed and the reading is
-    ///   the final block's next one;
-    /// - when E would not be taken now and only the final block is left,
-    ///   this poll will wait, and the recording did not make it: the
+    /// - when the replay is where the recording was at E (every event
+    ///   before it replayed but the task's readings: its poll goes on to
+    ///   E), the readings before the final block are passed and the
+    ///   reading is the final block's next one;
+    /// - when E waits (it is polled: a read, a write, a timer), the
+    ///   replay is not there yet and only the final block is left, this
+    ///   poll will wait, and the recording did not make it: the
     ///   reading is [`Claimed::Repeated`], the last reading of that clock
     ///   the cursor passed or the task took (the time stands still), and
     ///   the final block stays for the poll that goes on;
@@ -1466,8 +1468,10 @@ impl Gate {
             }
             return None;
         }
-        if next < block {
-            return None; // a poll that waited in the recording too
+        if next < block || is_claimed_kind(&self.events[other].kind) {
+            // A poll that waited in the recording too; or the task's next
+            // event does not wait, so this poll may well go on to it.
+            return None;
         }
         // The latest reading of this clock the replay got past, or this
         // task took: no later than any other task's write now due sees
@@ -1507,13 +1511,13 @@ impl Gate {
             .find(|&at| !is_reading(&self.events[at].kind))
     }
 
-    /// Whether task `task`'s call for its event at `at` would be taken now,
-    /// its readings before it aside: a polled event must be the cursor's
-    /// once those readings are passed; a claimed one must be in its place.
+    /// Whether the replay is where the recording was when task `task` made
+    /// the call for its event at `at`: every event before it replayed,
+    /// the task's own pending readings aside (for a polled event: it
+    /// would be released now). Not [`Gate::first_unreplayed`]'s
+    /// allowances: the driver turns and parked tasks' events between a
+    /// task's polls are what tell its polls apart.
     fn reaches(&self, task: TaskId, at: usize) -> bool {
-        if is_claimed_kind(&self.events[at].kind) {
-            return self.first_unreplayed(task, at, true).is_none();
-        }
         (self.cursor..at).all(|between| self.claimed[between] || self.events[between].task == task)
     }
 
@@ -2559,6 +2563,55 @@ mod tests {
         assert!(matches!(
             gate.poll(TaskId(1), &read_call),
             Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_library_tasks_readings_before_a_mark_are_handed_out_poll_for_poll() {
+        // A task of library code (not held to its place in the log) whose
+        // next event after two polls is a synchronous one: its first poll
+        // waited on something the log does not show.
+        let mut gate = Gate::new(vec![
+            event(0, 5, EventKind::TaskAdopted { tokio_id: 9 }),
+            event(1, 5, wall(1)),
+            event(2, 2, read(20)),
+            driver_turn(3),
+            event(4, 5, wall(4)),
+            event(
+                5,
+                5,
+                EventKind::Mark {
+                    name: "m".into(),
+                    value: vec![],
+                },
+            ),
+        ]);
+        assert!(matches!(
+            gate.claim(TaskId(5), &Call::Adopt),
+            Ok(Claimed::Event(_))
+        ));
+        let reading = |gate: &mut Gate| match gate.claim(TaskId(5), &Call::LibClockWall) {
+            Ok(Claimed::Event(event)) => event.seq,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reading(&mut gate), 1, "the poll that waited");
+        assert!(matches!(
+            gate.poll(TaskId(2), &Call::TcpRead { conn: ConnId(20) }),
+            Ok(Gated::Ready(_))
+        ));
+        assert!(gate.pass_turn().is_some());
+        assert_eq!(reading(&mut gate), 4, "the poll that goes on");
+        assert!(matches!(
+            gate.claim(
+                TaskId(5),
+                &Call::Mark {
+                    name: "m",
+                    value: b""
+                }
+            ),
+            Ok(Claimed::Event(_))
         ));
         assert_eq!(gate.readings_unmatched(), 0);
         assert!(gate.finished());
