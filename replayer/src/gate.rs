@@ -22,6 +22,12 @@ use deja_recorder::{content_hash, ConnId, Event, EventKind, ReadOutcome, TaskId,
 /// Events shown before the divergence point in a report.
 pub const REPORT_CONTEXT_EVENTS: usize = 8;
 
+/// How far back from the cursor a library reading in a poll the recording
+/// did not make looks for the last reading of its clock (see
+/// [`Gate::claim`]): a busy service reads the clock every few events, and
+/// a scan this long costs microseconds; none found, it reads virtual time.
+const REPEAT_SCAN_EVENTS_MAX: usize = 4096;
+
 /// An intercepted operation as the replaying code performs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call<'a> {
@@ -312,6 +318,27 @@ fn is_reading(kind: &EventKind) -> bool {
     matches!(
         kind,
         EventKind::LibClockMono { .. } | EventKind::LibClockWall { .. }
+    )
+}
+
+/// An event a synchronous call claims (see [`Gate::claim`]); the others
+/// are polled and released at the cursor.
+fn is_claimed_kind(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ClockMono { .. }
+            | EventKind::ClockWall { .. }
+            | EventKind::LibClockMono { .. }
+            | EventKind::LibClockWall { .. }
+            | EventKind::RootSeed { .. }
+            | EventKind::Entropy { .. }
+            | EventKind::Spawn { .. }
+            | EventKind::TaskEnd { .. }
+            | EventKind::TaskAdopted { .. }
+            | EventKind::Mark { .. }
+            | EventKind::MarkEnd { .. }
+            | EventKind::TcpClose { .. }
+            | EventKind::UdpClose { .. }
     )
 }
 
@@ -715,6 +742,11 @@ pub enum Claimed<'a> {
     /// A clock reading the recording did not make here (see
     /// [`Gate::claim`]): the runtime answers with virtual time.
     Unrecorded,
+    /// A library clock reading in a poll the recording did not make (see
+    /// [`Gate::claim`]): the runtime answers with this reading, the last
+    /// of that clock the cursor passed or the task took, so the time
+    /// stands still. It is not the task's event and is not taken.
+    Repeated(&'a Event),
 }
 
 /// The recorded order, and the cursor that walks it.
@@ -973,10 +1005,10 @@ impl Gate {
         self.last_redacted_use.as_ref()
     }
 
-    /// Task `task`'s next recorded event (not yet released or claimed):
-    /// what its next call must match.
+    /// Task `task`'s next recorded event (not yet released or claimed),
+    /// library clock readings aside: what its next call must match.
     pub fn next_event_of(&self, task: TaskId) -> Option<&Event> {
-        self.next_index(task).map(|index| &self.events[index])
+        self.next_other_index(task).map(|index| &self.events[index])
     }
 
     /// Note a released read or datagram that the recording redacted.
@@ -1112,11 +1144,15 @@ impl Gate {
     /// A call past the task's last event waits if it waits for input (a
     /// read, an accept, a timer: it was still pending when the recording
     /// ended) and diverges otherwise, when the recording is complete.
+    ///
+    /// The task's library clock readings still pending before its event
+    /// are passed only if the event would be taken now; otherwise they
+    /// stay for the poll that goes on (see [`Gate::claim`]).
     pub fn poll(&mut self, task: TaskId, call: &Call<'_>) -> Result<Gated<'_>, Box<Divergence>> {
-        if !is_reading_call(call) {
+        if !is_reading_call(call) && !self.keeps_readings(task) {
             self.pass_readings(task);
         }
-        let Some(index) = self.next_index(task) else {
+        let Some(index) = self.next_other_index(task) else {
             if call.waits_for_input() || !matches!(self.tail, LogTail::Exit { .. }) {
                 return Ok(Gated::Wait);
             }
@@ -1189,12 +1225,46 @@ impl Gate {
     /// it for its `Date` header), and replay does not poll a task exactly
     /// as often as the recording's scheduler did. A reading is not an
     /// effect, so a task's recorded library readings that its next other
-    /// call finds still pending are passed, and a library reading with
+    /// call finds still pending are passed when that call goes on (one
+    /// that waits leaves them for the task's next poll), and a library
+    /// reading with
     /// none recorded next is [`Claimed::Unrecorded`]; both are counted
     /// ([`Gate::readings_unmatched`]). Readings through `deja::time` stay
     /// in program order like every other call.
+    ///
+    /// Which of a task's pending readings a library reading gets follows
+    /// the recording's polls. The recording ran one task at a time, so the
+    /// readings of the poll that went on to the task's next other event E
+    /// are the ones right before E in the log, with nothing between them
+    /// (the *final block*); readings further back were made by polls that
+    /// waited. A library that reads the clock at the start of every poll
+    /// and writes what it read (hyper's `Date` header) must get the final
+    /// block's readings in the poll that goes on, whatever replay's polls
+    /// before it. So, in a recording made on one thread:
+    /// - when the replay is where the recording was at E (every event
+    ///   before it replayed but the task's readings: its poll goes on to
+    ///   E), the readings before the final block are passed and the
+    ///   reading is the final block's next one;
+    /// - when E waits (it is polled: a read, a write, a timer), the
+    ///   replay is not there yet and only the final block is left, this
+    ///   poll will wait, and the recording did not make it: the
+    ///   reading is [`Claimed::Repeated`], the last reading of that clock
+    ///   the cursor passed or the task took (the time stands still), and
+    ///   the final block stays for the poll that goes on;
+    /// - otherwise readings are handed out in order.
+    ///
+    /// A replay that polls the task as the recording did gets every
+    /// reading in order; one that polls it fewer times or more often gets
+    /// the final block in the poll that goes on.
     pub fn claim(&mut self, task: TaskId, call: &Call<'_>) -> Result<Claimed<'_>, Box<Divergence>> {
         if is_reading_call(call) {
+            if let Some(repeated) = self.place_reading(task, call) {
+                self.readings_unmatched += 1;
+                return Ok(match repeated {
+                    Some(index) => Claimed::Repeated(&self.events[index]),
+                    None => Claimed::Unrecorded,
+                });
+            }
             let recorded_here = self
                 .next_index(task)
                 .is_some_and(|index| match_call(call, &self.events[index].kind) == Match::Same);
@@ -1316,7 +1386,7 @@ impl Gate {
             if !skip_waiting || !self.waiting.contains(&event.task) {
                 return true;
             }
-            if self.next_index(event.task) == Some(at) {
+            if self.next_other_index(event.task) == Some(at) {
                 return false; // the call it is parked on
             }
             // What it does after that call without new input is made too;
@@ -1371,6 +1441,97 @@ impl Gate {
         if passed {
             self.skip_claimed();
         }
+    }
+
+    /// Where task `task`'s library reading `call` goes (see
+    /// [`Gate::claim`]): `None` to take its next pending reading (stale
+    /// readings passed first when its poll goes on), `Some` for a poll
+    /// the recording did not make, with the reading to repeat if any.
+    fn place_reading(&mut self, task: TaskId, call: &Call<'_>) -> Option<Option<usize>> {
+        if !self.strict_order {
+            return None;
+        }
+        let next = self.next_index(task)?;
+        let other = self.next_other_index(task)?;
+        if next == other {
+            return None; // no reading pending: unrecorded, as before
+        }
+        // The final block: the task's readings right before its event.
+        let block = (next..other)
+            .rev()
+            .take_while(|&at| self.events[at].task == task && is_reading(&self.events[at].kind))
+            .last()
+            .unwrap_or(other);
+        if self.reaches(task, other) {
+            if next < block {
+                self.pass_readings_before(task, block);
+            }
+            return None;
+        }
+        if next < block || is_claimed_kind(&self.events[other].kind) {
+            // A poll that waited in the recording too; or the task's next
+            // event does not wait, so this poll may well go on to it.
+            return None;
+        }
+        // The latest reading of this clock the replay got past, or this
+        // task took: no later than any other task's write now due sees
+        // in the recording, and never behind the task's own.
+        let repeatable = |at: &usize| {
+            let event = &self.events[*at];
+            (*at < self.cursor || (self.claimed[*at] && event.task == task))
+                && match_call(call, &event.kind) == Match::Same
+        };
+        Some(
+            (0..next)
+                .rev()
+                .take(REPEAT_SCAN_EVENTS_MAX)
+                .find(repeatable),
+        )
+    }
+
+    /// Whether task `task`'s pending readings stay for its next poll: it
+    /// has some, and its next other event would not be taken now, so the
+    /// call it makes now waits (see [`Gate::claim`]).
+    fn keeps_readings(&self, task: TaskId) -> bool {
+        if !self.strict_order {
+            return false;
+        }
+        match (self.next_index(task), self.next_other_index(task)) {
+            (Some(next), Some(other)) => next != other && !self.reaches(task, other),
+            _ => false,
+        }
+    }
+
+    /// Task `task`'s next event that is not a library clock reading.
+    fn next_other_index(&self, task: TaskId) -> Option<usize> {
+        let track = self.tasks.get(&task)?;
+        track.events[track.next.min(track.events.len())..]
+            .iter()
+            .copied()
+            .find(|&at| !is_reading(&self.events[at].kind))
+    }
+
+    /// Whether the replay is where the recording was when task `task` made
+    /// the call for its event at `at`: every event before it replayed,
+    /// the task's own pending readings aside (for a polled event: it
+    /// would be released now). Not [`Gate::first_unreplayed`]'s
+    /// allowances: the driver turns and parked tasks' events between a
+    /// task's polls are what tell its polls apart.
+    fn reaches(&self, task: TaskId, at: usize) -> bool {
+        (self.cursor..at).all(|between| self.claimed[between] || self.events[between].task == task)
+    }
+
+    /// Pass `task`'s pending readings before position `limit`.
+    fn pass_readings_before(&mut self, task: TaskId, limit: usize) {
+        while let Some(index) = self.next_index(task).filter(|&index| index < limit) {
+            if !is_reading(&self.events[index].kind) {
+                break;
+            }
+            self.take_next(task);
+            self.claimed[index] = true;
+            self.readings_unmatched += 1;
+        }
+        self.skip_claimed();
     }
 
     /// Clock readings recorded but not made in replay, plus readings made
@@ -2225,5 +2386,234 @@ mod tests {
             )
             .unwrap_err();
         assert!(err.to_string().contains("mark order is \"43\""), "{err}");
+    }
+
+    // Issue 16: hyper's `Date` header at a second boundary. hyper's
+    // connection task reads the wall clock at the start of every poll
+    // (`date::update`) and renders the header from the latest reading
+    // when it writes in that poll. Recorded: a poll that waited read
+    // ...538.999947, the poll that went on read ...539.000092 and wrote
+    // second 539. Replay must hand that poll the later reading.
+    const BEFORE_SECOND: i64 = 538_999_947_000;
+    const AFTER_SECOND: i64 = 539_000_092_000;
+
+    fn wall(unix_ns: i64) -> EventKind {
+        EventKind::LibClockWall { unix_ns }
+    }
+
+    fn driver_turn(seq: u64) -> Event {
+        Event {
+            seq,
+            task: TaskId::OUTSIDE,
+            mono_ns: seq * 10,
+            kind: EventKind::DriverTurn {
+                ready: 1,
+                clock_ns: seq * 10 + 1,
+            },
+        }
+    }
+
+    /// The whole second a library wall reading gives hyper's `Date`
+    /// header: `None` when the recording has no reading there (replay
+    /// answers with virtual time).
+    fn date_second(claimed: Result<Claimed<'_>, Box<Divergence>>) -> Option<i64> {
+        match claimed.expect("a reading never diverges") {
+            Claimed::Event(Event {
+                kind: EventKind::LibClockWall { unix_ns },
+                ..
+            })
+            | Claimed::Repeated(Event {
+                kind: EventKind::LibClockWall { unix_ns },
+                ..
+            }) => Some(unix_ns.div_euclid(1_000_000_000)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_fewer_times() {
+        let mark = EventKind::Mark {
+            name: "m".into(),
+            value: vec![],
+        };
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(BEFORE_SECOND)),
+            event(1, 2, mark),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        // Replay runs task 2 first: its mark is in place (a reading is
+        // nobody's place), and task 1's read is next for the cursor.
+        let mark_call = Call::Mark {
+            name: "m",
+            value: b"",
+        };
+        assert!(matches!(
+            gate.claim(TaskId(2), &mark_call),
+            Ok(Claimed::Event(_))
+        ));
+        // Task 1's one poll reads the clock, then its read is released:
+        // the recording read 539 in the poll that went on to it.
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 1, "the waiting poll's reading");
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn hyper_date_at_a_second_boundary_when_a_waiting_poll_came_first() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(BEFORE_SECOND)),
+            driver_turn(1),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        // The poll that waited, as recorded: its reading, its read waits
+        // for the turn.
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(538)
+        );
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(gate.pass_turn().is_some());
+        // The poll the turn woke reads the clock and goes on: the reading
+        // recorded there is still there for it.
+        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn hyper_date_at_a_second_boundary_when_replay_polls_the_task_more_often() {
+        let mut gate = Gate::new(vec![
+            event(0, 2, wall(BEFORE_SECOND)),
+            driver_turn(1),
+            event(2, 1, wall(AFTER_SECOND)),
+            event(3, 1, read(10)),
+        ]);
+        assert_eq!(
+            date_second(gate.claim(TaskId(2), &Call::LibClockWall)),
+            Some(538)
+        );
+        // Task 1 is polled before the turn that woke it in the recording:
+        // a poll the recording did not make, which waits. The time stands
+        // still for it: the last wall reading the replay got past.
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(538)
+        );
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(gate.pass_turn().is_some());
+        // The poll the recording made gets its reading.
+        assert_eq!(gate.cursor_task(), Some(TaskId(1)));
+        assert_eq!(
+            date_second(gate.claim(TaskId(1), &Call::LibClockWall)),
+            Some(539)
+        );
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 1, "the extra poll's reading");
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn library_readings_made_poll_for_poll_as_recorded_are_handed_out_in_order() {
+        let mut gate = Gate::new(vec![
+            event(0, 1, wall(1)),
+            event(1, 2, read(20)),
+            event(2, 1, wall(2)),
+            event(3, 1, EventKind::LibClockMono { ns: 3 }),
+            event(4, 1, wall(4)),
+            event(5, 1, read(10)),
+        ]);
+        let reading = |gate: &mut Gate, call: Call<'_>| match gate.claim(TaskId(1), &call) {
+            Ok(Claimed::Event(event)) => event.seq,
+            other => panic!("{other:?}"),
+        };
+        let read_call = Call::TcpRead { conn: ConnId(10) };
+        // A poll that waits, then one that reads three times and goes on.
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 0);
+        assert!(matches!(gate.poll(TaskId(1), &read_call), Ok(Gated::Wait)));
+        assert!(matches!(
+            gate.poll(TaskId(2), &Call::TcpRead { conn: ConnId(20) }),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 2);
+        assert_eq!(reading(&mut gate, Call::LibClockMono), 3);
+        assert_eq!(reading(&mut gate, Call::LibClockWall), 4);
+        assert!(matches!(
+            gate.poll(TaskId(1), &read_call),
+            Ok(Gated::Ready(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
+    }
+
+    #[test]
+    fn a_library_tasks_readings_before_a_mark_are_handed_out_poll_for_poll() {
+        // A task of library code (not held to its place in the log) whose
+        // next event after two polls is a synchronous one: its first poll
+        // waited on something the log does not show.
+        let mut gate = Gate::new(vec![
+            event(0, 5, EventKind::TaskAdopted { tokio_id: 9 }),
+            event(1, 5, wall(1)),
+            event(2, 2, read(20)),
+            driver_turn(3),
+            event(4, 5, wall(4)),
+            event(
+                5,
+                5,
+                EventKind::Mark {
+                    name: "m".into(),
+                    value: vec![],
+                },
+            ),
+        ]);
+        assert!(matches!(
+            gate.claim(TaskId(5), &Call::Adopt),
+            Ok(Claimed::Event(_))
+        ));
+        let reading = |gate: &mut Gate| match gate.claim(TaskId(5), &Call::LibClockWall) {
+            Ok(Claimed::Event(event)) => event.seq,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reading(&mut gate), 1, "the poll that waited");
+        assert!(matches!(
+            gate.poll(TaskId(2), &Call::TcpRead { conn: ConnId(20) }),
+            Ok(Gated::Ready(_))
+        ));
+        assert!(gate.pass_turn().is_some());
+        assert_eq!(reading(&mut gate), 4, "the poll that goes on");
+        assert!(matches!(
+            gate.claim(
+                TaskId(5),
+                &Call::Mark {
+                    name: "m",
+                    value: b""
+                }
+            ),
+            Ok(Claimed::Event(_))
+        ));
+        assert_eq!(gate.readings_unmatched(), 0);
+        assert!(gate.finished());
     }
 }

@@ -19,6 +19,9 @@
 //!   many handlers waiting on the pool and on their timeouts at once,
 //!   hyper-util's pool hands connections out in an order replay does not
 //!   always reproduce; ARCHITECTURE.md, "What deja guarantees").
+//! - `sixteen_clients_replay_offline_to_one_digest`: the issue's load, 16
+//!   keep-alive clients, recorded and replayed 20 times offline, each
+//!   with one digest and the recorded log.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -35,14 +38,11 @@ use deja_tests::e2e::{
     offline_available, only_run, replay_summary, run_bounded, workspace_bin, CHILD_TIMEOUT,
 };
 
-/// Concurrent keep-alive clients of the exact test. The issue asks for
-/// 16: recordings made with 16 replayed 9 times in 10 while other tests
-/// loaded both cores (the tenth stopped with a report: under load tokio
-/// takes in more I/O per driver turn, and replay wakes tasks in another
-/// order; ARCHITECTURE.md, "What deja guarantees"), which is too often
-/// to fail CI on; [`sixteen_clients_replay_or_say_where_they_part`] runs
-/// 16 and holds them to "replays or reports". With 2 every recording
-/// replays.
+/// Concurrent keep-alive clients of the tests that check the log's
+/// bytes and the timeouts; the issue's load, 16, has a test of its own
+/// ([`sixteen_clients_replay_offline_to_one_digest`]), exact since hyper's
+/// `Date` header at a second boundary replays (ARCHITECTURE.md, "Library
+/// code").
 const CLIENTS: usize = 2;
 const REQUESTS: usize = 10;
 /// Longest one replay may take before it counts as hung (a good one
@@ -580,16 +580,15 @@ fn stamps_close(replayed: &str, recorded: &str) -> bool {
     }
 }
 
-/// The issue's load, 16 keep-alive clients: every replay of the recording
-/// completes with one digest and the recorded log, or stops with a
-/// divergence report; none hangs or ends with other answers (see
-/// [`CLIENTS`] for why the exact test runs with fewer).
+/// The issue's load, 16 keep-alive clients: recorded, then replayed 20
+/// times offline, each with one digest and the recorded log (every write
+/// checked against the recording).
 #[test]
-fn sixteen_clients_replay_or_say_where_they_part() {
+fn sixteen_clients_replay_offline_to_one_digest() {
     const SIXTEEN: usize = 16;
     let recording = record(5, false, SIXTEEN);
     assert_eq!(recording.answers.len(), SIXTEEN * REQUESTS);
-    if let Err(why) = replay_times(&recording, 4, offline_available(), Expect::ExactOrReported) {
+    if let Err(why) = replay_times(&recording, 20, offline_available(), Expect::Exact) {
         panic!("{why}");
     }
 }

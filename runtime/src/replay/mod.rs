@@ -622,6 +622,9 @@ impl Replay {
                 self.watch(&event);
                 Some(event)
             }
+            // A library reading in a poll the recording did not make: an
+            // earlier reading's value, not this task's event.
+            Ok(Claimed::Repeated(event)) => Some(event.clone()),
             Ok(Claimed::BeyondLog | Claimed::Unrecorded) => {
                 drop(gate);
                 self.woke_if_passed(passed);
