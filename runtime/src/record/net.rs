@@ -8,7 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use deja_recorder::{Accepted, ConnId, Connected, EventKind, ReadOutcome, EVENT_PAYLOAD_BYTES_MAX};
+use deja_recorder::{
+    Accepted, ConnId, Connected, EventKind, IoErrorKind, ReadOutcome, EVENT_PAYLOAD_BYTES_MAX,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Recording;
@@ -36,19 +38,42 @@ impl Drop for Close {
     }
 }
 
+impl Close {
+    fn new(conn: ConnId, udp: bool, recording: &Arc<Recording>) -> Close {
+        Close {
+            conn,
+            udp,
+            recording: Arc::clone(recording),
+        }
+    }
+}
+
+/// Log a bind's result under a new id; `event` makes its event.
+fn log_bind<S>(
+    recording: &Recording,
+    bound: &io::Result<(S, SocketAddr)>,
+    event: impl FnOnce(ConnId, Result<SocketAddr, IoErrorKind>) -> EventKind,
+) -> ConnId {
+    let id = recording.next_conn();
+    let result = bound
+        .as_ref()
+        .map(|(_, local)| *local)
+        .map_err(|err| err.kind().into());
+    recording.record(event(id, result));
+    id
+}
+
 pub(super) async fn tcp_bind(
     recording: Arc<Recording>,
     addr: String,
 ) -> io::Result<NewSocket<dyn ListenerIo>> {
     let bound = live::bind_tcp(&addr).await;
-    let listener = recording.next_conn();
-    recording.record(EventKind::TcpListen {
-        listener,
-        addr,
-        result: bound
-            .as_ref()
-            .map(|(_, local)| *local)
-            .map_err(|err| err.kind().into()),
+    let listener = log_bind(&recording, &bound, |listener, result| {
+        EventKind::TcpListen {
+            listener,
+            addr,
+            result,
+        }
     });
     let (io, local) = bound?;
     Ok(NewSocket {
@@ -58,11 +83,7 @@ pub(super) async fn tcp_bind(
             listener,
             local,
             io,
-            _close: Close {
-                conn: listener,
-                udp: false,
-                recording: Arc::clone(&recording),
-            },
+            _close: Close::new(listener, false, &recording),
             recording,
         }),
     })
@@ -97,14 +118,10 @@ pub(super) async fn udp_bind(
     addr: String,
 ) -> io::Result<NewSocket<dyn UdpIo>> {
     let bound = live::bind_udp(&addr).await;
-    let socket = recording.next_conn();
-    recording.record(EventKind::UdpBind {
+    let socket = log_bind(&recording, &bound, |socket, result| EventKind::UdpBind {
         socket,
         addr,
-        result: bound
-            .as_ref()
-            .map(|(_, local)| *local)
-            .map_err(|err| err.kind().into()),
+        result,
     });
     let (io, local) = bound?;
     Ok(NewSocket {
@@ -113,11 +130,7 @@ pub(super) async fn udp_bind(
         io: Box::new(Udp {
             socket,
             io,
-            _close: Close {
-                conn: socket,
-                udp: true,
-                recording: Arc::clone(&recording),
-            },
+            _close: Close::new(socket, true, &recording),
             recording,
         }),
     })
@@ -192,11 +205,7 @@ impl Stream<tokio::net::TcpStream> {
         io: tokio::net::TcpStream,
         recording: Arc<Recording>,
     ) -> NewStream {
-        let close = Arc::new(Close {
-            conn,
-            udp: false,
-            recording: Arc::clone(&recording),
-        });
+        let close = Arc::new(Close::new(conn, false, &recording));
         NewStream {
             conn,
             local,
